@@ -1,0 +1,1 @@
+"""fedkd's ClientApp: local training of the teacher and distillation of the student."""

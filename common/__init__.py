@@ -1,0 +1,1 @@
+"""Shared models, loss, data and config for fedkd's ServerApp and ClientApp."""

@@ -1,0 +1,57 @@
+"""Seeded node sampling over stable node names, so runs with one seed pick the same clients."""
+
+import random
+import time
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from common.seeds import derive_seed
+from server_app.transport import exchange
+
+WAIT_POLL_SECONDS = 1.0
+
+
+class NodeSampler:
+    """Samples nodes with its own generator; names nodes by what they report, not by their random ids."""
+
+    def __init__(self, seed: int, timeout: float) -> None:
+        self.rng = random.Random(derive_seed(seed, 40))
+        self.timeout = timeout
+        self.names: dict[int, str] = {}
+
+    def _identify(self, grid: Grid, node_ids: list[int]) -> None:
+        """Ask new nodes for their stable name (`query.identify`); unanswered ones keep their id."""
+        messages = [
+            Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type="query.identify")
+            for n in node_ids
+        ]
+        for reply in exchange(grid, messages, self.timeout).ok():
+            self.names[reply.metadata.src_node_id] = str(reply.content["node"]["name"])
+        for n in node_ids:
+            self.names.setdefault(n, f"node-{n}")
+
+    def nodes(self, grid: Grid, minimum: int, wait: float | None = None) -> list[int]:
+        """Connected nodes sorted by name, waiting up to `wait` (default: the timeout) for `minimum`."""
+        wait = self.timeout if wait is None else wait
+        deadline = time.monotonic() + wait
+        while len(node_ids := list(grid.get_node_ids())) < minimum:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"only {len(node_ids)} nodes connected within {wait:.0f} s; "
+                    f"the run needs at least {minimum} (min-train-nodes)"
+                )
+            time.sleep(WAIT_POLL_SECONDS)
+        if new := [n for n in node_ids if n not in self.names]:
+            self._identify(grid, new)
+        return sorted(node_ids, key=lambda n: self.names[n])
+
+    def sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
+        """max(fraction x connected, minimum) nodes, drawn by this sampler's generator."""
+        nodes = self.nodes(grid, minimum)
+        size = min(len(nodes), max(int(len(nodes) * fraction), minimum))
+        return self.rng.sample(nodes, size)
+
+    def name(self, node_id: int) -> str:
+        """The stable name of a node."""
+        return self.names.get(node_id, f"node-{node_id}")

@@ -1,0 +1,113 @@
+"""The two-stage strategy: FedAvg over the teacher, then FedAvg over the distilled student."""
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import (
+    aggregate_arrayrecords,
+    validate_message_reply_consistency,
+)
+
+from common.config import RunConfig
+from server_app.sampling import NodeSampler
+
+PHASES = ("teacher", "student")
+
+
+def sum_eval_counts(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Federated accuracy and loss weighted by local test examples; train loss by train examples."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    examples = sum(float(m.get("eval-examples", 0)) for m in metrics)
+    out = {}
+    if all("train-loss" in m for m in metrics):
+        trained = sum(float(m[weight_key]) for m in metrics)
+        out["train-loss"] = sum(float(m["train-loss"]) * float(m[weight_key]) for m in metrics) / trained
+    if examples:
+        out["federated-accuracy"] = sum(float(m["eval-correct"]) for m in metrics) / examples
+        out["federated-loss"] = sum(float(m["eval-loss-sum"]) for m in metrics) / examples
+    return MetricRecord(out)
+
+
+class TwoStage(FedAvg):
+    """Phase "teacher" trains the global teacher; phase "student" distils from each client's local teacher.
+
+    The final global teacher travels to a node once, with its first student message; a node
+    that failed since (and may have lost its state) gets it again.
+    """
+
+    def __init__(self, cfg: RunConfig, sampler: NodeSampler) -> None:
+        super().__init__(
+            fraction_train=cfg.fraction_train,
+            fraction_evaluate=cfg.fraction_evaluate,
+            min_train_nodes=cfg.min_train_nodes,
+            min_available_nodes=cfg.min_train_nodes,
+            train_metrics_aggr_fn=sum_eval_counts,
+            evaluate_metrics_aggr_fn=sum_eval_counts,
+        )
+        self.sampler = sampler
+        self.phase = PHASES[0]
+        self.final_teacher: ArrayRecord | None = None
+        self.holds_teacher: set[int] = set()
+        self._sent: list[int] = []
+
+    def start_phase(self, phase: str, previous_arrays: ArrayRecord | None) -> None:
+        """Switch phase; entering "student" fixes the final global teacher."""
+        if phase == "student":
+            self.final_teacher = previous_arrays
+        self.phase = phase
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample nodes and send them `train.<phase>` with the global model of this phase."""
+        self._sent = self.sampler.sample(grid, self.fraction_train, self.min_train_nodes)
+        config = ConfigRecord({**config, "server-round": server_round, "evaluate-incoming": server_round > 1})
+        messages = []
+        for node in self._sent:
+            content = RecordDict({"arrays": arrays, "config": config})
+            if self.phase == "student" and node not in self.holds_teacher:
+                content["teacher"] = self.final_teacher
+            messages.append(Message(content, dst_node_id=node, message_type=f"train.{self.phase}"))
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """FedAvg of the valid replies; track which nodes now hold the final teacher.
+
+        Flower's aggregation utilities without FedAvg's per-reply logging: the round
+        loop reports failures in its one line per round and in history.
+        """
+        valid = [m for m in replies if not m.has_error()]
+        answered = {m.metadata.src_node_id for m in valid}
+        if self.phase == "student":
+            self.holds_teacher = (self.holds_teacher | answered) - (set(self._sent) - answered)
+        if not valid:
+            return None, None
+        contents = [m.content for m in valid]
+        validate_message_reply_consistency(contents, self.weighted_by_key, check_arrayrecord=True)
+        arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
+        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send `evaluate.<phase>` to a fraction-evaluate sample of the nodes."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        nodes = self.sampler.sample(grid, self.fraction_evaluate, 1)
+        config = ConfigRecord({**config, "server-round": server_round})
+        return [
+            Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=n, message_type=f"evaluate.{self.phase}")
+            for n in nodes
+        ]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Federated accuracy and loss of the valid evaluation replies."""
+        contents = [m.content for m in replies if not m.has_error()]
+        if not contents:
+            return None
+        validate_message_reply_consistency(contents, self.weighted_by_key, check_arrayrecord=False)
+        return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key)

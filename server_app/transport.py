@@ -1,0 +1,64 @@
+"""Push messages to nodes and pull their replies under a deadline."""
+
+import time
+from dataclasses import dataclass, field
+
+from flwr.app import Message, RecordDict
+from flwr.common.serde import recorddict_to_proto
+from flwr.serverapp import Grid
+
+# Grid.send_and_receive sleeps up to 3 s between pulls; polling this often keeps a
+# simulated round near the cost of the training itself.
+POLL_SECONDS = 0.005
+
+
+def record_bytes(content: RecordDict) -> int:
+    """Bytes of a message's records, serialised as Flower sends them."""
+    return recorddict_to_proto(content).ByteSize()
+
+
+@dataclass
+class Exchange:
+    """What one push/pull exchange sent and got back."""
+
+    replies: list[Message] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+    def ok(self) -> list[Message]:
+        """Replies that carry content rather than an error."""
+        return [m for m in self.replies if not m.has_error()]
+
+    def failures(self) -> list[dict[str, object]]:
+        """One entry per node that answered with an error or not at all."""
+        errors = [
+            {"node": m.metadata.src_node_id, "reason": m.error.reason}
+            for m in self.replies
+            if m.has_error()
+        ]
+        late = [{"node": n, "reason": "no reply before round-timeout"} for n in self.missing]
+        return errors + late
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
+    """Send `messages`, wait for their replies until all arrived or `timeout` seconds passed."""
+    result = Exchange(bytes_down=sum(record_bytes(m.content) for m in messages))
+    # A message the SuperLink refused comes back as a missing id; its node counts as missing.
+    pushed = list(grid.push_messages(messages))
+    destination = {i: m.metadata.dst_node_id for i, m in zip(pushed, messages) if i}
+    unsent = [m.metadata.dst_node_id for m in messages][len(pushed):]
+    unsent += [m.metadata.dst_node_id for i, m in zip(pushed, messages) if not i]
+    pending = set(destination)
+    deadline = time.monotonic() + timeout
+    while pending:
+        for reply in grid.pull_messages(pending):
+            pending.discard(reply.metadata.reply_to_message_id)
+            result.replies.append(reply)
+            if not reply.has_error():
+                result.bytes_up += record_bytes(reply.content)
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_SECONDS)
+    result.missing = unsent + [destination[i] for i in pending]
+    return result
