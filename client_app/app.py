@@ -1,5 +1,6 @@
 """fedkd ClientApp: one handler per action, over common's data, models and loops."""
 
+import time
 from functools import partial
 
 import torch
@@ -43,6 +44,7 @@ def _fit(
     role: str, msg: Message, cfg: RunConfig, partition_id: int, data: ClientData, **train_kwargs
 ) -> Message:
     """Shared body of the train handlers: evaluate the incoming global model, train, reply."""
+    start = time.perf_counter()
     model = load_record(make_model(cfg, role), msg.content["arrays"])
     config = msg.content["config"]
     metrics = _eval_metrics(model, data.test) if config.get("evaluate-incoming", False) else {}
@@ -52,6 +54,7 @@ def _fit(
         learning_rate=cfg.learning_rate, seed=seed, **train_kwargs,
     )
     metrics["num-examples"] = len(data.train)
+    metrics["client-seconds"] = time.perf_counter() - start
     return Message(RecordDict({"arrays": to_record(model), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

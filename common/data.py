@@ -116,7 +116,8 @@ def _partition_indices(
             num_partitions=num_partitions,
             partition_by="label",
             num_classes_per_partition=classes,
-            class_assignment_mode="random",
+            # Uses every class whenever partitions x classes-per-partition allow it.
+            class_assignment_mode="first-deterministic",
             seed=seed,
         )
     part.dataset = Dataset.from_dict({"label": y_pool.tolist(), "index": list(range(len(y_pool)))})

@@ -69,6 +69,8 @@ def run_phase(
                 "bytes_down": ex.bytes_down,
                 "bytes_up": ex.bytes_up,
                 "seconds": time.perf_counter() - start,
+                "exchange_seconds": ex.seconds,
+                "client_seconds": metrics.get("client-seconds") if metrics else None,
                 "replies": len(ex.ok()),
                 "failures": len(ex.failures()),
                 "failed": [{**f, "node": strategy.sampler.name(f["node"])} for f in ex.failures()],

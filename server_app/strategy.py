@@ -17,13 +17,16 @@ PHASES = ("teacher", "student")
 
 
 def sum_eval_counts(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Federated accuracy and loss weighted by local test examples; train loss by train examples."""
+    """Federated accuracy and loss weighted by local test examples; train loss by train examples;
+    the slowest client's handler time."""
     metrics = [next(iter(r.metric_records.values())) for r in records]
     examples = sum(float(m.get("eval-examples", 0)) for m in metrics)
     out = {}
     if all("train-loss" in m for m in metrics):
         trained = sum(float(m[weight_key]) for m in metrics)
         out["train-loss"] = sum(float(m["train-loss"]) * float(m[weight_key]) for m in metrics) / trained
+    if all("client-seconds" in m for m in metrics):
+        out["client-seconds"] = max(float(m["client-seconds"]) for m in metrics)
     if examples:
         out["federated-accuracy"] = sum(float(m["eval-correct"]) for m in metrics) / examples
         out["federated-loss"] = sum(float(m["eval-loss-sum"]) for m in metrics) / examples

@@ -25,6 +25,7 @@ class Exchange:
     missing: list[int] = field(default_factory=list)
     bytes_down: int = 0
     bytes_up: int = 0
+    seconds: float = 0.0
 
     def ok(self) -> list[Message]:
         """Replies that carry content rather than an error."""
@@ -43,6 +44,7 @@ class Exchange:
 
 def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
     """Send `messages`, wait for their replies until all arrived or `timeout` seconds passed."""
+    start = time.perf_counter()
     result = Exchange(bytes_down=sum(record_bytes(m.content) for m in messages))
     # A message the SuperLink refused comes back as a missing id; its node counts as missing.
     pushed = list(grid.push_messages(messages))
@@ -61,4 +63,5 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
             break
         time.sleep(POLL_SECONDS)
     result.missing = unsent + [destination[i] for i in pending]
+    result.seconds = time.perf_counter() - start
     return result
