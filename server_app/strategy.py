@@ -55,6 +55,11 @@ class TwoStage(FedAvg):
         self.holds_teacher: set[int] = set()
         self._sent: list[int] = []
 
+    def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:
+        """Valid replies sorted by node name: float sums then do not depend on arrival order."""
+        valid = [m for m in replies if not m.has_error()]
+        return sorted(valid, key=lambda m: self.sampler.name(m.metadata.src_node_id))
+
     def start_phase(self, phase: str, previous_arrays: ArrayRecord | None) -> None:
         """Switch phase; entering "student" fixes the final global teacher."""
         if phase == "student":
@@ -83,7 +88,7 @@ class TwoStage(FedAvg):
         Flower's aggregation utilities without FedAvg's per-reply logging: the round
         loop reports failures in its one line per round and in history.
         """
-        valid = [m for m in replies if not m.has_error()]
+        valid = self._in_node_order(replies)
         answered = {m.metadata.src_node_id for m in valid}
         if self.phase == "student":
             self.holds_teacher = (self.holds_teacher | answered) - (set(self._sent) - answered)
@@ -109,7 +114,7 @@ class TwoStage(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Federated accuracy and loss of the valid evaluation replies."""
-        contents = [m.content for m in replies if not m.has_error()]
+        contents = [m.content for m in self._in_node_order(replies)]
         if not contents:
             return None
         validate_message_reply_consistency(contents, self.weighted_by_key, check_arrayrecord=False)

@@ -1,0 +1,56 @@
+"""The strategy's aggregation and bookkeeping against hand computations."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from common.config import parse_run_config
+from server_app.sampling import NodeSampler
+from server_app.strategy import TwoStage, sum_eval_counts
+
+
+def reply_from(node, arrays=None, error=None, **metrics):
+    sent = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="train.student")
+    sent.metadata.__dict__["_message_id"] = f"m{node}"
+    if error:
+        return Message(Error(code=1, reason=error), reply_to=sent)
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if arrays is not None:
+        content["arrays"] = ArrayRecord({"w": Array(np.asarray(arrays, dtype=np.float32))})
+    return Message(content, reply_to=sent)
+
+
+def test_sum_eval_counts_is_sample_weighted():
+    records = [
+        RecordDict({"m": MetricRecord({"num-examples": 100, "train-loss": 1.0, "eval-examples": 10, "eval-correct": 9, "eval-loss-sum": 2.0, "client-seconds": 0.2})}),
+        RecordDict({"m": MetricRecord({"num-examples": 300, "train-loss": 2.0, "eval-examples": 30, "eval-correct": 15, "eval-loss-sum": 6.0, "client-seconds": 0.5})}),
+    ]
+    out = sum_eval_counts(records, "num-examples")
+    assert out["federated-accuracy"] == pytest.approx(24 / 40)
+    assert out["federated-loss"] == pytest.approx(8 / 40)
+    assert out["train-loss"] == pytest.approx((100 * 1.0 + 300 * 2.0) / 400)
+    assert out["client-seconds"] == pytest.approx(0.5)
+
+
+def test_aggregate_train_is_fedavg_over_valid_replies_and_tracks_teacher_holders(task_identity):
+    strategy = TwoStage(parse_run_config({}), NodeSampler(seed=1, timeout=1))
+    strategy.start_phase("student", ArrayRecord())
+    strategy.holds_teacher = {3, 4}
+    strategy._sent = [1, 2, 3]
+    metrics = {"train-loss": 0.5}
+    replies = [
+        reply_from(1, [1.0, 2.0], **{"num-examples": 100}, **metrics),
+        reply_from(2, [3.0, 6.0], **{"num-examples": 300}, **metrics),
+        reply_from(3, error="crashed"),
+    ]
+    arrays, out = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), [2.5, 5.0])
+    assert out["train-loss"] == pytest.approx(0.5)
+    # 1 and 2 now hold the teacher; 3 failed and may have lost it; 4 was not asked.
+    assert strategy.holds_teacher == {1, 2, 4}
+
+
+def test_no_valid_reply_aggregates_nothing(task_identity):
+    strategy = TwoStage(parse_run_config({}), NodeSampler(seed=1, timeout=1))
+    strategy._sent = [1]
+    assert strategy.aggregate_train(1, [reply_from(1, error="boom")]) == (None, None)

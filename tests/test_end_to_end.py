@@ -1,0 +1,98 @@
+"""`flwr run` of the app on Flower's simulation engine, asserting on the run directory."""
+
+import json
+
+import pytest
+import torch
+from flwr.app import RecordDict
+
+from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
+from common.config import parse_run_config
+from common.models import initial_model, to_record
+from server_app.transport import record_bytes
+
+SMALL = {"num-teacher-rounds": 3, "num-student-rounds": 3, "fraction-train": 0.6, "local-epochs": 2}
+NODES = 5
+
+
+@pytest.fixture(scope="module")
+def flower(tmp_path_factory):
+    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def runs(flower, tmp_path_factory):
+    """The same small digits config, run twice."""
+    dirs = []
+    for i in range(2):
+        out = tmp_path_factory.mktemp(f"out{i}")
+        done = flwr_run(flower, {**SMALL, "output-dir": str(out)}, NODES)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        dirs.append((run_directory(out), done.stdout))
+    return dirs
+
+
+def test_every_round_is_recorded_with_accuracy_above_chance(runs):
+    run_dir, _ = runs[0]
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [(r["phase"], r["round"]) for r in history] == [("teacher", i) for i in (1, 2, 3)] + [("student", i) for i in (1, 2, 3)]
+    for r in history:
+        assert r["replies"] == 3 and r["failures"] == 0 and len(r["sampled"]) == 3
+        assert r["bytes_down"] > 0 and r["bytes_up"] > 0 and r["seconds"] > 0
+        assert 0.0 <= r["federated_accuracy"] <= 1.0
+    assert history[2]["accuracy"] > 0.6 and history[-1]["accuracy"] > 0.5
+
+
+def test_summary_weights_and_plot_are_complete(runs):
+    run_dir, stdout = runs[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text())
+    assert summary["status"] == "complete"
+    assert summary["teacher_accuracy"] == history[2]["accuracy"]
+    assert summary["student_accuracy"] == history[-1]["accuracy"]
+    assert summary["teacher_params"] == 17_226 and summary["student_params"] == 2_410
+    assert summary["compression"] == pytest.approx(17_226 / 2_410)
+    assert summary["bytes_total"] == sum(r["bytes_down"] + r["bytes_up"] for r in history)
+    assert summary["config"]["num-teacher-rounds"] == 3 and summary["config"]["dataset"] == "digits"
+    for name, params in (("teacher", 17_226), ("student", 2_410)):
+        state = torch.load(run_dir / f"{name}.pt", weights_only=True)
+        assert sum(t.numel() for t in state.values()) == params
+    assert (run_dir / "history.png").stat().st_size > 10_000
+    assert f"fedkd: run directory: {run_dir}" in stdout
+
+
+def test_bytes_are_the_records_sent_and_the_teacher_travels_once_per_node(runs):
+    run_dir, _ = runs[0]
+    history = json.loads((run_dir / "history.json").read_text())
+    cfg = parse_run_config({})
+    teacher_bytes, student_bytes = (
+        record_bytes(RecordDict({"arrays": to_record(initial_model(cfg, role))})) for role in ("teacher", "student")
+    )
+    assert history[1]["bytes_up"] == pytest.approx(3 * teacher_bytes, rel=0.01)
+    student = [r for r in history if r["phase"] == "student"]
+    reached = {name for r in student for name in r["sampled"]}
+    # 3 rounds x 3 nodes get the student, the final evaluation sends it to all 5 nodes,
+    # and each node reached in phase 2 gets the teacher exactly once.
+    expected = (3 * 3 + NODES) * student_bytes + len(reached) * teacher_bytes
+    assert sum(r["bytes_down"] for r in student) == pytest.approx(expected, rel=0.01)
+    assert len(reached) > 3
+
+
+def test_same_seed_same_run(runs):
+    (a, _), (b, _) = runs
+    ha, hb = (json.loads((d / "history.json").read_text()) for d in (a, b))
+    keys = ("sampled", "accuracy", "loss", "federated_accuracy", "bytes_down", "bytes_up")
+    assert [[r[k] for k in keys] for r in ha] == [[r[k] for k in keys] for r in hb]
+
+
+def test_a_bad_run_config_stops_the_run_naming_the_key(flower, tmp_path):
+    done = flwr_run(flower, {"alpha": 1.5, "output-dir": str(tmp_path)}, NODES)
+    output = done.stdout + done.stderr
+    assert "run config 'alpha' = 1.5: Input should be less than or equal to 1" in output
+    assert not list(tmp_path.iterdir())
+
+
+def test_more_clients_than_nodes_stops_the_run(flower, tmp_path):
+    done = flwr_run(flower, {"min-train-nodes": 6, "output-dir": str(tmp_path)}, NODES)
+    assert "'min-train-nodes' = 6 is more than the 5 connected nodes" in done.stdout + done.stderr
