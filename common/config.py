@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
 
 class ConfigError(ValueError):
@@ -66,6 +66,11 @@ class RunConfig(BaseModel):
         if not isinstance(value, str):
             raise ValueError("expected a string of comma-separated positive integers such as '128,64'")
         return parse_hidden(value)
+
+    @field_serializer("teacher_hidden", "student_hidden")
+    def _widths_text(self, widths: tuple[int, ...]) -> str:
+        # Dumped as written in run config, so a summary's config can be fed back to `flwr run`.
+        return ",".join(map(str, widths))
 
     @field_validator("output_dir")
     @classmethod

@@ -77,3 +77,10 @@ def test_integers_are_accepted_for_floats_and_output_dir_is_made_absolute(tmp_pa
     assert cfg.alpha == 1.0 and cfg.temperature == 2.0
     assert cfg.output_path() == tmp_path / "o"
     assert parse_run_config({"output-dir": "rel"}).output_path().is_absolute()
+
+
+def test_dumped_config_validates_again():
+    cfg = parse_run_config({"teacher-hidden": "256,128,64", "alpha": 0.7})
+    dumped = cfg.model_dump(mode="json", by_alias=True)
+    assert dumped["teacher-hidden"] == "256,128,64"
+    assert parse_run_config(dumped) == cfg
