@@ -14,7 +14,7 @@ from common.models import ROLES, load_record, make_model, to_record
 from common.seeds import derive_seed
 from common.training import evaluate, predict_logits, train
 
-# Two workers share two cores in simulation; one thread each avoids oversubscription.
+# Several ClientApps share the cores in simulation; one thread each avoids oversubscription.
 torch.set_num_threads(1)
 
 LOCAL_TEACHER = "local-teacher"

@@ -1,0 +1,80 @@
+"""fedkd's default job (digits, Dirichlet 0.5, 10 clients) against the centralised models.
+
+    python -m benchmarks.digits_default --seeds 42 43 44
+
+The baseline is the same teacher and student trained on the pooled client data (what the
+federation would reach if data could be pooled), measured in the same run. Writes
+benchmarks/results/digits_default.{json,md}.
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks.flower_local import PROJECT, flwr_run, run_directory, simulation_superlink
+from common.config import parse_run_config
+from common.data import _digits_pool, load_server_testset
+from common.models import initial_model
+from common.training import evaluate, train
+
+RESULTS = PROJECT / "benchmarks" / "results"
+CENTRAL_EPOCHS = 30
+
+
+def centralised(seed: int) -> dict:
+    """Teacher and student trained on the pooled data, scored on the server's test set."""
+    cfg = parse_run_config({"seed": seed})
+    x_pool, y_pool, _, _ = _digits_pool(seed)
+    test = load_server_testset(cfg)
+    x, y = torch.as_tensor(x_pool), torch.as_tensor(y_pool, dtype=torch.long)
+    out = {}
+    for role in ("teacher", "student"):
+        model = initial_model(cfg, role)
+        train(model, x, (y,), epochs=CENTRAL_EPOCHS, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=seed)
+        out[f"{role}_accuracy"] = evaluate(model, test.x, test.y)[1] / len(test)
+    return out
+
+
+def main() -> None:
+    """Run the default job per seed, and the centralised baseline."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fed, central = [], []
+    with tempfile.TemporaryDirectory() as tmp, simulation_superlink(Path(tmp) / "flwr-home") as env:
+        for seed in args.seeds:
+            out = Path(tmp) / f"out-{seed}"
+            done = flwr_run(env, {"seed": seed, "output-dir": str(out)}, num_supernodes=10)
+            if done.returncode != 0:
+                raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
+            summary = json.loads((run_directory(out) / "summary.json").read_text())
+            fed.append({k: summary[k] for k in ("teacher_accuracy", "student_accuracy", "student_federated_accuracy",
+                                                "median_round_seconds", "bytes_total", "wall_seconds")})
+            central.append(centralised(seed))
+            print(f"seed {seed}: fedkd {fed[-1]}\n         centralised {central[-1]}", flush=True)
+
+    def ms(rows: list[dict], key: str) -> str:
+        values = [r[key] for r in rows]
+        return f"{statistics.mean(values):.3f} ({statistics.stdev(values) if len(values) > 1 else 0.0:.3f})"
+
+    lines = [f"Seeds {args.seeds}; mean (std).", "",
+             "| model | centralised (pooled data) | fedkd, 10 clients, Dirichlet 0.5 | fedkd / centralised |", "|---|---|---|---|"]
+    for role in ("teacher", "student"):
+        key = f"{role}_accuracy"
+        ratio = statistics.mean(r[key] for r in fed) / statistics.mean(r[key] for r in central)
+        lines.append(f"| {role} accuracy | {ms(central, key)} | {ms(fed, key)} | {ratio:.3f} |")
+    lines += ["", f"Student federated accuracy (clients' local test splits): {ms(fed, 'student_federated_accuracy')}; "
+              f"median round {ms(fed, 'median_round_seconds')} s; {statistics.mean(r['bytes_total'] for r in fed) / 1e6:.1f} MB per run."]
+    table = "\n".join(lines)
+    (RESULTS / "digits_default.json").write_text(json.dumps({"seeds": args.seeds, "fedkd": fed, "centralised": central}, indent=2))
+    (RESULTS / "digits_default.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
