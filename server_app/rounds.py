@@ -12,7 +12,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from common.config import RunConfig
 from server_app.outputs import RunDirectory
-from server_app.transport import Exchange, exchange
+from server_app.transport import exchange
 
 # (phase, global arrays) -> (loss, accuracy) on the server's test set
 EvaluateFn = Callable[[str, ArrayRecord], tuple[float, float]]
@@ -22,12 +22,14 @@ class RunAborted(RuntimeError):
     """The run cannot go on; the message says why."""
 
 
-def _check_replies(cfg: RunConfig, phase: str, server_round: int, sent: int, ex: Exchange) -> None:
+def _check_replies(
+    cfg: RunConfig, phase: str, server_round: int, sent: int, accepted: int, failures: list[dict]
+) -> None:
     needed = max(1, math.ceil(cfg.min_replies * sent))
-    if len(ex.ok()) < needed:
-        reasons = "; ".join(f"node {f['node']}: {f['reason']}" for f in ex.failures())
+    if accepted < needed:
+        reasons = "; ".join(f"node {f['node']}: {f['reason']}" for f in failures)
         raise RunAborted(
-            f"{phase} round {server_round}: {len(ex.ok())} of {sent} sampled nodes replied, "
+            f"{phase} round {server_round}: {accepted} of {sent} sampled nodes replied usably, "
             f"min-replies = {cfg.min_replies} needs {needed}. Failures: {reasons or 'none'}"
         )
 
@@ -47,8 +49,11 @@ def run_phase(
         start = time.perf_counter()
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         ex = exchange(grid, messages, cfg.round_timeout)
-        _check_replies(cfg, phase, server_round, len(messages), ex)
-        arrays, metrics = strategy.aggregate_train(server_round, ex.replies)
+        new_arrays, metrics = strategy.aggregate_train(server_round, ex.replies)
+        failures = ex.failures() + strategy.rejected
+        accepted = len(ex.ok()) - len(strategy.rejected)
+        _check_replies(cfg, phase, server_round, len(messages), accepted, failures)
+        arrays = new_arrays
         loss, accuracy = evaluate_fn(phase, arrays)
         # Fused evaluation: this round's replies scored the previous round's global model.
         if server_round > 1 and metrics and "federated-accuracy" in metrics:
@@ -71,9 +76,9 @@ def run_phase(
                 "seconds": time.perf_counter() - start,
                 "exchange_seconds": ex.seconds,
                 "client_seconds": metrics.get("client-seconds") if metrics else None,
-                "replies": len(ex.ok()),
-                "failures": len(ex.failures()),
-                "failed": [{**f, "node": strategy.sampler.name(f["node"])} for f in ex.failures()],
+                "replies": accepted,
+                "failures": len(failures),
+                "failed": [{**f, "node": strategy.sampler.name(f["node"])} for f in failures],
                 "sampled": sorted(strategy.sampler.name(m.metadata.dst_node_id) for m in messages),
             }
         )

@@ -2,8 +2,10 @@
 
 from collections.abc import Iterable
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import (
     aggregate_arrayrecords,
@@ -33,6 +35,18 @@ def sum_eval_counts(records: list[RecordDict], weight_key: str) -> MetricRecord:
     return MetricRecord(out)
 
 
+def _check_arrays(got: ArrayRecord, expected: ArrayRecord) -> None:
+    """Raise ValueError unless `got` has the keys, shapes and dtypes of `expected`, all finite."""
+    if list(got.keys()) != list(expected.keys()):
+        raise ValueError(f"array keys {list(got.keys())} differ from the global model's {list(expected.keys())}")
+    for key, array in got.items():
+        want = expected[key]
+        if (tuple(array.shape), array.dtype) != (tuple(want.shape), want.dtype):
+            raise ValueError(f"'{key}' is {array.dtype}{list(array.shape)}, expected {want.dtype}{list(want.shape)}")
+        if not np.isfinite(array.numpy()).all():
+            raise ValueError(f"'{key}' holds NaN or Inf")
+
+
 class TwoStage(FedAvg):
     """Phase "teacher" trains the global teacher; phase "student" distils from each client's local teacher.
 
@@ -53,12 +67,32 @@ class TwoStage(FedAvg):
         self.phase = PHASES[0]
         self.final_teacher: ArrayRecord | None = None
         self.holds_teacher: set[int] = set()
+        self.rejected: list[dict[str, object]] = []
         self._sent: list[int] = []
+        self._arrays: ArrayRecord | None = None
 
     def _in_node_order(self, replies: Iterable[Message]) -> list[Message]:
-        """Valid replies sorted by node name: float sums then do not depend on arrival order."""
+        """Replies without an error, sorted by node name: float sums then do not depend on arrival order."""
         valid = [m for m in replies if not m.has_error()]
         return sorted(valid, key=lambda m: self.sampler.name(m.metadata.src_node_id))
+
+    def screen(self, replies: Iterable[Message], expected: ArrayRecord | None) -> list[Message]:
+        """Replies fit to aggregate, in node order; the others go to `self.rejected` with the reason.
+
+        A malformed reply from one node must not stop the run: each is checked on its own
+        (Flower's consistency check, then keys, shapes and finiteness against `expected`).
+        """
+        accepted, self.rejected = [], []
+        for msg in self._in_node_order(replies):
+            try:
+                validate_message_reply_consistency([msg.content], self.weighted_by_key, expected is not None)
+                if expected is not None:
+                    _check_arrays(next(iter(msg.content.array_records.values())), expected)
+            except (InconsistentMessageReplies, ValueError, TypeError, KeyError) as exc:
+                self.rejected.append({"node": msg.metadata.src_node_id, "reason": f"reply rejected: {exc}"})
+            else:
+                accepted.append(msg)
+        return accepted
 
     def start_phase(self, phase: str, previous_arrays: ArrayRecord | None) -> None:
         """Switch phase; entering "student" fixes the final global teacher."""
@@ -72,6 +106,7 @@ class TwoStage(FedAvg):
         """Sample nodes and send them `train.<phase>` with the global model of this phase."""
         self._sent = self.sampler.sample(grid, self.fraction_train, self.min_train_nodes)
         config = ConfigRecord({**config, "server-round": server_round, "evaluate-incoming": server_round > 1})
+        self._arrays = arrays
         messages = []
         for node in self._sent:
             content = RecordDict({"arrays": arrays, "config": config})
@@ -88,14 +123,13 @@ class TwoStage(FedAvg):
         Flower's aggregation utilities without FedAvg's per-reply logging: the round
         loop reports failures in its one line per round and in history.
         """
-        valid = self._in_node_order(replies)
+        valid = self.screen(replies, self._arrays)
         answered = {m.metadata.src_node_id for m in valid}
         if self.phase == "student":
             self.holds_teacher = (self.holds_teacher | answered) - (set(self._sent) - answered)
         if not valid:
             return None, None
         contents = [m.content for m in valid]
-        validate_message_reply_consistency(contents, self.weighted_by_key, check_arrayrecord=True)
         arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
         return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
@@ -114,8 +148,7 @@ class TwoStage(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Federated accuracy and loss of the valid evaluation replies."""
-        contents = [m.content for m in self._in_node_order(replies)]
+        contents = [m.content for m in self.screen(replies, None)]
         if not contents:
             return None
-        validate_message_reply_consistency(contents, self.weighted_by_key, check_arrayrecord=False)
         return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -54,3 +54,24 @@ def test_no_valid_reply_aggregates_nothing(task_identity):
     strategy = TwoStage(parse_run_config({}), NodeSampler(seed=1, timeout=1))
     strategy._sent = [1]
     assert strategy.aggregate_train(1, [reply_from(1, error="boom")]) == (None, None)
+
+
+def test_malformed_replies_are_rejected_with_a_reason_not_averaged(task_identity):
+    strategy = TwoStage(parse_run_config({}), NodeSampler(seed=1, timeout=1))
+    strategy._sent = [1, 2, 3, 4, 5]
+    strategy._arrays = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
+    replies = [
+        reply_from(1, [1.0, 1.0], **{"num-examples": 10, "train-loss": 0.1}),
+        reply_from(2, [np.nan, 1.0], **{"num-examples": 10, "train-loss": 0.1}),
+        reply_from(3, [1.0, 1.0, 1.0], **{"num-examples": 10, "train-loss": 0.1}),
+        reply_from(4, [5.0, 5.0], **{"train-loss": 0.1}),
+        reply_from(5, None, **{"num-examples": 10, "train-loss": 0.1}),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.0, 1.0])
+    reasons = {r["node"]: r["reason"] for r in strategy.rejected}
+    assert set(reasons) == {2, 3, 4, 5}
+    assert "'w' holds NaN or Inf" in reasons[2]
+    assert "'w' is float32[3], expected float32[2]" in reasons[3]
+    assert "num-examples" in reasons[4]
+    assert reasons[5].startswith("reply rejected:")
