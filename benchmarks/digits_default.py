@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.flower_local import PROJECT, flwr_run, run_directory, simulation_superlink
+from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
+from deploy.processes import PROJECT
 from common.config import parse_run_config
 from common.data import _digits_pool, load_server_testset
 from common.models import initial_model

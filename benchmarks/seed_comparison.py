@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.flower_local import PROJECT, flwr_run, run_directory, simulation_superlink
+from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
+from deploy.processes import PROJECT
 
 SEED_SCRIPT = PROJECT.parent / "shared" / "seed" / "tutorial_055.py"
 RESULTS = PROJECT / "benchmarks" / "results"

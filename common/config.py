@@ -57,6 +57,7 @@ class RunConfig(BaseModel):
     teacher_finetune_epochs: int = Field(0, ge=0)
     seed: int = Field(42, ge=0)
     output_dir: str = "outputs"
+    server_test: str = "builtin"
 
     @field_validator("teacher_hidden", "student_hidden", mode="before")
     @classmethod

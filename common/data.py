@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -155,3 +156,114 @@ def load_server_testset(cfg: RunConfig) -> Split:
         return _split(*_synthetic(rng, SYNTHETIC_SERVER_TEST_SIZE, uniform))
     _, _, x_test, y_test = _digits_pool(cfg.seed)
     return _split(x_test, y_test)
+
+
+# --- node-local files: what a deployed SuperNode trains on ----------------------------
+
+
+class DataError(ValueError):
+    """A node's data file is missing, unreadable or does not fit the run; says which and why."""
+
+
+def _checked(x: np.ndarray, y: np.ndarray, names: tuple[str, str], features: int, classes: int, path: str) -> Split:
+    where = f"data file {path!r}"
+    if x.ndim != 2 or x.shape[1] != features:
+        raise DataError(f"{where}: '{names[0]}' has shape {list(x.shape)}; expected (samples, {features})")
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+        raise DataError(f"{where}: '{names[0]}' must hold finite numbers (found {x.dtype}, or NaN/Inf)")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{where}: '{names[1]}' has shape {list(y.shape)}; expected ({len(x)},), one label per row of '{names[0]}'")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where}: '{names[1]}' must hold integer labels, found {y.dtype}")
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        raise DataError(f"{where}: '{names[1]}' holds labels {int(y.min())}..{int(y.max())}; allowed: 0 to {classes - 1}")
+    return _split(x, y)
+
+
+def load_npz(path: str, cfg: RunConfig, stream: int) -> ClientData:
+    """A node's data from an .npz with `x`, `y` and optionally `x_test`, `y_test`.
+
+    Without a test pair, `local-test-fraction` of the rows is held out, shuffled by (`seed`, `stream`).
+    """
+    import zipfile
+
+    features, classes = dataset_shape(cfg.dataset)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise DataError(f"data file {path!r} does not exist (node config 'data-path')") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"data file {path!r} is not a readable .npz file: {exc}") from None
+    if missing := [k for k in ("x", "y") if k not in arrays]:
+        raise DataError(f"data file {path!r} lacks {missing}; it has {sorted(arrays)}; expected 'x', 'y' and optionally 'x_test', 'y_test'")
+    train = _checked(arrays["x"], arrays["y"], ("x", "y"), features, classes, path)
+    if len(train) == 0:
+        raise DataError(f"data file {path!r} holds no samples")
+    if "x_test" in arrays and "y_test" in arrays:
+        return ClientData(train, _checked(arrays["x_test"], arrays["y_test"], ("x_test", "y_test"), features, classes, path))
+    order = np.random.default_rng([cfg.seed, 3, stream]).permutation(len(train))
+    n_test = int(round(len(order) * cfg.local_test_fraction)) if len(order) > 1 else 0
+    test, rest = torch.as_tensor(order[:n_test]), torch.as_tensor(order[n_test:])
+    return ClientData(Split(train.x[rest], train.y[rest]), Split(train.x[test], train.y[test]))
+
+
+def load_test_npz(path: str, cfg: RunConfig) -> Split:
+    """The server's test set from an .npz with `x` and `y`."""
+    features, classes = dataset_shape(cfg.dataset)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return _checked(npz["x"], npz["y"], ("x", "y"), features, classes, path)
+    except (OSError, KeyError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"server test file {path!r} (run config 'server-test'): {exc}") from None
+
+
+def export_partitions(cfg: RunConfig, num_partitions: int, out: Path) -> list[Path]:
+    """Write each built-in partition as part-<i>.npz (x, y, x_test, y_test), and server-test.npz."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for pid in range(num_partitions):
+        data = load_client_data(cfg, pid, num_partitions)
+        path = out / f"part-{pid}.npz"
+        np.savez(path, x=data.train.x.numpy(), y=data.train.y.numpy(), x_test=data.test.x.numpy(), y_test=data.test.y.numpy())
+        paths.append(path)
+    test = load_server_testset(cfg)
+    np.savez(out / "server-test.npz", x=test.x.numpy(), y=test.y.numpy())
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m common.data export ...`: write a built-in dataset's partitions as node data files."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m common.data", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="write part-<i>.npz per partition and server-test.npz")
+    export.add_argument("--dataset", default="digits")
+    export.add_argument("--partitioner", default="dirichlet")
+    export.add_argument("--dirichlet-alpha", type=float, default=0.5)
+    export.add_argument("--classes-per-partition", type=int, default=2)
+    export.add_argument("--num-partitions", type=int, required=True)
+    export.add_argument("--seed", type=int, default=42)
+    export.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    from common.config import ConfigError, parse_run_config
+
+    try:
+        cfg = parse_run_config({
+            "dataset": args.dataset, "partitioner": args.partitioner, "dirichlet-alpha": args.dirichlet_alpha,
+            "classes-per-partition": args.classes_per_partition, "seed": args.seed,
+        })
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if args.num_partitions < 1:
+        parser.error(f"--num-partitions = {args.num_partitions}; allowed: 1 or more")
+    for path in export_partitions(cfg, args.num_partitions, args.out):
+        print(path)
+    print(args.out / "server-test.npz")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,11 +9,11 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import ConfigError, RunConfig, parse_run_config
-from common.data import load_server_testset
+from common.data import DataError, Split, load_server_testset, load_test_npz
 from common.models import count_params, initial_model, load_record, to_record
 from common.training import evaluate
 from server_app.outputs import RunDirectory
-from server_app.rounds import RunAborted, run_phase
+from server_app.rounds import RunAborted, fmt_metric, run_phase
 from server_app.sampling import NodeSampler
 from server_app.strategy import PHASES, TwoStage
 
@@ -45,6 +45,15 @@ def _summary(cfg: RunConfig, run_dir: RunDirectory, models: dict, started: float
     }
 
 
+def _server_testset(cfg: RunConfig) -> Split | None:
+    """The server's test set per run config `server-test`: the built-in hold-out, none, or an .npz file."""
+    if cfg.server_test == "builtin":
+        return load_server_testset(cfg)
+    if cfg.server_test == "none":
+        return None
+    return load_test_npz(cfg.server_test, cfg)
+
+
 def _connected_nodes(cfg: RunConfig, sampler: NodeSampler, grid: Grid) -> int:
     """Number of connected nodes; a ConfigError if fewer than min-train-nodes come within the grace time."""
     try:
@@ -62,15 +71,17 @@ def main(grid: Grid, context: Context) -> None:
         cfg = parse_run_config(context.run_config)
         sampler = NodeSampler(cfg.seed, cfg.round_timeout)
         connected = _connected_nodes(cfg, sampler, grid)
-    except ConfigError as exc:
+        test = _server_testset(cfg)
+    except (ConfigError, DataError) as exc:
         log(ERROR, "fedkd: invalid run: %s", exc)
         raise
 
     run_dir = RunDirectory(cfg.output_path(), f"{cfg.strategy}-{cfg.dataset}")
-    test = load_server_testset(cfg)
     models = {phase: initial_model(cfg, phase) for phase in PHASES}
 
-    def evaluate_fn(phase: str, arrays: ArrayRecord) -> tuple[float, float]:
+    def evaluate_fn(phase: str, arrays: ArrayRecord) -> tuple[float | None, float | None]:
+        if test is None:
+            return None, None
         loss, correct = evaluate(load_record(models[phase], arrays), test.x, test.y)
         return loss, correct / len(test)
 
@@ -90,8 +101,8 @@ def main(grid: Grid, context: Context) -> None:
     run_dir.write_summary(summary)
     run_dir.plot()
     log(
-        INFO, "fedkd: teacher %.4f, student %.4f (%.1fx smaller), %.2f MB in %.1f s",
-        summary["teacher_accuracy"], summary["student_accuracy"], summary["compression"],
+        INFO, "fedkd: teacher %s, student %s (%.1fx smaller), %.2f MB in %.1f s",
+        fmt_metric(summary["teacher_accuracy"]), fmt_metric(summary["student_accuracy"]), summary["compression"],
         summary["bytes_total"] / 1e6, summary["wall_seconds"],
     )
     log(INFO, "fedkd: run directory: %s", run_dir.path)

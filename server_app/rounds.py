@@ -111,11 +111,12 @@ def _final_evaluation(
     )
     log(
         INFO, "%s: federated accuracy %s over %d nodes (%d failed)", phase,
-        _fmt(run_dir.history[-1]["federated_accuracy"]), len(ex.ok()), len(ex.failures()),
+        fmt_metric(run_dir.history[-1]["federated_accuracy"]), len(ex.ok()), len(ex.failures()),
     )
 
 
-def _fmt(value: float | None) -> str:
+def fmt_metric(value: float | None) -> str:
+    """A metric for the log: four decimals, or n/a."""
     return "n/a" if value is None else f"{value:.4f}"
 
 
@@ -123,6 +124,6 @@ def _log_round(r: dict, total: int) -> None:
     log(
         INFO,
         "[%s %d/%d] acc %s loss %s | down %.1f kB up %.1f kB | %.3f s | %d ok %d failed",
-        r["phase"], r["round"], total, _fmt(r["accuracy"]), _fmt(r["loss"]),
+        r["phase"], r["round"], total, fmt_metric(r["accuracy"]), fmt_metric(r["loss"]),
         r["bytes_down"] / 1e3, r["bytes_up"] / 1e3, r["seconds"], r["replies"], r["failures"],
     )

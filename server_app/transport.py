@@ -26,6 +26,11 @@ class Exchange:
     bytes_down: int = 0
     bytes_up: int = 0
     seconds: float = 0.0
+    sent_to: dict[str, int] = field(default_factory=dict)
+
+    def node_of(self, reply: Message) -> int:
+        """The node a reply answers for (an error the SuperLink wrote on a node's behalf carries its own id)."""
+        return self.sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
     def ok(self) -> list[Message]:
         """Replies that carry content rather than an error."""
@@ -34,7 +39,7 @@ class Exchange:
     def failures(self) -> list[dict[str, object]]:
         """One entry per node that answered with an error or not at all."""
         errors = [
-            {"node": m.metadata.src_node_id, "reason": m.error.reason}
+            {"node": self.node_of(m), "reason": m.error.reason}
             for m in self.replies
             if m.has_error()
         ]
@@ -48,7 +53,7 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
     result = Exchange(bytes_down=sum(record_bytes(m.content) for m in messages))
     # A message the SuperLink refused comes back as a missing id; its node counts as missing.
     pushed = list(grid.push_messages(messages))
-    destination = {i: m.metadata.dst_node_id for i, m in zip(pushed, messages) if i}
+    destination = result.sent_to = {i: m.metadata.dst_node_id for i, m in zip(pushed, messages) if i}
     unsent = [m.metadata.dst_node_id for m in messages][len(pushed):]
     unsent += [m.metadata.dst_node_id for i, m in zip(pushed, messages) if not i]
     pending = set(destination)

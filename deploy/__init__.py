@@ -1,0 +1,1 @@
+"""Deployment tooling: certificates, SuperNode keys, and a one-machine launcher."""

@@ -1,0 +1,91 @@
+"""Generate a CA, a SuperLink certificate naming every host it is reached by, and SuperNode keys.
+
+    python -m deploy.certs --out certs --host 127.0.0.1 --host superlink --supernodes 3
+
+Writes ca.crt, ca.key, superlink.crt, superlink.key, and supernode-<i>(.pub) key pairs
+(ECDSA P-384 in OpenSSH format, as `flwr supernode register` expects). Uses the
+`cryptography` package that Flower already depends on, so no openssl binary is needed.
+"""
+
+import argparse
+import datetime as dt
+import ipaddress
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+VALID_DAYS = 365
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, fmt: serialization.PrivateFormat) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+def make_tls(out: Path, hosts: list[str]) -> None:
+    """ca.crt/ca.key and superlink.crt/superlink.key, the latter valid for every name in `hosts`."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(_name("fedkd CA")).issuer_name(_name("fedkd CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA384())
+    )
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA384())
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    _write_key(out / "ca.key", ca_key, serialization.PrivateFormat.PKCS8)
+    (out / "superlink.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(out / "superlink.key", key, serialization.PrivateFormat.PKCS8)
+
+
+def make_supernode_key(out: Path, name: str) -> tuple[Path, Path]:
+    """An ECDSA P-384 key pair for SuperNode authentication: (private key, public key)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = out / name, out / f"{name}.pub"
+    out.mkdir(parents=True, exist_ok=True)
+    _write_key(private, key, serialization.PrivateFormat.OpenSSH)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
+    return private, public
+
+
+def main() -> None:
+    """Command line: certificates for the given hosts, and key pairs for N SuperNodes."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.certs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--host", action="append", required=True, help="a name or IP the SuperLink is reached by (repeat)")
+    parser.add_argument("--supernodes", type=int, default=0, help="how many SuperNode key pairs to create")
+    args = parser.parse_args()
+    make_tls(args.out, args.host)
+    for i in range(args.supernodes):
+        make_supernode_key(args.out, f"supernode-{i}")
+    print(f"wrote certificates for {args.host} and {args.supernodes} SuperNode key pairs to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

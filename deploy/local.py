@@ -1,0 +1,183 @@
+"""A real deployment on one machine: a SuperLink and N SuperNodes as separate processes, TLS and
+SuperNode authentication on, each SuperNode with its own data file; `flwr run` submits to it.
+
+    python -m common.data export --dataset digits --num-partitions 3 --out data/
+    python -m deploy.local --data data/ --run-config "num-teacher-rounds=5 num-student-rounds=5"
+
+Everything it starts is stopped when it ends, whatever happens. The command lines it ran are
+written to <work>/commands.json (the compose file is checked against them).
+"""
+
+import argparse
+import json
+import shlex
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy.certs import make_supernode_key, make_tls
+from deploy.processes import BIN, PROJECT, config_args, flower_env, free_port, start, stop, wait_listening
+
+HOST = "127.0.0.1"
+CONNECTION = "deploy"
+
+
+@dataclass
+class Deployment:
+    """A running SuperLink and its SuperNodes."""
+
+    work: Path
+    env: dict[str, str]
+    port: int
+    tls: bool
+    superlink: subprocess.Popen | None = None
+    supernodes: dict[int, subprocess.Popen] = field(default_factory=dict)
+    superexecs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    commands: list[list[str]] = field(default_factory=list)
+
+    @property
+    def certs(self) -> Path:
+        return self.work / "certs"
+
+    def _record(self, command: list[str]) -> list[str]:
+        self.commands.append(command)
+        (self.work / "commands.json").write_text(json.dumps(self.commands, indent=1))
+        return command
+
+    def start_superlink(self, auth: bool) -> None:
+        """flower-superlink with TLS (and SuperNode authentication), or explicitly insecure."""
+        command = [str(BIN / "flower-superlink"), "--host", HOST, "--port", str(self.port),
+                   "--isolation", "process", "--disable-runtime-dependency-installation",
+                   "--database", str(self.work / "superlink-state.db")]
+        if self.tls:
+            command += ["--ssl-ca-certfile", str(self.certs / "ca.crt"), "--ssl-certfile", str(self.certs / "superlink.crt"),
+                        "--ssl-keyfile", str(self.certs / "superlink.key")]
+            if auth:
+                command.append("--enable-supernode-auth")
+        else:
+            command.append("--insecure")
+        log = self.work / "superlink.log"
+        self.superlink = start(self._record(command), self.env, log)
+        wait_listening(self.superlink, HOST, self.port, log)
+        tls = ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
+        self._start_superexec("superlink", self.port, tls)
+
+    def _start_superexec(self, owner: str, port: int, tls: list[str]) -> None:
+        """The SuperExec that runs `owner`'s apps in fresh processes (process isolation, as in docker-compose.yml)."""
+        command = [str(BIN / "flower-superexec"), "--runtime-api-address", f"{HOST}:{port}", *tls]
+        self.superexecs[owner] = start(self._record(command), self.env, self.work / f"superexec-{owner}.log")
+
+    def register(self, index: int) -> Path:
+        """Create SuperNode `index`'s key pair and register its public key with the SuperLink."""
+        private, public = make_supernode_key(self.certs, f"supernode-{index}")
+        self.flwr(["supernode", "register", str(public), CONNECTION])
+        return private
+
+    def start_supernode(self, index: int, data_path: Path, key: Path | None, **node_config: object) -> None:
+        """flower-supernode for data owner `index`, with its data file and a state directory."""
+        state = self.work / f"supernode-{index}-state"
+        config = {"name": f"supernode-{index}", "data-path": str(data_path), "state-dir": str(state), **node_config}
+        port = free_port()
+        command = [str(BIN / "flower-supernode"), "--superlink", f"{HOST}:{self.port}", "--host", HOST, "--port", str(port),
+                   "--isolation", "process", "--node-config", config_args(config)]
+        command += ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
+        if key is not None:
+            command += ["--auth-supernode-private-key", str(key)]
+        log = self.work / f"supernode-{index}.log"
+        self.supernodes[index] = start(self._record(command), self.env, log)
+        wait_listening(self.supernodes[index], HOST, port, log)
+        # The node's own Runtime API never leaves its host (loopback here, a shared network namespace in compose).
+        self._start_superexec(f"supernode-{index}", port, ["--insecure"])
+
+    def kill_supernode(self, index: int) -> None:
+        """Stop SuperNode `index`, its SuperExec and the ClientApp it may be running."""
+        stop(self.supernodes.pop(index))
+        stop(self.superexecs.pop(f"supernode-{index}"))
+
+    def flwr(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+        """A `flwr` CLI call against this deployment; raises with its output when it fails."""
+        done = subprocess.run([str(BIN / "flwr"), *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, cwd=PROJECT)
+        if done.returncode != 0:
+            raise RuntimeError(f"flwr {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        return done
+
+    def online(self) -> int:
+        """How many SuperNodes the SuperLink sees online."""
+        listing = json.loads(self.flwr(["supernode", "list", CONNECTION, "--format", "json"]).stdout)
+        return sum(1 for n in listing.get("nodes", []) if str(n.get("status", "")).lower() == "online")
+
+    def wait_online(self, count: int, timeout: float = 90) -> None:
+        """Wait until `count` SuperNodes are online."""
+        deadline = time.monotonic() + timeout
+        while (seen := self.online()) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {seen} of {count} SuperNodes came online within {timeout:.0f} s")
+            time.sleep(1)
+
+    def run(self, run_config: dict[str, object], timeout: float = 900) -> subprocess.Popen:
+        """Start `flwr run . deploy --stream`; the caller waits for it (or kills nodes meanwhile)."""
+        command = [str(BIN / "flwr"), "run", str(PROJECT), CONNECTION, "--stream"]
+        if run_config:
+            command += ["--run-config", config_args(run_config)]
+        return subprocess.Popen(self._record(command), env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, cwd=PROJECT)
+
+
+@contextmanager
+def deployment(work: Path, data_files: list[Path], tls: bool = True, auth: bool = True) -> Iterator[Deployment]:
+    """Start a SuperLink and one SuperNode per data file; stop them all on exit."""
+    work.mkdir(parents=True, exist_ok=True)
+    home = work / "flwr-home"
+    home.mkdir(exist_ok=True)
+    dep = Deployment(work=work, env=flower_env(home), port=free_port(), tls=tls)
+    if tls:
+        make_tls(dep.certs, [HOST, "localhost"])
+        connection = f'root-certificates = "{dep.certs / "ca.crt"}"'
+    else:
+        connection = "insecure = true"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{HOST}:{dep.port}"\n{connection}\n'
+    )
+    with ExitStack() as cleanup:
+        cleanup.callback(lambda: [stop(p) for p in dep.supernodes.values()])
+        cleanup.callback(lambda: [stop(p) for p in dep.superexecs.values()])
+        cleanup.callback(lambda: dep.superlink and stop(dep.superlink))
+        dep.start_superlink(auth=tls and auth)
+        for index, path in enumerate(data_files):
+            key = dep.register(index) if tls and auth else None
+            dep.start_supernode(index, Path(path).resolve(), key)
+        dep.wait_online(len(data_files))
+        yield dep
+
+
+def main() -> None:
+    """Command line: deploy one SuperNode per part-*.npz in --data, submit a run, stream it, tear down."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="folder of part-<i>.npz files (one SuperNode each)")
+    parser.add_argument("--run-config", default="", help='run config overrides, e.g. "num-teacher-rounds=5"')
+    parser.add_argument("--work", type=Path, help="folder for certificates, keys, logs, state (default: a temporary one)")
+    parser.add_argument("--insecure", action="store_true", help="development only: no TLS and no SuperNode authentication")
+    args = parser.parse_args()
+    files = sorted(args.data.glob("part-*.npz"))
+    if not files:
+        parser.error(f"no part-*.npz files in {args.data}; write some with `python -m common.data export`")
+    overrides = dict(kv.split("=", 1) for kv in shlex.split(args.run_config))
+    with ExitStack() as stack:
+        work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedkd-deploy-")))
+        dep = stack.enter_context(deployment(work.resolve(), files, tls=not args.insecure))
+        print(f"SuperLink on {HOST}:{dep.port} ({'insecure' if args.insecure else 'TLS, SuperNode authentication'}), "
+              f"{len(files)} SuperNodes online; logs in {work}", flush=True)
+        command = [str(BIN / "flwr"), "run", str(PROJECT), CONNECTION, "--stream"]
+        if overrides:
+            command += ["--run-config", " ".join(f"{k}={v}" for k, v in overrides.items())]
+        raise SystemExit(subprocess.run(command, env=dep.env, cwd=PROJECT).returncode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""A real deployment on this machine: SuperLink + 3 SuperNodes as processes, TLS, SuperNode authentication,
+node-local .npz files; one SuperNode is killed mid-run."""
+
+import json
+import re
+import shlex
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from common.config import parse_run_config
+from common.data import export_partitions
+from deploy.certs import make_supernode_key
+from deploy.local import deployment
+
+ROUND_TIMEOUT = 20
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_SCHEMA = ROOT.parent / "shared" / "compose" / "compose-spec.json"
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    files = export_partitions(parse_run_config({"dataset": "digits", "partitioner": "iid"}), 3, data)
+    with deployment(tmp_path_factory.mktemp("deploy"), files) as dep:
+        yield dep, data
+
+
+def wait_for_rounds(out: Path, count: int, process, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        runs = list(out.glob("*/history.json"))
+        if runs and len(json.loads(runs[0].read_text())) >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{count} rounds did not finish in time")
+
+
+def test_run_survives_a_killed_supernode(deployed, tmp_path):
+    dep, data = deployed
+    out = tmp_path / "out"
+    run = dep.run({
+        "num-teacher-rounds": 3, "num-student-rounds": 2, "fraction-train": 1.0, "local-epochs": 2,
+        "round-timeout": ROUND_TIMEOUT, "min-replies": 0.5, "output-dir": str(out),
+        "server-test": str(data / "server-test.npz"),
+    })
+    try:
+        wait_for_rounds(out, 2, run)
+        dep.kill_supernode(2)
+        output, _ = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, output[-4000:]
+    (run_dir,) = out.iterdir()
+    history = json.loads((run_dir / "history.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [(r["phase"], r["round"]) for r in history] == [("teacher", 1), ("teacher", 2), ("teacher", 3), ("student", 1), ("student", 2)]
+    assert [r["replies"] for r in history[:2]] == [3, 3]
+    after = history[2:]
+    assert all(r["replies"] == 2 for r in after)
+    failed = [f for r in after for f in r["failed"]]
+    assert failed and all(f["node"] == "supernode-2" for f in failed)
+    assert summary["status"] == "complete"
+    assert summary["teacher_accuracy"] > 0.6 and summary["student_accuracy"] > 0.4
+    assert history[0]["federated_accuracy"] is not None
+    assert f"fedkd: run directory: {run_dir}" in output
+
+
+def test_an_unregistered_supernode_key_is_refused(deployed, tmp_path):
+    dep, data = deployed
+    key, _ = make_supernode_key(tmp_path, "stranger")
+    before = dep.online()
+    dep.start_supernode(9, data / "part-0.npz", key)
+    log_path = dep.work / "supernode-9.log"
+    refusals = ("Failed to activate SuperNode", "Connection attempt failed")
+    deadline = time.monotonic() + 60
+    while not any(r in log_path.read_text() for r in refusals) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    log = log_path.read_text()
+    dep.kill_supernode(9)
+    assert dep.online() == before
+    # A registered node gets an id; the stranger never does, it is refused.
+    assert "SuperNode ID" in (dep.work / "supernode-0.log").read_text()
+    assert "SuperNode ID" not in log and any(r in log for r in refusals), log[-2000:]
+
+
+def test_every_connection_used_tls_and_authentication(deployed):
+    dep, _ = deployed
+    commands = json.loads((dep.work / "commands.json").read_text())
+    superlink = next(c for c in commands if c[0].endswith("flower-superlink"))
+    assert "--enable-supernode-auth" in superlink and "--ssl-certfile" in superlink and "--insecure" not in superlink
+    supernodes = [c for c in commands if c[0].endswith("flower-supernode")]
+    assert len(supernodes) >= 3
+    assert all("--root-certificates" in c and "--auth-supernode-private-key" in c for c in supernodes)
+
+
+def _flags(command: list[str]) -> set[str]:
+    return {token for token in command if token.startswith("--")}
+
+
+def _node_config_keys(command: list[str]) -> set[str]:
+    if "--node-config" not in command:
+        return set()
+    text = command[command.index("--node-config") + 1]
+    return {pair.split("=", 1)[0] for pair in shlex.split(text)}
+
+
+def test_compose_file_is_valid_and_runs_only_tested_command_lines(deployed):
+    dep, _ = deployed
+    compose = yaml.safe_load(COMPOSE.read_text())
+    jsonschema.validate(compose, json.loads(COMPOSE_SCHEMA.read_text()))
+    flwr_pin = re.search(r'"flwr\[simulation\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    native = json.loads((dep.work / "commands.json").read_text())
+    binaries = {"flwr/superlink": "flower-superlink", "flwr/supernode": "flower-supernode"}
+    checked = 0
+    for name, service in compose["services"].items():
+        image, tag = service["image"].split(":")
+        binary = service.get("entrypoint") or binaries[image]
+        if image.startswith("flwr/"):
+            assert tag == flwr_pin, f"{name} uses {service['image']}, pyproject pins flwr {flwr_pin}"
+        argv = [binary, *service["command"]]
+        matches = [c for c in native if Path(c[0]).name == binary and _flags(c) == _flags(argv)
+                   and _node_config_keys(c) == _node_config_keys(argv)]
+        assert matches, f"service {name}: {argv} matches no command line the deployment test ran"
+        checked += 1
+    assert checked == 8
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert f"FROM flwr/superexec:{flwr_pin}" in dockerfile and "torch==2.13.0" in dockerfile
