@@ -10,7 +10,6 @@ written to <work>/commands.json (the compose file is checked against them).
 
 import argparse
 import json
-import shlex
 import subprocess
 import tempfile
 import time
@@ -167,15 +166,14 @@ def main() -> None:
     files = sorted(args.data.glob("part-*.npz"))
     if not files:
         parser.error(f"no part-*.npz files in {args.data}; write some with `python -m common.data export`")
-    overrides = dict(kv.split("=", 1) for kv in shlex.split(args.run_config))
     with ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedkd-deploy-")))
         dep = stack.enter_context(deployment(work.resolve(), files, tls=not args.insecure))
         print(f"SuperLink on {HOST}:{dep.port} ({'insecure' if args.insecure else 'TLS, SuperNode authentication'}), "
               f"{len(files)} SuperNodes online; logs in {work}", flush=True)
         command = [str(BIN / "flwr"), "run", str(PROJECT), CONNECTION, "--stream"]
-        if overrides:
-            command += ["--run-config", " ".join(f"{k}={v}" for k, v in overrides.items())]
+        if args.run_config:
+            command += ["--run-config", args.run_config]
         raise SystemExit(subprocess.run(command, env=dep.env, cwd=PROJECT).returncode)
 
 
