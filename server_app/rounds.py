@@ -3,7 +3,7 @@
 import math
 import time
 from collections.abc import Callable
-from logging import INFO
+from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common import log
@@ -83,6 +83,8 @@ def run_phase(
             }
         )
         _log_round(run_dir.history[-1], num_rounds)
+        for failure in run_dir.history[-1]["failed"]:
+            log(WARNING, "  %s round %d: node %s failed: %s", phase, server_round, failure["node"], failure["reason"])
     _final_evaluation(strategy, phase, grid, cfg, arrays, num_rounds, run_dir)
     return arrays
 

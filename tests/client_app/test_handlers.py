@@ -124,3 +124,34 @@ def test_missing_partition_id_names_the_key(context):
 def test_identify_reports_the_partition(context):
     reply = app(message("query.identify", to_record(initial_model(CFG, "student"))), context)
     assert reply.content["node"]["name"] == "partition-1"
+
+
+def test_state_dir_brings_the_teacher_back_after_a_restart(context, tmp_path):
+    context.node_config["state-dir"] = str(tmp_path)
+    teacher = to_record(initial_model(CFG, "teacher"))
+    student = to_record(initial_model(CFG, "student"))
+    first = app(message("train.student", student, teacher=teacher), context)
+    restarted = Context(run_id=1, node_id=7, node_config=dict(context.node_config), state=RecordDict(),
+                        run_config=dict(RUN_CONFIG))
+    second = app(message("train.student", student), restarted)
+    a, b = weights(first.content["arrays"]), weights(second.content["arrays"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "run-1" / "local-teacher.pt").is_file()
+
+
+def test_a_bad_data_file_is_refused_with_its_reason(context, tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 32), dtype=np.float32), y=np.array([0, 1, 2, 99]))
+    context.node_config.clear()
+    context.node_config["data-path"] = str(tmp_path / "bad.npz")
+    with pytest.raises(Exception, match=r"'y' holds labels 0..99; allowed: 0 to 9"):
+        app(message("train.teacher", to_record(initial_model(CFG, "teacher"))), context)
+
+
+def test_data_path_nodes_are_named_by_their_file_or_name(context, tmp_path):
+    context.node_config.clear()
+    context.node_config["data-path"] = "/data/a.npz"
+    assert app(message("query.identify", ArrayRecord()), context).content["node"]["name"] == "/data/a.npz"
+    context.node_config["name"] = "hospital-a"
+    assert app(message("query.identify", ArrayRecord()), context).content["node"]["name"] == "hospital-a"

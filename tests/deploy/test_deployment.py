@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import yaml
 
@@ -26,7 +27,9 @@ COMPOSE_SCHEMA = ROOT.parent / "shared" / "compose" / "compose-spec.json"
 def deployed(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     files = export_partitions(parse_run_config({"dataset": "digits", "partitioner": "iid"}), 3, data)
-    with deployment(tmp_path_factory.mktemp("deploy"), files) as dep:
+    # A fourth data owner whose file has 10 features instead of digits' 64.
+    np.savez(data / "wrong.npz", x=np.zeros((20, 10), dtype=np.float32), y=np.zeros(20, dtype=np.int64))
+    with deployment(tmp_path_factory.mktemp("deploy"), [*files, data / "wrong.npz"]) as dep:
         yield dep, data
 
 
@@ -61,10 +64,14 @@ def test_run_survives_a_killed_supernode(deployed, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [(r["phase"], r["round"]) for r in history] == [("teacher", 1), ("teacher", 2), ("teacher", 3), ("student", 1), ("student", 2)]
     assert [r["replies"] for r in history[:2]] == [3, 3]
+    for r in history[:2]:
+        (bad,) = r["failed"]
+        assert bad["node"] == "supernode-3" and "'x' has shape [20, 10]; expected (samples, 64)" in bad["reason"]
     after = history[2:]
     assert all(r["replies"] == 2 for r in after)
-    failed = [f for r in after for f in r["failed"]]
-    assert failed and all(f["node"] == "supernode-2" for f in failed)
+    failed = [f["node"] for r in after for f in r["failed"]]
+    assert "supernode-2" in failed and set(failed) == {"supernode-2", "supernode-3"}
+    assert "node supernode-3 failed" in output
     assert summary["status"] == "complete"
     assert summary["teacher_accuracy"] > 0.6 and summary["student_accuracy"] > 0.4
     assert history[0]["federated_accuracy"] is not None

@@ -75,3 +75,15 @@ def test_malformed_replies_are_rejected_with_a_reason_not_averaged(task_identity
     assert "'w' is float32[3], expected float32[2]" in reasons[3]
     assert "num-examples" in reasons[4]
     assert reasons[5].startswith("reply rejected:")
+
+
+def test_too_few_usable_replies_stop_the_run_with_the_reasons():
+    from server_app.rounds import RunAborted, _check_replies
+
+    cfg = parse_run_config({"min-replies": 0.6})
+    failures = [{"node": "a", "reason": "no reply before round-timeout"}, {"node": "b", "reason": "boom"}]
+    with pytest.raises(RunAborted) as err:
+        _check_replies(cfg, "teacher", 4, sent=5, accepted=2, failures=failures)
+    assert "teacher round 4: 2 of 5 sampled nodes replied usably, min-replies = 0.6 needs 3" in str(err.value)
+    assert "node a: no reply before round-timeout; node b: boom" in str(err.value)
+    _check_replies(cfg, "teacher", 4, sent=5, accepted=3, failures=failures)
