@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.certs import make_supernode_key, make_tls
-from deploy.processes import BIN, PROJECT, config_args, flower_env, free_port, start, stop, wait_listening
+from deploy.network import LOOPBACK, Network
+from deploy.processes import BIN, PROJECT, config_args, flower_env, free_port, start, stop, wait_listening, wait_log
 
-HOST = "127.0.0.1"
 CONNECTION = "deploy"
 
 
@@ -33,6 +33,7 @@ class Deployment:
     env: dict[str, str]
     port: int
     tls: bool
+    network: Network
     superlink: subprocess.Popen | None = None
     supernodes: dict[int, subprocess.Popen] = field(default_factory=dict)
     superexecs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -42,14 +43,19 @@ class Deployment:
     def certs(self) -> Path:
         return self.work / "certs"
 
-    def _record(self, command: list[str]) -> list[str]:
+    @property
+    def host(self) -> str:
+        return self.network.superlink_host
+
+    def _record(self, command: list[str], prefix: list[str] | None = None) -> list[str]:
+        """Keep Flower's command line (without the namespace prefix) in commands.json; return what to run."""
         self.commands.append(command)
         (self.work / "commands.json").write_text(json.dumps(self.commands, indent=1))
-        return command
+        return [*(prefix or []), *command]
 
     def start_superlink(self, auth: bool) -> None:
         """flower-superlink with TLS (and SuperNode authentication), or explicitly insecure."""
-        command = [str(BIN / "flower-superlink"), "--host", HOST, "--port", str(self.port),
+        command = [str(BIN / "flower-superlink"), "--host", self.host, "--port", str(self.port),
                    "--isolation", "process", "--disable-runtime-dependency-installation",
                    "--database", str(self.work / "superlink-state.db")]
         if self.tls:
@@ -61,14 +67,14 @@ class Deployment:
             command.append("--insecure")
         log = self.work / "superlink.log"
         self.superlink = start(self._record(command), self.env, log)
-        wait_listening(self.superlink, HOST, self.port, log)
+        wait_listening(self.superlink, self.host, self.port, log)
         tls = ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
-        self._start_superexec("superlink", self.port, tls)
+        self._start_superexec("superlink", f"{self.host}:{self.port}", tls, [])
 
-    def _start_superexec(self, owner: str, port: int, tls: list[str]) -> None:
+    def _start_superexec(self, owner: str, address: str, tls: list[str], prefix: list[str]) -> None:
         """The SuperExec that runs `owner`'s apps in fresh processes (process isolation, as in docker-compose.yml)."""
-        command = [str(BIN / "flower-superexec"), "--runtime-api-address", f"{HOST}:{port}", *tls]
-        self.superexecs[owner] = start(self._record(command), self.env, self.work / f"superexec-{owner}.log")
+        command = [str(BIN / "flower-superexec"), "--runtime-api-address", address, *tls]
+        self.superexecs[owner] = start(self._record(command, prefix), self.env, self.work / f"superexec-{owner}.log")
 
     def register(self, index: int) -> Path:
         """Create SuperNode `index`'s key pair and register its public key with the SuperLink."""
@@ -80,17 +86,17 @@ class Deployment:
         """flower-supernode for data owner `index`, with its data file and a state directory."""
         state = self.work / f"supernode-{index}-state"
         config = {"name": f"supernode-{index}", "data-path": str(data_path), "state-dir": str(state), **node_config}
-        port = free_port()
-        command = [str(BIN / "flower-supernode"), "--superlink", f"{HOST}:{self.port}", "--host", HOST, "--port", str(port),
-                   "--isolation", "process", "--node-config", config_args(config)]
+        port, prefix = free_port(), self.network.node_prefix(index)
+        command = [str(BIN / "flower-supernode"), "--superlink", f"{self.host}:{self.port}", "--host", LOOPBACK,
+                   "--port", str(port), "--isolation", "process", "--node-config", config_args(config)]
         command += ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
         if key is not None:
             command += ["--auth-supernode-private-key", str(key)]
         log = self.work / f"supernode-{index}.log"
-        self.supernodes[index] = start(self._record(command), self.env, log)
-        wait_listening(self.supernodes[index], HOST, port, log)
-        # The node's own Runtime API never leaves its host (loopback here, a shared network namespace in compose).
-        self._start_superexec(f"supernode-{index}", port, ["--insecure"])
+        self.supernodes[index] = start(self._record(command, prefix), self.env, log)
+        wait_log(self.supernodes[index], log, f"running on http://{LOOPBACK}:{port}")
+        # The node's Runtime API stays on its own host's loopback (a shared network namespace in compose).
+        self._start_superexec(f"supernode-{index}", f"{LOOPBACK}:{port}", ["--insecure"], prefix)
 
     def kill_supernode(self, index: int) -> None:
         """Stop SuperNode `index`, its SuperExec and the ClientApp it may be running."""
@@ -133,16 +139,18 @@ def deployment(work: Path, data_files: list[Path], tls: bool = True, auth: bool 
     work.mkdir(parents=True, exist_ok=True)
     home = work / "flwr-home"
     home.mkdir(exist_ok=True)
-    dep = Deployment(work=work, env=flower_env(home), port=free_port(), tls=tls)
+    network = Network()
+    dep = Deployment(work=work, env=flower_env(home), port=free_port(), tls=tls, network=network)
     if tls:
-        make_tls(dep.certs, [HOST, "localhost"])
+        make_tls(dep.certs, [dep.host, LOOPBACK, "localhost"])
         connection = f'root-certificates = "{dep.certs / "ca.crt"}"'
     else:
         connection = "insecure = true"
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{HOST}:{dep.port}"\n{connection}\n'
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{dep.host}:{dep.port}"\n{connection}\n'
     )
     with ExitStack() as cleanup:
+        cleanup.callback(network.close)
         cleanup.callback(lambda: [stop(p) for p in dep.supernodes.values()])
         cleanup.callback(lambda: [stop(p) for p in dep.superexecs.values()])
         cleanup.callback(lambda: dep.superlink and stop(dep.superlink))
@@ -169,8 +177,9 @@ def main() -> None:
     with ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedkd-deploy-")))
         dep = stack.enter_context(deployment(work.resolve(), files, tls=not args.insecure))
-        print(f"SuperLink on {HOST}:{dep.port} ({'insecure' if args.insecure else 'TLS, SuperNode authentication'}), "
-              f"{len(files)} SuperNodes online; logs in {work}", flush=True)
+        hosts = "own network namespaces" if dep.network.isolated else "loopback"
+        print(f"SuperLink on {dep.host}:{dep.port} ({'insecure' if args.insecure else 'TLS, SuperNode authentication'}), "
+              f"{len(files)} SuperNodes online on {hosts}; logs in {work}", flush=True)
         command = [str(BIN / "flwr"), "run", str(PROJECT), CONNECTION, "--stream"]
         if args.run_config:
             command += ["--run-config", args.run_config]

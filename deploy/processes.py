@@ -79,6 +79,16 @@ def wait_listening(process: subprocess.Popen, host: str, port: int, log: Path, t
         time.sleep(0.2)
 
 
+def wait_log(process: subprocess.Popen, log: Path, text: str, timeout: float = 60) -> None:
+    """Wait until `text` appears in `log` (for processes in another network namespace, whose ports this one cannot probe)."""
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and text in log.read_text(errors="replace")):
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{Path(process.args[0]).name} did not log {text!r}:\n{tail}")
+        time.sleep(0.2)
+
+
 def toml_value(value: object) -> str:
     """A run- or node-config value as TOML: strings quoted, booleans lower-case."""
     if isinstance(value, str):

@@ -16,6 +16,7 @@ from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.certs import make_supernode_key
 from deploy.local import deployment
+from deploy.network import namespaces_work
 
 ROUND_TIMEOUT = 20
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,8 @@ def wait_for_rounds(out: Path, count: int, process, timeout: float = 300) -> Non
         if runs and len(json.loads(runs[0].read_text())) >= count:
             return
         time.sleep(0.5)
-    raise AssertionError(f"{count} rounds did not finish in time")
+    output = process.communicate(timeout=30)[0] if process.poll() is not None else "(still running)"
+    raise AssertionError(f"{count} rounds did not finish in time:\n{output[-3000:]}")
 
 
 def test_run_survives_a_killed_supernode(deployed, tmp_path):
@@ -98,6 +100,10 @@ def test_an_unregistered_supernode_key_is_refused(deployed, tmp_path):
 
 def test_every_connection_used_tls_and_authentication(deployed):
     dep, _ = deployed
+    # As root, every SuperNode ran on a host of its own (network namespace, own address).
+    assert dep.network.isolated == namespaces_work()
+    if dep.network.isolated:
+        assert dep.host.startswith("10.231.") and len(dep.network.namespaces) >= 4
     commands = json.loads((dep.work / "commands.json").read_text())
     superlink = next(c for c in commands if c[0].endswith("flower-superlink"))
     assert "--enable-supernode-auth" in superlink and "--ssl-certfile" in superlink and "--insecure" not in superlink
