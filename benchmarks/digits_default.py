@@ -7,7 +7,6 @@ federation would reach if data could be pooled), measured in the same run. Write
 benchmarks/results/digits_default.{json,md}.
 """
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
+from benchmarks.flower_local import run_summary, seeds_from_command_line, simulation_superlink
 from deploy.processes import PROJECT
 from common.config import parse_run_config
 from common.data import _digits_pool, load_server_testset
@@ -42,18 +41,12 @@ def centralised(seed: int) -> dict:
 
 def main() -> None:
     """Run the default job per seed, and the centralised baseline."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    args = parser.parse_args()
+    seeds = seeds_from_command_line(__doc__)
     RESULTS.mkdir(parents=True, exist_ok=True)
     fed, central = [], []
     with tempfile.TemporaryDirectory() as tmp, simulation_superlink(Path(tmp) / "flwr-home") as env:
-        for seed in args.seeds:
-            out = Path(tmp) / f"out-{seed}"
-            done = flwr_run(env, {"seed": seed, "output-dir": str(out)}, num_supernodes=10)
-            if done.returncode != 0:
-                raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
-            summary = json.loads((run_directory(out) / "summary.json").read_text())
+        for seed in seeds:
+            summary = run_summary(env, {"seed": seed}, 10, Path(tmp) / f"out-{seed}")
             fed.append({k: summary[k] for k in ("teacher_accuracy", "student_accuracy", "student_federated_accuracy",
                                                 "median_round_seconds", "bytes_total", "wall_seconds")})
             central.append(centralised(seed))
@@ -63,7 +56,7 @@ def main() -> None:
         values = [r[key] for r in rows]
         return f"{statistics.mean(values):.3f} ({statistics.stdev(values) if len(values) > 1 else 0.0:.3f})"
 
-    lines = [f"Seeds {args.seeds}; mean (std).", "",
+    lines = [f"Seeds {seeds}; mean (std).", "",
              "| model | centralised (pooled data) | fedkd, 10 clients, Dirichlet 0.5 | fedkd / centralised |", "|---|---|---|---|"]
     for role in ("teacher", "student"):
         key = f"{role}_accuracy"
@@ -72,7 +65,7 @@ def main() -> None:
     lines += ["", f"Student federated accuracy (clients' local test splits): {ms(fed, 'student_federated_accuracy')}; "
               f"median round {ms(fed, 'median_round_seconds')} s; {statistics.mean(r['bytes_total'] for r in fed) / 1e6:.1f} MB per run."]
     table = "\n".join(lines)
-    (RESULTS / "digits_default.json").write_text(json.dumps({"seeds": args.seeds, "fedkd": fed, "centralised": central}, indent=2))
+    (RESULTS / "digits_default.json").write_text(json.dumps({"seeds": seeds, "fedkd": fed, "centralised": central}, indent=2))
     (RESULTS / "digits_default.md").write_text(table + "\n")
     print(table)
 

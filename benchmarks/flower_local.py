@@ -4,6 +4,8 @@ Used by the end-to-end tests and the benchmarks, so that neither touches a user'
 or a SuperLink that another session started.
 """
 
+import argparse
+import json
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,3 +65,18 @@ def run_directory(output_dir: Path) -> Path:
     if len(runs) != 1:
         raise RuntimeError(f"expected one run directory in {output_dir}, found {runs}")
     return runs[0]
+
+
+def run_summary(env: dict[str, str], run_config: dict[str, object], num_supernodes: int, out: Path) -> dict:
+    """`flwr_run` with output-dir `out`; the run's summary.json, or an error carrying the run's output."""
+    done = flwr_run(env, {**run_config, "output-dir": str(out)}, num_supernodes)
+    if done.returncode != 0:
+        raise RuntimeError(f"flwr run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads((run_directory(out) / "summary.json").read_text())
+
+
+def seeds_from_command_line(doc: str) -> list[int]:
+    """The --seeds of a benchmark's command line (default 42 43 44)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    return parser.parse_args().seeds

@@ -7,7 +7,6 @@ Seed config: synthetic task, 10 clients, 5 per round, 25 teacher + 25 student ro
 benchmarks/results/seed_comparison.{json,md}; figures are ratios to the seed measured here.
 """
 
-import argparse
 import importlib.util
 import json
 import statistics
@@ -16,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
+from benchmarks.flower_local import run_summary, seeds_from_command_line, simulation_superlink
 from deploy.processes import PROJECT
 
 SEED_SCRIPT = PROJECT.parent / "shared" / "seed" / "tutorial_055.py"
@@ -58,11 +57,8 @@ def run_seed_script(seed: int) -> dict:
 def run_app(env: dict, seed: int, out: Path) -> dict:
     """fedkd through `flwr run` on the seed's config."""
     start = time.perf_counter()
-    done = flwr_run(env, {**APP_CONFIG, "seed": seed, "output-dir": str(out)}, num_supernodes=10)
+    summary = run_summary(env, {**APP_CONFIG, "seed": seed}, 10, out)
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"flwr run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    summary = json.loads((run_directory(out) / "summary.json").read_text())
     return {
         "teacher_accuracy": summary["teacher_accuracy"],
         "student_accuracy": summary["student_accuracy"],
@@ -92,18 +88,16 @@ def report(seed_runs: list[dict], app_runs: list[dict], seeds: list[int]) -> str
 
 def main() -> None:
     """Run both systems for every seed and write the results."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    args = parser.parse_args()
+    seeds = seeds_from_command_line(__doc__)
     RESULTS.mkdir(parents=True, exist_ok=True)
     seed_runs, app_runs = [], []
     with tempfile.TemporaryDirectory() as tmp, simulation_superlink(Path(tmp) / "flwr-home") as env:
-        for seed in args.seeds:
+        for seed in seeds:
             seed_runs.append(run_seed_script(seed))
             app_runs.append(run_app(env, seed, Path(tmp) / f"out-{seed}"))
             print(f"seed {seed}: seed script {seed_runs[-1]}\n         fedkd {app_runs[-1]}", flush=True)
-    table = report(seed_runs, app_runs, args.seeds)
-    (RESULTS / "seed_comparison.json").write_text(json.dumps({"seeds": args.seeds, "seed_script": seed_runs, "fedkd": app_runs}, indent=2))
+    table = report(seed_runs, app_runs, seeds)
+    (RESULTS / "seed_comparison.json").write_text(json.dumps({"seeds": seeds, "seed_script": seed_runs, "fedkd": app_runs}, indent=2))
     (RESULTS / "seed_comparison.md").write_text(table + "\n")
     print(table)
 
