@@ -58,6 +58,7 @@ class RunConfig(BaseModel):
     seed: int = Field(42, ge=0)
     output_dir: str = "outputs"
     server_test: str = "builtin"
+    resume_from: str = ""
 
     @field_validator("teacher_hidden", "student_hidden", mode="before")
     @classmethod

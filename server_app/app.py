@@ -3,6 +3,7 @@
 import statistics
 import time
 from logging import ERROR, INFO
+from pathlib import Path
 
 from flwr.app import ArrayRecord, Context
 from flwr.common import log
@@ -12,6 +13,7 @@ from common.config import ConfigError, RunConfig, parse_run_config
 from common.data import DataError, Split, load_server_testset, load_test_npz
 from common.models import count_params, initial_model, load_record, to_record
 from common.training import evaluate
+from server_app import checkpoint
 from server_app.outputs import RunDirectory
 from server_app.rounds import RunAborted, fmt_metric, run_phase
 from server_app.sampling import NodeSampler
@@ -72,11 +74,17 @@ def main(grid: Grid, context: Context) -> None:
         sampler = NodeSampler(cfg.seed, cfg.round_timeout)
         connected = _connected_nodes(cfg, sampler, grid)
         test = _server_testset(cfg)
+        resumed = checkpoint.load(Path(cfg.resume_from).expanduser().resolve(), cfg) if cfg.resume_from else None
     except (ConfigError, DataError) as exc:
         log(ERROR, "fedkd: invalid run: %s", exc)
         raise
 
-    run_dir = RunDirectory(cfg.output_path(), f"{cfg.strategy}-{cfg.dataset}")
+    if resumed:
+        run_dir = RunDirectory.reopen(Path(cfg.resume_from).expanduser().resolve(), resumed.records)
+        sampler.rng.setstate(resumed.sampler_state)
+        log(INFO, "fedkd: resuming after %s round %d", resumed.phase, resumed.server_round)
+    else:
+        run_dir = RunDirectory(cfg.output_path(), f"{cfg.strategy}-{cfg.dataset}")
     models = {phase: initial_model(cfg, phase) for phase in PHASES}
 
     def evaluate_fn(phase: str, arrays: ArrayRecord) -> tuple[float | None, float | None]:
@@ -90,8 +98,14 @@ def main(grid: Grid, context: Context) -> None:
     arrays: ArrayRecord | None = None
     try:
         for phase, rounds in zip(PHASES, (cfg.num_teacher_rounds, cfg.num_student_rounds)):
+            first_round, start_arrays = 1, to_record(models[phase])
+            if resumed and resumed.phase == "student" and phase == "teacher":
+                arrays = resumed.final_teacher
+                continue
+            if resumed and resumed.phase == phase:
+                first_round, start_arrays = resumed.server_round + 1, resumed.arrays
             strategy.start_phase(phase, arrays)
-            arrays = run_phase(strategy, phase, grid, cfg, to_record(models[phase]), rounds, evaluate_fn, run_dir)
+            arrays = run_phase(strategy, phase, grid, cfg, start_arrays, rounds, evaluate_fn, run_dir, first_round)
             run_dir.save_model(phase, load_record(models[phase], arrays))
     except (RunAborted, TimeoutError) as exc:
         run_dir.write_summary({**_summary(cfg, run_dir, models, started), "status": "aborted", "reason": str(exc)})

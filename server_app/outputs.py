@@ -20,6 +20,15 @@ def write_json(path: Path, data: Any) -> None:
 class RunDirectory:
     """One run's output directory under `output-dir`."""
 
+    @classmethod
+    def reopen(cls, path: Path, records: int) -> "RunDirectory":
+        """An existing run directory, its history cut back to the first `records` rounds."""
+        run = cls.__new__(cls)
+        run.path = path
+        run.history = json.loads((path / "history.json").read_text())[:records]
+        write_json(path / "history.json", run.history)
+        return run
+
     def __init__(self, root: Path, label: str) -> None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         root.mkdir(parents=True, exist_ok=True)

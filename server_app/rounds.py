@@ -11,6 +11,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.config import RunConfig
+from server_app import checkpoint
 from server_app.outputs import RunDirectory
 from server_app.transport import exchange
 
@@ -43,9 +44,10 @@ def run_phase(
     num_rounds: int,
     evaluate_fn: EvaluateFn,
     run_dir: RunDirectory,
+    first_round: int = 1,
 ) -> ArrayRecord:
-    """Run `num_rounds` rounds of `strategy` in `phase`, recording each; returns the final arrays."""
-    for server_round in range(1, num_rounds + 1):
+    """Run rounds `first_round`..`num_rounds` of `strategy` in `phase`, recording and checkpointing each."""
+    for server_round in range(first_round, num_rounds + 1):
         start = time.perf_counter()
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         ex = exchange(grid, messages, cfg.round_timeout)
@@ -82,6 +84,10 @@ def run_phase(
                 "sampled": sorted(strategy.sampler.name(m.metadata.dst_node_id) for m in messages),
             }
         )
+        checkpoint.save(run_dir.path, checkpoint.Checkpoint(
+            phase, server_round, len(run_dir.history), arrays, strategy.final_teacher,
+            strategy.sampler.rng.getstate(), cfg.model_dump(mode="json", by_alias=True),
+        ))
         _log_round(run_dir.history[-1], num_rounds)
         for failure in run_dir.history[-1]["failed"]:
             log(WARNING, "  %s round %d: node %s failed: %s", phase, server_round, failure["node"], failure["reason"])

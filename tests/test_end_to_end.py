@@ -6,7 +6,7 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
+from benchmarks.flower_local import federation_config, flwr_run, run_directory, simulation_superlink
 from common.config import parse_run_config
 from common.models import initial_model, to_record
 from server_app.transport import record_bytes
@@ -96,3 +96,77 @@ def test_a_bad_run_config_stops_the_run_naming_the_key(flower, tmp_path):
 def test_more_clients_than_nodes_stops_the_run(flower, tmp_path):
     done = flwr_run(flower, {"min-train-nodes": 6, "output-dir": str(tmp_path)}, NODES)
     assert "'min-train-nodes' = 6 is more than the 5 connected nodes" in done.stdout + done.stderr
+
+
+def test_a_stopped_run_resumes_to_the_uninterrupted_result(flower, runs, tmp_path):
+    """Stop a run in phase 2 (the ServerApp is killed), resume it: the same rounds as an uninterrupted run."""
+    import re
+    import subprocess
+    import time
+
+    from deploy.processes import BIN, PROJECT, config_args
+
+    out = tmp_path / "stopped"
+    command = [str(BIN / "flwr"), "run", str(PROJECT), "test", "--stream", "--federation-config",
+               federation_config(NODES), "--run-config", config_args({**SMALL, "output-dir": str(out)})]
+    run = subprocess.Popen(command, env=flower, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_id = None
+    for line in run.stdout:
+        if match := re.search(r"Successfully started run (\d+)", line):
+            run_id = match.group(1)
+            break
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        histories = list(out.glob("*/history.json"))
+        if histories and len(json.loads(histories[0].read_text())) >= 4:
+            break
+        time.sleep(0.05)
+    assert run_id and kill_serverapp(flower) == 1
+    run.kill()
+    run.communicate()
+    stopped = run_directory(out)
+    assert not (stopped / "summary.json").exists(), "the run finished before it was stopped"
+    done_before = len(json.loads((stopped / "history.json").read_text()))
+    assert 4 <= done_before < 6
+
+    resumed = flwr_run(flower, {**SMALL, "output-dir": str(out), "resume-from": str(stopped)}, NODES)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "resuming after" in resumed.stdout
+    reference = json.loads((runs[0][0] / "history.json").read_text())
+    history = json.loads((stopped / "history.json").read_text())
+    keys = ("phase", "round", "sampled", "accuracy", "loss", "federated_accuracy")
+    assert [[r[k] for k in keys] for r in history] == [[r[k] for k in keys] for r in reference]
+    assert json.loads((stopped / "summary.json").read_text())["student_accuracy"] == reference[-1]["accuracy"]
+
+
+def test_resuming_with_another_config_is_refused(runs, tmp_path):
+    from common.config import ConfigError
+    from server_app import checkpoint
+
+    run_dir = runs[0][0]
+    same = checkpoint.load(run_dir, parse_run_config({**SMALL, "output-dir": "elsewhere", "round-timeout": 5}))
+    assert (same.phase, same.server_round, same.records) == ("student", 3, 6)
+    with pytest.raises(ConfigError, match=r"was made with another config: 'local-epochs' = 5 \(checkpoint: 2\)"):
+        checkpoint.load(run_dir, parse_run_config({**SMALL, "local-epochs": 5}))
+    with pytest.raises(ConfigError, match="no checkpoint.pt there"):
+        checkpoint.load(tmp_path, parse_run_config(SMALL))
+
+
+def kill_serverapp(env: dict) -> int:
+    """SIGKILL the simulation process (it runs the ServerApp) of the SuperLink behind `env`; how many were killed."""
+    import os
+    import signal
+    from pathlib import Path
+
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"flwr-simulation" not in (proc / "cmdline").read_bytes():
+                continue
+            if f"FLWR_HOME={env['FLWR_HOME']}".encode() not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            os.kill(int(proc.name), signal.SIGKILL)
+            killed += 1
+        except (OSError, ValueError):
+            continue
+    return killed

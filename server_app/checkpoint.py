@@ -1,0 +1,63 @@
+"""The server's checkpoint after every round, and resuming a run from it (run config `resume-from`)."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord
+
+from common.config import ConfigError, RunConfig
+
+CHECKPOINT = "checkpoint.pt"
+# Keys that may change between a run and its resumption; every other key shapes the result.
+RESUMABLE_CHANGES = {"resume-from", "output-dir", "round-timeout", "min-replies"}
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to continue after the last complete round."""
+
+    phase: str
+    server_round: int
+    records: int
+    arrays: ArrayRecord
+    final_teacher: ArrayRecord | None
+    sampler_state: tuple
+    config: dict
+
+
+def _tensors(arrays: ArrayRecord | None) -> dict[str, torch.Tensor] | None:
+    return None if arrays is None else {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
+
+
+def save(run_dir: Path, ckpt: Checkpoint) -> None:
+    """Write the checkpoint atomically (write, then rename)."""
+    tmp = run_dir / (CHECKPOINT + ".tmp")
+    torch.save({
+        "phase": ckpt.phase, "round": ckpt.server_round, "records": ckpt.records,
+        "arrays": _tensors(ckpt.arrays), "final_teacher": _tensors(ckpt.final_teacher),
+        "sampler_state": ckpt.sampler_state, "config": ckpt.config,
+    }, tmp)
+    os.replace(tmp, run_dir / CHECKPOINT)
+
+
+def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
+    """The checkpoint of `run_dir`; a ConfigError if it is missing or was made with another config."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(f"run config 'resume-from' = {str(run_dir)!r}: no {CHECKPOINT} there; allowed: a fedkd run directory")
+    raw = torch.load(path, weights_only=True)
+    ours = cfg.model_dump(mode="json", by_alias=True)
+    changed = sorted(k for k in ours.keys() | raw["config"].keys()
+                     if k not in RESUMABLE_CHANGES and ours.get(k) != raw["config"].get(k))
+    if changed:
+        details = ", ".join(f"'{k}' = {ours.get(k)!r} (checkpoint: {raw['config'].get(k)!r})" for k in changed)
+        raise ConfigError(f"run config 'resume-from' = {str(run_dir)!r} was made with another config: {details}; "
+                          f"only {sorted(RESUMABLE_CHANGES)} may change")
+    teacher = raw["final_teacher"]
+    return Checkpoint(
+        phase=raw["phase"], server_round=raw["round"], records=raw["records"], arrays=ArrayRecord(raw["arrays"]),
+        final_teacher=None if teacher is None else ArrayRecord(teacher),
+        sampler_state=raw["sampler_state"], config=raw["config"],
+    )
