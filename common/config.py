@@ -59,6 +59,7 @@ class RunConfig(BaseModel):
     output_dir: str = "outputs"
     server_test: str = "builtin"
     resume_from: str = ""
+    clip_norm: float = Field(0.0, ge=0)
 
     @field_validator("teacher_hidden", "student_hidden", mode="before")
     @classmethod

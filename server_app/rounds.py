@@ -79,6 +79,7 @@ def run_phase(
                 "exchange_seconds": ex.seconds,
                 "client_seconds": metrics.get("client-seconds") if metrics else None,
                 "replies": accepted,
+                "clipped": int(metrics.get("clipped-updates", 0)) if metrics else 0,
                 "failures": len(failures),
                 "failed": [{**f, "node": strategy.sampler.name(f["node"])} for f in failures],
                 "sampled": sorted(strategy.sampler.name(m.metadata.dst_node_id) for m in messages),

@@ -3,7 +3,7 @@
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
@@ -47,6 +47,18 @@ def _check_arrays(got: ArrayRecord, expected: ArrayRecord) -> None:
             raise ValueError(f"'{key}' holds NaN or Inf")
 
 
+def clip_update(update: ArrayRecord, base: ArrayRecord, max_norm: float) -> bool:
+    """Scale `update`'s difference from `base` to an L2 norm of at most `max_norm`, in place; True if it was."""
+    deltas = {k: update[k].numpy().astype(np.float64) - base[k].numpy() for k in update.keys()}
+    norm = float(np.sqrt(sum(float((d * d).sum()) for d in deltas.values())))
+    if norm <= max_norm:
+        return False
+    for key, delta in deltas.items():
+        start = base[key].numpy()
+        update[key] = Array((start + delta * (max_norm / norm)).astype(start.dtype))
+    return True
+
+
 class TwoStage(FedAvg):
     """Phase "teacher" trains the global teacher; phase "student" distils from each client's local teacher.
 
@@ -64,6 +76,7 @@ class TwoStage(FedAvg):
             evaluate_metrics_aggr_fn=sum_eval_counts,
         )
         self.sampler = sampler
+        self.clip_norm = cfg.clip_norm
         self.phase = PHASES[0]
         self.final_teacher: ArrayRecord | None = None
         self.holds_teacher: set[int] = set()
@@ -130,8 +143,14 @@ class TwoStage(FedAvg):
         if not valid:
             return None, None
         contents = [m.content for m in valid]
+        clipped = 0
+        if self.clip_norm > 0:
+            for content in contents:
+                clipped += clip_update(next(iter(content.array_records.values())), self._arrays, self.clip_norm)
         arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
-        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        metrics["clipped-updates"] = clipped
+        return arrays, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -87,3 +87,16 @@ def test_too_few_usable_replies_stop_the_run_with_the_reasons():
     assert "teacher round 4: 2 of 5 sampled nodes replied usably, min-replies = 0.6 needs 3" in str(err.value)
     assert "node a: no reply before round-timeout; node b: boom" in str(err.value)
     _check_replies(cfg, "teacher", 4, sent=5, accepted=3, failures=failures)
+
+
+def test_clip_norm_bounds_each_update_before_averaging(task_identity):
+    strategy = TwoStage(parse_run_config({"clip-norm": 1.0}), NodeSampler(seed=1, timeout=1))
+    strategy._sent = [1, 2]
+    strategy._arrays = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
+    replies = [
+        reply_from(1, [3.0, 4.0], **{"num-examples": 10, "train-loss": 0.1}),  # norm 5 -> scaled to 1
+        reply_from(2, [0.6, 0.0], **{"num-examples": 10, "train-loss": 0.1}),  # norm 0.6 -> kept
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), [(0.6 + 0.6) / 2, (0.8 + 0.0) / 2], rtol=1e-6)
+    assert metrics["clipped-updates"] == 1
