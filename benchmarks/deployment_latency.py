@@ -20,8 +20,8 @@ from pathlib import Path
 
 from common.config import parse_run_config
 from common.data import export_partitions
-from deploy.local import CONNECTION, deployment
-from deploy.processes import BIN, PROJECT, config_args
+from deploy.local import deployment
+from deploy.processes import PROJECT
 
 RESULTS = PROJECT / "benchmarks" / "results"
 
@@ -38,10 +38,11 @@ def stock_app(tmp: Path) -> Path:
 
 
 def submit(dep, app: Path, run_config: dict) -> None:
-    done = subprocess.run([str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream", "--run-config", config_args(run_config)],
-                          env=dep.env, capture_output=True, text=True, timeout=1800, cwd=PROJECT)
-    if done.returncode != 0:
-        raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
+    """Run `app` on the deployment to the end; raise with its output if it fails."""
+    run = dep.run(run_config, app=app)
+    output = run.communicate(timeout=1800)[0]
+    if run.returncode != 0:
+        raise RuntimeError(output[-6000:])
 
 
 def fresh_clientapp_import_seconds() -> float:

@@ -214,9 +214,9 @@ def load_test_npz(path: str, cfg: RunConfig) -> Split:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return _checked(npz["x"], npz["y"], ("x", "y"), features, classes, path)
+    except DataError:
+        raise
     except (OSError, KeyError, ValueError) as exc:
-        if isinstance(exc, DataError):
-            raise
         raise DataError(f"server test file {path!r} (run config 'server-test'): {exc}") from None
 
 

@@ -124,13 +124,18 @@ class Deployment:
                 raise RuntimeError(f"only {seen} of {count} SuperNodes came online within {timeout:.0f} s")
             time.sleep(1)
 
-    def run(self, run_config: dict[str, object], timeout: float = 900) -> subprocess.Popen:
-        """Start `flwr run . deploy --stream`; the caller waits for it (or kills nodes meanwhile)."""
-        command = [str(BIN / "flwr"), "run", str(PROJECT), CONNECTION, "--stream"]
-        if run_config:
-            command += ["--run-config", config_args(run_config)]
-        return subprocess.Popen(self._record(command), env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, cwd=PROJECT)
+    def run(self, run_config: dict[str, object] | str, app: Path = PROJECT, capture: bool = True) -> subprocess.Popen:
+        """Start `flwr run <app> deploy --stream`; the caller waits for it (or kills nodes meanwhile).
+
+        `run_config` is a dict, or the text of `--run-config` as a user typed it; with `capture`
+        the run's output comes back through the process's stdout, otherwise it goes to the terminal.
+        """
+        command = [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream"]
+        overrides = config_args(run_config) if isinstance(run_config, dict) else run_config
+        if overrides:
+            command += ["--run-config", overrides]
+        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True} if capture else {}
+        return subprocess.Popen(self._record(command), env=self.env, cwd=PROJECT, **output)
 
 
 @contextmanager
@@ -180,10 +185,7 @@ def main() -> None:
         hosts = "own network namespaces" if dep.network.isolated else "loopback"
         print(f"SuperLink on {dep.host}:{dep.port} ({'insecure' if args.insecure else 'TLS, SuperNode authentication'}), "
               f"{len(files)} SuperNodes online on {hosts}; logs in {work}", flush=True)
-        command = [str(BIN / "flwr"), "run", str(PROJECT), CONNECTION, "--stream"]
-        if args.run_config:
-            command += ["--run-config", args.run_config]
-        raise SystemExit(subprocess.run(command, env=dep.env, cwd=PROJECT).returncode)
+        raise SystemExit(dep.run(args.run_config, capture=False).wait())
 
 
 if __name__ == "__main__":
