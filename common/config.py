@@ -1,9 +1,10 @@
 """The run config: one pydantic model validates every key before round 1."""
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -14,16 +15,25 @@ def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
 
-def parse_hidden(text: str) -> tuple[int, ...]:
-    """Parse hidden-layer widths such as "128,64" into (128, 64)."""
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    try:
-        widths = tuple(int(p) for p in parts)
-    except ValueError:
-        widths = ()
-    if not widths or any(w <= 0 for w in widths):
-        raise ValueError("expected comma-separated positive integers such as '128,64'")
-    return widths
+MODEL_FAMILIES = "mlp-<width>[x<width>...] (an MLP with those hidden layers, e.g. mlp-32, mlp-128x64), cnn"
+_MLP_NAME = re.compile(r"mlp-([1-9][0-9]*(?:x[1-9][0-9]*)*)")
+
+
+def mlp_widths(name: str) -> tuple[int, ...] | None:
+    """Hidden widths of a registry name such as "mlp-128x64", or None if it names no MLP."""
+    match = _MLP_NAME.fullmatch(name)
+    return tuple(int(w) for w in match.group(1).split("x")) if match else None
+
+
+def check_model_name(name: str) -> None:
+    """Raise ValueError unless `name` is in common.models' registry."""
+    if name != "cnn" and mlp_widths(name) is None:
+        raise ValueError(f"unknown model {name!r}; allowed: {MODEL_FAMILIES}")
+
+
+def model_cycle(text: str) -> list[str]:
+    """Run config `models` ("mlp-32,cnn"): partition i of a simulation gets entry i mod length."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class RunConfig(BaseModel):
@@ -33,8 +43,8 @@ class RunConfig(BaseModel):
         alias_generator=_kebab, populate_by_name=True, extra="forbid", strict=True, frozen=True
     )
 
-    strategy: Literal["two-stage"] = "two-stage"
-    dataset: Literal["digits", "synthetic"] = "digits"
+    strategy: Literal["two-stage", "fedavg", "fedmd", "feddf", "feddf-datafree"] = "two-stage"
+    dataset: Literal["digits", "mnist5k", "synthetic"] = "digits"
     partitioner: Literal["iid", "dirichlet", "pathological"] = "dirichlet"
     dirichlet_alpha: float = Field(0.5, gt=0)
     classes_per_partition: int = Field(2, ge=1)
@@ -52,28 +62,37 @@ class RunConfig(BaseModel):
     learning_rate: float = Field(0.01, gt=0)
     temperature: float = Field(3.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
-    teacher_hidden: tuple[int, ...] = (128, 64)
-    student_hidden: tuple[int, ...] = (32,)
+    teacher_model: str = "mlp-128x64"
+    model: str = "mlp-32"
+    models: str = ""
     teacher_finetune_epochs: int = Field(0, ge=0)
     seed: int = Field(42, ge=0)
     output_dir: str = "outputs"
     server_test: str = "builtin"
     resume_from: str = ""
     clip_norm: float = Field(0.0, ge=0)
+    public_fraction: float = Field(0.1, gt=0, lt=0.5)
+    public_samples_per_round: int = Field(0, ge=0)
+    logits_dtype: Literal["float32", "float16"] = "float32"
+    ensemble_teacher: bool = False
+    transfer_epochs: int = Field(1, ge=0)
+    digest_epochs: int = Field(1, ge=1)
+    distill_steps: int = Field(300, ge=1)
+    distill_patience: int = Field(5, ge=1)
+    server_learning_rate: float = Field(0.001, gt=0)
 
-    @field_validator("teacher_hidden", "student_hidden", mode="before")
+    @field_validator("teacher_model", "model")
     @classmethod
-    def _widths(cls, value: Any) -> tuple[int, ...]:
-        if isinstance(value, tuple):
-            return value
-        if not isinstance(value, str):
-            raise ValueError("expected a string of comma-separated positive integers such as '128,64'")
-        return parse_hidden(value)
+    def _known_model(cls, value: str) -> str:
+        check_model_name(value)
+        return value
 
-    @field_serializer("teacher_hidden", "student_hidden")
-    def _widths_text(self, widths: tuple[int, ...]) -> str:
-        # Dumped as written in run config, so a summary's config can be fed back to `flwr run`.
-        return ",".join(map(str, widths))
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: str) -> str:
+        for name in model_cycle(value):
+            check_model_name(name)
+        return value
 
     @field_validator("output_dir")
     @classmethod
@@ -89,6 +108,19 @@ class RunConfig(BaseModel):
                 f"run config 'min-train-nodes' = {self.min_train_nodes} is more than the "
                 f"{num_nodes} connected nodes; allowed: 1 to {num_nodes}"
             )
+
+    def node_model(self, node_config: dict) -> str:
+        """A node's architecture: node config `model`, else its partition's entry of `models`, else `model`."""
+        if "model" in node_config:
+            name = str(node_config["model"])
+            try:
+                check_model_name(name)
+            except ValueError as exc:
+                raise ConfigError(f"node config 'model' = {name!r}: {exc}") from None
+            return name
+        if (cycle := model_cycle(self.models)) and "partition-id" in node_config:
+            return cycle[int(node_config["partition-id"]) % len(cycle)]
+        return self.model
 
     def output_path(self) -> Path:
         """The output directory, absolute."""

@@ -34,13 +34,22 @@ class ClientData:
     test: Split
 
 
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28)}
+
+
 def dataset_shape(name: str) -> tuple[int, int]:
     """(number of features, number of classes) of a built-in dataset."""
     if name == "synthetic":
         return SYNTHETIC_FEATURES, SYNTHETIC_CLASSES
-    if name == "digits":
-        return 64, 10
-    raise ValueError(f"unknown dataset {name!r}; allowed: 'digits', 'synthetic'")
+    if name in IMAGE_SHAPES:
+        channels, height, width = IMAGE_SHAPES[name]
+        return channels * height * width, 10
+    raise ValueError(f"unknown dataset {name!r}; allowed: 'digits', 'mnist5k', 'synthetic'")
+
+
+def image_shape(name: str) -> tuple[int, int, int] | None:
+    """(channels, height, width) of an image dataset's flat features; None for flat data."""
+    return IMAGE_SHAPES.get(name)
 
 
 def _split(x: np.ndarray, y: np.ndarray) -> Split:

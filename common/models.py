@@ -1,5 +1,6 @@
-"""Teacher and student networks, and their conversion to Flower records."""
+"""The model registry (MLPs of any widths, a small CNN) and conversion to Flower records."""
 
+import zlib
 from collections.abc import Sequence
 
 import torch
@@ -7,12 +8,9 @@ from torch import nn
 
 from flwr.app import ArrayRecord
 
-from common.config import RunConfig
-from common.data import dataset_shape
+from common.config import check_model_name, mlp_widths
+from common.data import dataset_shape, image_shape
 from common.seeds import derive_seed
-
-# Stream keys for common.seeds.derive_seed: one per role so teacher and student inits differ.
-ROLES = {"teacher": 0, "student": 1}
 
 
 def build_mlp(num_features: int, hidden: Sequence[int], num_classes: int) -> nn.Sequential:
@@ -26,26 +24,35 @@ def build_mlp(num_features: int, hidden: Sequence[int], num_classes: int) -> nn.
     return nn.Sequential(*layers)
 
 
-def init_mlp(num_features: int, hidden: Sequence[int], num_classes: int, seed: int) -> nn.Sequential:
-    """build_mlp with weights drawn from `seed`, leaving torch's global generator as it was."""
+def build_cnn(image: tuple[int, int, int], num_classes: int) -> nn.Sequential:
+    """Two 3x3 conv layers (16, 32 channels) and a linear head; flat inputs are reshaped to `image`.
+
+    Adaptive pooling to 2x2 makes one network fit the 8x8 digits and the 28x28 MNIST images.
+    """
+    return nn.Sequential(
+        nn.Unflatten(1, image),
+        nn.Conv2d(image[0], 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4, num_classes),
+    )
+
+
+def build_model(name: str, dataset: str) -> nn.Sequential:
+    """The registry: `mlp-<w>[x<w>...]` for any dataset, `cnn` for image datasets."""
+    check_model_name(name)
+    features, classes = dataset_shape(dataset)
+    if (widths := mlp_widths(name)) is not None:
+        return build_mlp(features, widths, classes)
+    if (image := image_shape(dataset)) is None:
+        raise ValueError(f"model 'cnn' needs image inputs; dataset {dataset!r} has flat features, use an mlp-...")
+    return build_cnn(image, classes)
+
+
+def initial_model(name: str, dataset: str, seed: int) -> nn.Sequential:
+    """build_model with weights drawn from (`seed`, `name`), leaving torch's global generator as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_mlp(num_features, hidden, num_classes)
-
-
-def _layout(cfg: RunConfig, role: str) -> tuple[int, tuple[int, ...], int]:
-    features, classes = dataset_shape(cfg.dataset)
-    return features, cfg.teacher_hidden if role == "teacher" else cfg.student_hidden, classes
-
-
-def make_model(cfg: RunConfig, role: str) -> nn.Sequential:
-    """The run's teacher or student network, to load received weights into."""
-    return build_mlp(*_layout(cfg, role))
-
-
-def initial_model(cfg: RunConfig, role: str) -> nn.Sequential:
-    """The run's teacher or student network, initialised from the run's seed."""
-    return init_mlp(*_layout(cfg, role), derive_seed(cfg.seed, 10, ROLES[role]))
+        torch.manual_seed(derive_seed(seed, 10, zlib.crc32(name.encode())))
+        return build_model(name, dataset)
 
 
 def count_params(model: nn.Module) -> int:
