@@ -71,6 +71,7 @@ class RunConfig(BaseModel):
     server_test: str = "builtin"
     resume_from: str = ""
     clip_norm: float = Field(0.0, ge=0)
+    max_num_examples: int = Field(1_000_000, ge=1)
     public_fraction: float = Field(0.1, gt=0, lt=0.5)
     public_samples_per_round: int = Field(0, ge=0)
     logits_dtype: Literal["float32", "float16"] = "float32"
