@@ -174,19 +174,56 @@ class DataError(ValueError):
     """A node's data file is missing, unreadable or does not fit the run; says which and why."""
 
 
-def _checked(x: np.ndarray, y: np.ndarray, names: tuple[str, str], features: int, classes: int, path: str) -> Split:
-    where = f"data file {path!r}"
+def _read_npz(path: str, where: str, optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Arrays `x`, `y` and those of `optional` present in the .npz at `path`; `where` names it in errors."""
+    import zipfile
+
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{where} {'is not a file' if file.exists() else 'does not exist'}")
+    # np.load would try to unpickle anything that is not a zip and report that instead.
+    if not zipfile.is_zipfile(file):
+        raise DataError(f"{where} is not a readable .npz file: not a zip archive (truncated, or another format)")
+    try:
+        npz = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{where} is not a readable .npz file: {exc}") from None
+    with npz:
+        if missing := [k for k in ("x", "y") if k not in npz.files]:
+            expected = " and optionally ".join(filter(None, ["'x', 'y'", ", ".join(f"'{k}'" for k in optional)]))
+            raise DataError(f"{where} lacks {missing}; it has {sorted(npz.files)}; expected {expected}")
+        arrays = {}
+        for name in ("x", "y", *optional):
+            if name not in npz.files:
+                continue
+            try:
+                arrays[name] = npz[name]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise DataError(f"{where}: '{name}' cannot be read ({exc}); allowed: an array of numbers") from None
+    return arrays
+
+
+def _checked(x: np.ndarray, y: np.ndarray, names: tuple[str, str], features: int, classes: int, where: str) -> Split:
+    """(x, y) as a Split if they fit the run's dataset; a DataError names the array and what is allowed."""
     if x.ndim != 2 or x.shape[1] != features:
         raise DataError(f"{where}: '{names[0]}' has shape {list(x.shape)}; expected (samples, {features})")
-    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-        raise DataError(f"{where}: '{names[0]}' must hold finite numbers (found {x.dtype}, or NaN/Inf)")
+    if x.dtype.kind not in "iuf":
+        raise DataError(f"{where}: '{names[0]}' holds {x.dtype} values; allowed: integer or floating-point numbers")
+    with np.errstate(over="ignore"):
+        values = x.astype(np.float32)
+    if not (finite := np.isfinite(values)).all():
+        nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        big = int((~finite).sum()) - nan - inf
+        found = ", ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf"), (big, "beyond float32's range")) if n)
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise DataError(f"{where}: '{names[0]}' holds non-finite values ({found}), the first in row {row}; allowed: finite float32 numbers")
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{where}: '{names[1]}' has shape {list(y.shape)}; expected ({len(x)},), one label per row of '{names[0]}'")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{where}: '{names[1]}' must hold integer labels, found {y.dtype}")
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{where}: '{names[1]}' holds {y.dtype} values; allowed: integer labels 0 to {classes - 1}")
     if len(y) and (y.min() < 0 or y.max() >= classes):
         raise DataError(f"{where}: '{names[1]}' holds labels {int(y.min())}..{int(y.max())}; allowed: 0 to {classes - 1}")
-    return _split(x, y)
+    return _split(values, y)
 
 
 def load_npz(path: str, cfg: RunConfig, stream: int) -> ClientData:
@@ -194,23 +231,16 @@ def load_npz(path: str, cfg: RunConfig, stream: int) -> ClientData:
 
     Without a test pair, `local-test-fraction` of the rows is held out, shuffled by (`seed`, `stream`).
     """
-    import zipfile
-
+    where = f"data file {path!r} (node config 'data-path')"
     features, classes = dataset_shape(cfg.dataset)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise DataError(f"data file {path!r} does not exist (node config 'data-path')") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"data file {path!r} is not a readable .npz file: {exc}") from None
-    if missing := [k for k in ("x", "y") if k not in arrays]:
-        raise DataError(f"data file {path!r} lacks {missing}; it has {sorted(arrays)}; expected 'x', 'y' and optionally 'x_test', 'y_test'")
-    train = _checked(arrays["x"], arrays["y"], ("x", "y"), features, classes, path)
+    arrays = _read_npz(path, where, optional=("x_test", "y_test"))
+    train = _checked(arrays["x"], arrays["y"], ("x", "y"), features, classes, where)
     if len(train) == 0:
-        raise DataError(f"data file {path!r} holds no samples")
-    if "x_test" in arrays and "y_test" in arrays:
-        return ClientData(train, _checked(arrays["x_test"], arrays["y_test"], ("x_test", "y_test"), features, classes, path))
+        raise DataError(f"{where}: 'x' and 'y' hold no samples; allowed: 1 row or more")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{where} has only one of 'x_test', 'y_test'; expected both (a local test set) or neither")
+    if "x_test" in arrays:
+        return ClientData(train, _checked(arrays["x_test"], arrays["y_test"], ("x_test", "y_test"), features, classes, where))
     order = np.random.default_rng([cfg.seed, 3, stream]).permutation(len(train))
     n_test = int(round(len(order) * cfg.local_test_fraction)) if len(order) > 1 else 0
     test, rest = torch.as_tensor(order[:n_test]), torch.as_tensor(order[n_test:])
@@ -219,14 +249,13 @@ def load_npz(path: str, cfg: RunConfig, stream: int) -> ClientData:
 
 def load_test_npz(path: str, cfg: RunConfig) -> Split:
     """The server's test set from an .npz with `x` and `y`."""
+    where = f"server test file {path!r} (run config 'server-test')"
     features, classes = dataset_shape(cfg.dataset)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return _checked(npz["x"], npz["y"], ("x", "y"), features, classes, path)
-    except DataError:
-        raise
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"server test file {path!r} (run config 'server-test'): {exc}") from None
+    arrays = _read_npz(path, where)
+    test = _checked(arrays["x"], arrays["y"], ("x", "y"), features, classes, where)
+    if len(test) == 0:
+        raise DataError(f"{where}: 'x' and 'y' hold no samples; allowed: 1 row or more")
+    return test
 
 
 def export_partitions(cfg: RunConfig, num_partitions: int, out: Path) -> list[Path]:

@@ -1,5 +1,7 @@
 """Node-local .npz data files: export, loading, and every way a file can be wrong."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -52,37 +54,117 @@ GOOD_X = np.zeros((5, 64), dtype=np.float32)
 GOOD_Y = np.arange(5)
 
 
+def with_value(value, row=2, column=7, dtype=np.float32):
+    x = GOOD_X.astype(dtype)
+    x[row, column] = value
+    return x
+
+
 @pytest.mark.parametrize(
-    "arrays, message",
+    "arrays, reason",
     [
-        ({"y": GOOD_Y}, "lacks ['x']; it has ['y']"),
-        ({"x": GOOD_X[:, :10], "y": GOOD_Y}, "'x' has shape [5, 10]; expected (samples, 64)"),
-        ({"x": GOOD_X, "y": GOOD_Y[:4]}, "'y' has shape [4]; expected (5,)"),
-        ({"x": np.full((5, 64), np.nan, dtype=np.float32), "y": GOOD_Y}, "'x' must hold finite numbers"),
-        ({"x": GOOD_X, "y": GOOD_Y + 8}, "'y' holds labels 8..12; allowed: 0 to 9"),
-        ({"x": GOOD_X, "y": -GOOD_Y}, "allowed: 0 to 9"),
-        ({"x": GOOD_X, "y": GOOD_Y.astype(np.float32)}, "'y' must hold integer labels, found float32"),
-        ({"x": GOOD_X[:0], "y": GOOD_Y[:0]}, "holds no samples"),
-        ({"x": GOOD_X, "y": GOOD_Y, "x_test": GOOD_X[:, :3], "y_test": GOOD_Y}, "'x_test' has shape [5, 3]"),
+        ({"y": GOOD_Y}, " lacks ['x']; it has ['y']; expected 'x', 'y' and optionally 'x_test', 'y_test'"),
+        ({"x": GOOD_X, "labels": GOOD_Y}, " lacks ['y']; it has ['labels', 'x']; expected 'x', 'y' and optionally 'x_test', 'y_test'"),
+        ({"x": GOOD_X, "y": GOOD_Y, "x_test": GOOD_X}, " has only one of 'x_test', 'y_test'; expected both (a local test set) or neither"),
+        ({"x": GOOD_X[:, :10], "y": GOOD_Y}, ": 'x' has shape [5, 10]; expected (samples, 64)"),
+        ({"x": GOOD_X.reshape(5, 8, 8), "y": GOOD_Y}, ": 'x' has shape [5, 8, 8]; expected (samples, 64)"),
+        ({"x": GOOD_X[0], "y": GOOD_Y}, ": 'x' has shape [64]; expected (samples, 64)"),
+        ({"x": GOOD_X, "y": GOOD_Y[:4]}, ": 'y' has shape [4]; expected (5,), one label per row of 'x'"),
+        ({"x": GOOD_X, "y": GOOD_Y[:, None]}, ": 'y' has shape [5, 1]; expected (5,), one label per row of 'x'"),
+        ({"x": np.full((5, 64), np.nan, dtype=np.float32), "y": GOOD_Y},
+         ": 'x' holds non-finite values (320 NaN), the first in row 0; allowed: finite float32 numbers"),
+        ({"x": with_value(np.nan), "y": GOOD_Y},
+         ": 'x' holds non-finite values (1 NaN), the first in row 2; allowed: finite float32 numbers"),
+        ({"x": with_value(np.inf, row=4), "y": GOOD_Y},
+         ": 'x' holds non-finite values (1 Inf), the first in row 4; allowed: finite float32 numbers"),
+        ({"x": with_value(-np.inf, row=1), "y": GOOD_Y},
+         ": 'x' holds non-finite values (1 Inf), the first in row 1; allowed: finite float32 numbers"),
+        ({"x": with_value(1e300, row=3, dtype=np.float64), "y": GOOD_Y},
+         ": 'x' holds non-finite values (1 beyond float32's range), the first in row 3; allowed: finite float32 numbers"),
+        ({"x": GOOD_X, "y": GOOD_Y + 8}, ": 'y' holds labels 8..12; allowed: 0 to 9"),
+        ({"x": GOOD_X, "y": -GOOD_Y}, ": 'y' holds labels -4..0; allowed: 0 to 9"),
+        ({"x": GOOD_X, "y": GOOD_Y.astype(np.float32)}, ": 'y' holds float32 values; allowed: integer labels 0 to 9"),
+        ({"x": GOOD_X[:0], "y": GOOD_Y[:0]}, ": 'x' and 'y' hold no samples; allowed: 1 row or more"),
+        ({"x": np.full((5, 64), "0.5"), "y": GOOD_Y}, ": 'x' holds <U3 values; allowed: integer or floating-point numbers"),
+        ({"x": GOOD_X, "y": np.array(list("abcde"))}, ": 'y' holds <U1 values; allowed: integer labels 0 to 9"),
+        ({"x": GOOD_X.astype(bool), "y": GOOD_Y}, ": 'x' holds bool values; allowed: integer or floating-point numbers"),
+        ({"x": GOOD_X.astype(complex), "y": GOOD_Y}, ": 'x' holds complex128 values; allowed: integer or floating-point numbers"),
+        ({"x": GOOD_X.astype(object), "y": GOOD_Y},
+         ": 'x' cannot be read (Object arrays cannot be loaded when allow_pickle=False); allowed: an array of numbers"),
+        ({"x": GOOD_X, "y": GOOD_Y, "x_test": GOOD_X[:, :3], "y_test": GOOD_Y}, ": 'x_test' has shape [5, 3]; expected (samples, 64)"),
+        ({"x": GOOD_X, "y": GOOD_Y, "x_test": with_value(np.nan), "y_test": GOOD_Y},
+         ": 'x_test' holds non-finite values (1 NaN), the first in row 2; allowed: finite float32 numbers"),
+        ({"x": GOOD_X, "y": GOOD_Y, "x_test": GOOD_X, "y_test": GOOD_Y + 10}, ": 'y_test' holds labels 10..14; allowed: 0 to 9"),
     ],
 )
-def test_malformed_files_are_refused_with_the_reason(tmp_path, arrays, message):
+def test_malformed_files_are_refused_with_the_reason(tmp_path, arrays, reason):
     path = write(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError) as err:
         load_npz(path, CFG, stream=0)
-    assert message in str(err.value) and "bad.npz" in str(err.value)
+    assert str(err.value) == f"data file {path!r} (node config 'data-path')" + reason
 
 
-def test_missing_and_truncated_files(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        load_npz(str(tmp_path / "nope.npz"), CFG, 0)
-    good = write(tmp_path / "good.npz", x=GOOD_X, y=GOOD_Y)
-    data = open(good, "rb").read()
+def truncated(tmp_path) -> str:
+    """A valid .npz cut to half its bytes, as an interrupted copy leaves it."""
+    data = Path(write(tmp_path / "good.npz", x=GOOD_X, y=GOOD_Y)).read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match="is not a readable .npz file"):
-        load_npz(str(tmp_path / "cut.npz"), CFG, 0)
+    return str(tmp_path / "cut.npz")
 
 
-def test_single_class_partition_still_loads(tmp_path):
-    path = write(tmp_path / "one.npz", x=GOOD_X, y=np.full(5, 3))
-    assert set(load_npz(path, CFG, 0).train.y.tolist()) == {3}
+def test_missing_truncated_and_foreign_files(tmp_path):
+    where = f"data file {str(tmp_path / 'nope.npz')!r} (node config 'data-path')"
+    with pytest.raises(DataError) as err:
+        load_npz(str(tmp_path / "nope.npz"), CFG, 0)
+    assert str(err.value) == f"{where} does not exist"
+    with pytest.raises(DataError) as err:
+        load_npz(str(tmp_path), CFG, 0)
+    assert str(err.value) == f"data file {str(tmp_path)!r} (node config 'data-path') is not a file"
+    np.save(tmp_path / "plain.npy", GOOD_X)
+    for path in (truncated(tmp_path), str(tmp_path / "plain.npy")):
+        with pytest.raises(DataError) as err:
+            load_npz(path, CFG, 0)
+        assert str(err.value) == (
+            f"data file {path!r} (node config 'data-path') is not a readable .npz file: not a zip archive (truncated, or another format)"
+        )
+
+
+def test_a_single_class_partition_loads(tmp_path):
+    path = write(tmp_path / "one.npz", x=np.random.default_rng(0).random((20, 64)), y=np.full(20, 3))
+    data = load_npz(path, CFG, 0)
+    assert set(data.train.y.tolist()) == set(data.test.y.tolist()) == {3}
+    assert (len(data.train), len(data.test)) == (16, 4) and data.train.x.dtype == torch.float32
+
+
+def test_an_empty_local_test_pair_is_allowed(tmp_path):
+    path = write(tmp_path / "d.npz", x=GOOD_X, y=GOOD_Y, x_test=GOOD_X[:0], y_test=GOOD_Y[:0])
+    data = load_npz(path, CFG, 0)
+    assert (len(data.train), len(data.test)) == (5, 0)
+
+
+@pytest.mark.parametrize(
+    "arrays, reason",
+    [
+        ({"x": GOOD_X}, " lacks ['y']; it has ['x']; expected 'x', 'y'"),
+        ({"x": GOOD_X[:0], "y": GOOD_Y[:0]}, ": 'x' and 'y' hold no samples; allowed: 1 row or more"),
+        ({"x": with_value(np.inf), "y": GOOD_Y}, ": 'x' holds non-finite values (1 Inf), the first in row 2; allowed: finite float32 numbers"),
+        ({"x": GOOD_X, "y": GOOD_Y + 6}, ": 'y' holds labels 6..10; allowed: 0 to 9"),
+    ],
+)
+def test_a_malformed_server_test_file_is_refused_with_the_reason(tmp_path, arrays, reason):
+    path = write(tmp_path / "test.npz", **arrays)
+    with pytest.raises(DataError) as err:
+        load_test_npz(path, CFG)
+    assert str(err.value) == f"server test file {path!r} (run config 'server-test')" + reason
+
+
+def test_a_missing_or_truncated_server_test_file_is_refused(tmp_path):
+    where = f"server test file {str(tmp_path / 'nope.npz')!r} (run config 'server-test')"
+    with pytest.raises(DataError) as err:
+        load_test_npz(str(tmp_path / "nope.npz"), CFG)
+    assert str(err.value) == f"{where} does not exist"
+    path = truncated(tmp_path)
+    with pytest.raises(DataError) as err:
+        load_test_npz(path, CFG)
+    assert str(err.value) == (
+        f"server test file {path!r} (run config 'server-test') is not a readable .npz file: not a zip archive (truncated, or another format)"
+    )
