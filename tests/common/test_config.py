@@ -12,11 +12,14 @@ def app_defaults() -> dict:
     return tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
 
 
+MODELS = "allowed: mlp-<width>[x<width>...] (an MLP with those hidden layers, e.g. mlp-32, mlp-128x64), cnn"
+
+
 def test_pyproject_defaults_validate_and_match_the_model():
     cfg = parse_run_config(app_defaults())
     assert cfg == RunConfig()
     assert (cfg.dataset, cfg.partitioner, cfg.num_teacher_rounds, cfg.seed) == ("digits", "dirichlet", 25, 42)
-    assert cfg.teacher_hidden == (128, 64) and cfg.student_hidden == (32,)
+    assert (cfg.teacher_model, cfg.model, cfg.models, cfg.max_num_examples) == ("mlp-128x64", "mlp-32", "", 1_000_000)
 
 
 def test_every_model_field_has_a_pyproject_default():
@@ -27,48 +30,106 @@ def test_every_model_field_has_a_pyproject_default():
 @pytest.mark.parametrize(
     "key, value, expected",
     [
+        # ranges
         ("alpha", 1.5, "run config 'alpha' = 1.5: Input should be less than or equal to 1"),
         ("alpha", -0.1, "run config 'alpha' = -0.1: Input should be greater than or equal to 0"),
         ("temperature", 0.0, "run config 'temperature' = 0.0: Input should be greater than 0"),
         ("temperature", -2, "run config 'temperature' = -2: Input should be greater than 0"),
         ("fraction-train", 0.0, "run config 'fraction-train' = 0.0: Input should be greater than 0"),
         ("fraction-train", 1.2, "run config 'fraction-train' = 1.2: Input should be less than or equal to 1"),
-        ("local-epochs", "3", "run config 'local-epochs' = '3': Input should be a valid integer"),
         ("local-epochs", 0, "run config 'local-epochs' = 0: Input should be greater than or equal to 1"),
+        ("seed", -1, "run config 'seed' = -1: Input should be greater than or equal to 0"),
+        ("max-num-examples", 0, "run config 'max-num-examples' = 0: Input should be greater than or equal to 1"),
+        ("public-fraction", 0.5, "run config 'public-fraction' = 0.5: Input should be less than 0.5"),
+        ("round-timeout", 0, "run config 'round-timeout' = 0: Input should be greater than 0"),
+        # types
+        ("local-epochs", "3", "run config 'local-epochs' = '3': Input should be a valid integer"),
+        ("local-epochs", 2.0, "run config 'local-epochs' = 2.0: Input should be a valid integer"),
+        ("max-num-examples", 1.5, "run config 'max-num-examples' = 1.5: Input should be a valid integer"),
         ("learning-rate", "fast", "run config 'learning-rate' = 'fast': Input should be a valid number"),
-        ("dataset", "cifar10", "run config 'dataset' = 'cifar10': Input should be 'digits' or 'synthetic'"),
-        ("strategy", "fedprox", "run config 'strategy' = 'fedprox': Input should be 'two-stage'"),
-        ("partitioner", "shards", "run config 'partitioner' = 'shards': Input should be 'iid', 'dirichlet' or 'pathological'"),
-        ("teacher-hidden", "128,x", "run config 'teacher-hidden' = '128,x': Value error, expected comma-separated positive integers"),
-        ("student-hidden", "0", "run config 'student-hidden' = '0': Value error, expected comma-separated positive integers"),
+        ("round-timeout", "10", "run config 'round-timeout' = '10': Input should be a valid number"),
         ("seed", True, "run config 'seed' = True: Input should be a valid integer"),
-        ("output-dir", " ", "run config 'output-dir' = ' ': Value error, expected a directory path"),
+        ("alpha", True, "run config 'alpha' = True: Input should be a valid number"),
+        ("ensemble-teacher", "yes", "run config 'ensemble-teacher' = 'yes': Input should be a valid boolean"),
+        ("model", 32, "run config 'model' = 32: Input should be a valid string"),
+        ("output-dir", " ", "run config 'output-dir' = ' ': Value error, expected a directory path, got an empty string"),
+        # names from a closed list
+        ("strategy", "fedprox",
+         "run config 'strategy' = 'fedprox': Input should be 'two-stage', 'fedavg', 'fedmd', 'feddf' or 'feddf-datafree'"),
+        ("dataset", "cifar10", "run config 'dataset' = 'cifar10': Input should be 'digits', 'mnist5k' or 'synthetic'"),
+        ("partitioner", "shards", "run config 'partitioner' = 'shards': Input should be 'iid', 'dirichlet' or 'pathological'"),
+        ("logits-dtype", "float64", "run config 'logits-dtype' = 'float64': Input should be 'float32' or 'float16'"),
+        # model names
+        ("model", "resnet", f"run config 'model' = 'resnet': Value error, unknown model 'resnet'; {MODELS}"),
+        ("model", "mlp-0", f"run config 'model' = 'mlp-0': Value error, unknown model 'mlp-0'; {MODELS}"),
+        ("model", "mlp-32x", f"run config 'model' = 'mlp-32x': Value error, unknown model 'mlp-32x'; {MODELS}"),
+        ("model", "MLP-32", f"run config 'model' = 'MLP-32': Value error, unknown model 'MLP-32'; {MODELS}"),
+        ("teacher-model", "cnn2", f"run config 'teacher-model' = 'cnn2': Value error, unknown model 'cnn2'; {MODELS}"),
+        ("teacher-model", "", f"run config 'teacher-model' = '': Value error, unknown model ''; {MODELS}"),
+        ("models", "mlp-32,vit", f"run config 'models' = 'mlp-32,vit': Value error, unknown model 'vit'; {MODELS}"),
+        ("models", "mlp-32x64;cnn", f"run config 'models' = 'mlp-32x64;cnn': Value error, unknown model 'mlp-32x64;cnn'; {MODELS}"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(key, value, expected):
     with pytest.raises(ConfigError) as err:
         parse_run_config({key: value})
-    assert expected in str(err.value)
+    assert str(err.value) == expected
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp-32", "mlp-128x64", "mlp-256x128x64"])
+def test_registry_names_are_accepted_for_every_model_key(name):
+    cfg = parse_run_config({"model": name, "teacher-model": name, "models": f"{name},cnn"})
+    assert (cfg.model, cfg.teacher_model, cfg.models) == (name, name, f"{name},cnn")
 
 
 def test_unknown_key_lists_the_known_ones():
     with pytest.raises(ConfigError) as err:
         parse_run_config({"num-rounds": 3})
-    message = str(err.value)
-    assert "unknown run config key 'num-rounds' (value 3)" in message
-    assert "num-teacher-rounds" in message and "num-student-rounds" in message
+    assert str(err.value) == f"unknown run config key 'num-rounds' (value 3); known keys: {', '.join(sorted(app_defaults()))}"
 
 
 def test_several_errors_are_reported_together():
     with pytest.raises(ConfigError) as err:
         parse_run_config({"alpha": 2.0, "temperature": 0})
-    assert "'alpha'" in str(err.value) and "'temperature'" in str(err.value)
+    assert str(err.value) == (
+        "run config 'temperature' = 0: Input should be greater than 0; "
+        "run config 'alpha' = 2.0: Input should be less than or equal to 1"
+    )
+
+
+@pytest.mark.parametrize(
+    "node_config, expected",
+    [
+        ({"model": "cnn"}, "cnn"),
+        ({"model": "cnn", "partition-id": 0}, "cnn"),
+        ({"partition-id": 3}, "mlp-64"),
+        ({"partition-id": 4}, "cnn"),
+        ({}, "mlp-32"),
+    ],
+)
+def test_node_model_prefers_the_node_config_then_models_then_model(node_config, expected):
+    assert parse_run_config({"models": "cnn,mlp-64"}).node_model(node_config) == expected
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("transformer", f"node config 'model' = 'transformer': unknown model 'transformer'; {MODELS}"),
+        ("", f"node config 'model' = '': unknown model ''; {MODELS}"),
+        (5, f"node config 'model' = '5': unknown model '5'; {MODELS}"),
+    ],
+)
+def test_unknown_node_model_names_the_node_config(name, expected):
+    with pytest.raises(ConfigError) as err:
+        RunConfig().node_model({"model": name})
+    assert str(err.value) == expected
 
 
 def test_more_clients_than_nodes_is_refused():
     cfg = parse_run_config({"min-train-nodes": 12})
-    with pytest.raises(ConfigError, match=r"'min-train-nodes' = 12 is more than the 10 connected nodes; allowed: 1 to 10"):
+    with pytest.raises(ConfigError) as err:
         cfg.check_nodes(10)
+    assert str(err.value) == "run config 'min-train-nodes' = 12 is more than the 10 connected nodes; allowed: 1 to 10"
     cfg.check_nodes(12)
 
 
@@ -80,7 +141,7 @@ def test_integers_are_accepted_for_floats_and_output_dir_is_made_absolute(tmp_pa
 
 
 def test_dumped_config_validates_again():
-    cfg = parse_run_config({"teacher-hidden": "256,128,64", "alpha": 0.7})
+    cfg = parse_run_config({"teacher-model": "mlp-256x128x64", "models": "cnn,mlp-16", "alpha": 0.7})
     dumped = cfg.model_dump(mode="json", by_alias=True)
-    assert dumped["teacher-hidden"] == "256,128,64"
+    assert (dumped["teacher-model"], dumped["models"]) == ("mlp-256x128x64", "cnn,mlp-16")
     assert parse_run_config(dumped) == cfg
