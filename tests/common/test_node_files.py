@@ -168,3 +168,42 @@ def test_a_missing_or_truncated_server_test_file_is_refused(tmp_path):
     assert str(err.value) == (
         f"server test file {path!r} (run config 'server-test') is not a readable .npz file: not a zip archive (truncated, or another format)"
     )
+
+
+def node_data(node_config: dict):
+    """What a ClientApp handler loads for a SuperNode started with `node_config`."""
+    from flwr.app import Context, RecordDict
+
+    from client_app.app import _node_data
+
+    context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+    return _node_data(CFG, context)
+
+
+@pytest.mark.parametrize(
+    "node_config, missing",
+    [({}, "'partition-id'"), ({"num-partitions": 3}, "'partition-id'"), ({"partition-id": 0}, "'num-partitions'")],
+)
+def test_a_node_without_data_path_or_partition_says_how_to_start_it(node_config, missing):
+    with pytest.raises(ValueError) as err:
+        node_data(node_config)
+    assert str(err.value) == (
+        f"node config {missing} is missing; start the SuperNode with --node-config "
+        "'data-path=\"/path/part.npz\"' or 'partition-id=<int> num-partitions=<int>'"
+    )
+
+
+def test_a_node_with_a_nonexistent_data_path_names_it(tmp_path):
+    path = str(tmp_path / "absent" / "part-0.npz")
+    with pytest.raises(DataError) as err:
+        node_data({"data-path": path, "partition-id": 0, "num-partitions": 3})
+    assert str(err.value) == f"data file {path!r} (node config 'data-path') does not exist"
+
+
+@pytest.mark.parametrize("partition_id", [-1, 3, 10])
+def test_an_out_of_range_partition_id_names_the_range(partition_id):
+    with pytest.raises(ValueError) as err:
+        load_client_data(CFG, partition_id, 3)
+    assert str(err.value) == (
+        f"node config 'partition-id' = {partition_id} is out of range; allowed: 0 to 2 (num-partitions = 3)"
+    )
