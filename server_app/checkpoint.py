@@ -47,7 +47,15 @@ def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"run config 'resume-from' = {str(run_dir)!r}: no {CHECKPOINT} there; allowed: a fedkd run directory")
-    raw = torch.load(path, weights_only=True)
+    import pickle
+
+    try:
+        raw = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
+        raw = None
+    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
+        raise ConfigError(f"run config 'resume-from' = {str(run_dir)!r}: {str(path)!r} cannot be read as a fedkd checkpoint "
+                          f"(truncated, or another kind of file); allowed: a fedkd run directory with an intact {CHECKPOINT}")
     ours = cfg.model_dump(mode="json", by_alias=True)
     changed = sorted(k for k in ours.keys() | raw["config"].keys()
                      if k not in RESUMABLE_CHANGES and ours.get(k) != raw["config"].get(k))

@@ -1,0 +1,89 @@
+"""checkpoint.load refuses a checkpoint of another model or config, and a damaged file, by name."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord
+
+from common.config import ConfigError, parse_run_config
+from server_app import checkpoint
+
+CFG = parse_run_config({"teacher-model": "mlp-128x64", "local-epochs": 2})
+ONLY = "only ['min-replies', 'output-dir', 'resume-from', 'round-timeout'] may change"
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    arrays = ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3))})
+    checkpoint.save(tmp_path, checkpoint.Checkpoint(
+        "teacher", 3, 3, {"teacher": arrays}, None, random.Random(1).getstate(),
+        CFG.model_dump(mode="json", by_alias=True),
+    ))
+    return tmp_path
+
+
+def refusal(run_dir, **changes) -> str:
+    with pytest.raises(ConfigError) as err:
+        checkpoint.load(run_dir, parse_run_config({"teacher-model": "mlp-128x64", "local-epochs": 2, **changes}))
+    return str(err.value)
+
+
+def test_the_same_config_resumes_and_resumable_keys_may_change(run_dir, tmp_path_factory):
+    other = parse_run_config({
+        "teacher-model": "mlp-128x64", "local-epochs": 2, "output-dir": str(tmp_path_factory.mktemp("out")),
+        "round-timeout": 5, "min-replies": 1.0, "resume-from": str(run_dir),
+    })
+    loaded = checkpoint.load(run_dir, other)
+    assert (loaded.phase, loaded.server_round, loaded.records) == ("teacher", 3, 3)
+    assert loaded.config == CFG.model_dump(mode="json", by_alias=True)
+    assert loaded.globals["teacher"]["w"].numpy().tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_a_checkpoint_of_another_model_is_refused(run_dir):
+    assert refusal(run_dir, **{"teacher-model": "cnn"}) == (
+        f"run config 'resume-from' = {str(run_dir)!r} was made with another config: "
+        f"'teacher-model' = 'cnn' (checkpoint: 'mlp-128x64'); {ONLY}"
+    )
+
+
+def test_a_checkpoint_of_another_config_is_refused_naming_every_difference(run_dir):
+    assert refusal(run_dir, **{"local-epochs": 5}) == (
+        f"run config 'resume-from' = {str(run_dir)!r} was made with another config: "
+        f"'local-epochs' = 5 (checkpoint: 2); {ONLY}"
+    )
+    assert refusal(run_dir, **{"local-epochs": 5, "teacher-model": "mlp-64"}) == (
+        f"run config 'resume-from' = {str(run_dir)!r} was made with another config: "
+        f"'local-epochs' = 5 (checkpoint: 2), 'teacher-model' = 'mlp-64' (checkpoint: 'mlp-128x64'); {ONLY}"
+    )
+
+
+def test_a_directory_without_a_checkpoint_is_refused(tmp_path):
+    assert refusal(tmp_path) == (
+        f"run config 'resume-from' = {str(tmp_path)!r}: no checkpoint.pt there; allowed: a fedkd run directory"
+    )
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        truncate,
+        lambda path: path.write_bytes(b""),
+        lambda path: path.write_text("not a checkpoint"),
+        lambda path: torch.save([1, 2, 3], path),
+    ],
+    ids=["truncated", "empty", "text", "another-torch-file"],
+)
+def test_a_damaged_checkpoint_is_refused_naming_the_file(run_dir, damage):
+    path = run_dir / "checkpoint.pt"
+    damage(path)
+    assert refusal(run_dir) == (
+        f"run config 'resume-from' = {str(run_dir)!r}: {str(path)!r} cannot be read as a fedkd checkpoint "
+        "(truncated, or another kind of file); allowed: a fedkd run directory with an intact checkpoint.pt"
+    )
