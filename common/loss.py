@@ -1,7 +1,20 @@
-"""Hinton et al. (2015) distillation loss."""
+"""Hinton et al. (2015) distillation losses."""
 
 import torch
 import torch.nn.functional as F
+
+
+def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch.
+
+    The T^2 factor keeps the soft-target gradients on the scale of hard-label ones.
+    """
+    return F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (temperature**2)
 
 
 def distillation_loss(
@@ -11,15 +24,6 @@ def distillation_loss(
     temperature: float,
     alpha: float,
 ) -> torch.Tensor:
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels).
-
-    The T^2 factor keeps the soft-target gradients on the scale of the hard-label ones.
-    """
-    soft = F.kl_div(
-        F.log_softmax(student_logits / temperature, dim=1),
-        F.log_softmax(teacher_logits / temperature, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    ) * (temperature**2)
+    """alpha * soft_loss + (1 - alpha) * CE(student, labels)."""
     hard = F.cross_entropy(student_logits, labels)
-    return alpha * soft + (1.0 - alpha) * hard
+    return alpha * soft_loss(student_logits, teacher_logits, temperature) + (1.0 - alpha) * hard

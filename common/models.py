@@ -3,10 +3,11 @@
 import zlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
 from common.config import check_model_name, mlp_widths
 from common.data import dataset_shape, image_shape
@@ -69,3 +70,13 @@ def load_record(model: nn.Module, record: ArrayRecord) -> nn.Module:
     """Load an ArrayRecord's weights into `model` (strict: keys and shapes must match)."""
     model.load_state_dict(record.to_torch_state_dict(), strict=True)
     return model
+
+
+def logits_to_record(logits: torch.Tensor, dtype: str) -> ArrayRecord:
+    """Logits as they travel: float32, or float16 (run config `logits-dtype`) for half the bytes."""
+    return ArrayRecord({"logits": Array(logits.numpy().astype(np.dtype(dtype)))})
+
+
+def logits_from_record(record: ArrayRecord) -> torch.Tensor:
+    """Logits received in either dtype, as float32."""
+    return torch.as_tensor(record["logits"].numpy().astype(np.float32))

@@ -5,19 +5,20 @@ import time
 from logging import ERROR, INFO
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Context
+import torch
+from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import ConfigError, RunConfig, parse_run_config
 from common.data import DataError, Split, load_server_testset, load_test_npz
-from common.models import count_params, initial_model, load_record, to_record
+from common.models import build_model, count_params, load_record
 from common.training import evaluate
 from server_app import checkpoint
 from server_app.outputs import RunDirectory
 from server_app.rounds import RunAborted, fmt_metric, run_phase
 from server_app.sampling import NodeSampler
-from server_app.strategy import PHASES, TwoStage
+from server_app.strategies import STRATEGIES, Globals, Strategy
 
 # Nodes of a simulation are all there at start; deployed ones get this long to connect.
 NODE_GRACE_SECONDS = 10.0
@@ -25,19 +26,24 @@ NODE_GRACE_SECONDS = 10.0
 app = ServerApp()
 
 
-def _summary(cfg: RunConfig, run_dir: RunDirectory, models: dict, started: float) -> dict:
+def _summary(cfg: RunConfig, strategy: Strategy, run_dir: RunDirectory, started: float) -> dict:
     history = run_dir.history
-    final = {p: next((r for r in reversed(history) if r["phase"] == p), {}) for p in PHASES}
-    params = {p: count_params(m) for p, m in models.items()}
+    final = {p: next((r for r in reversed(history) if r["phase"] == p), {}) for p in ("teacher", "student")}
+    params = {name: count_params(build_model(name, cfg.dataset)) for name in {cfg.teacher_model, cfg.model}}
+    params.update({name: count_params(build_model(name, cfg.dataset)) for name in final["student"].get("accuracy_by_model", {})})
+    two_stage = "teacher" in strategy.phases
     return {
         "status": "complete",
+        "strategy": cfg.strategy,
         "teacher_accuracy": final["teacher"].get("accuracy"),
         "student_accuracy": final["student"].get("accuracy"),
+        "student_accuracy_by_model": final["student"].get("accuracy_by_model"),
         "teacher_federated_accuracy": final["teacher"].get("federated_accuracy"),
         "student_federated_accuracy": final["student"].get("federated_accuracy"),
-        "teacher_params": params["teacher"],
-        "student_params": params["student"],
-        "compression": params["teacher"] / params["student"],
+        "teacher_params": params[cfg.teacher_model] if two_stage else None,
+        "student_params": params[cfg.model],
+        "params_by_model": params,
+        "compression": params[cfg.teacher_model] / params[cfg.model] if two_stage else None,
         "bytes_total": sum(r["bytes_down"] + r["bytes_up"] for r in history),
         "rounds": len(history),
         "median_round_seconds": statistics.median(r["seconds"] for r in history) if history else None,
@@ -67,11 +73,11 @@ def _connected_nodes(cfg: RunConfig, sampler: NodeSampler, grid: Grid) -> int:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run fedkd's two-stage federated distillation."""
+    """Run the run config's strategy and write the run directory."""
     started = time.perf_counter()
     try:
         cfg = parse_run_config(context.run_config)
-        sampler = NodeSampler(cfg.seed, cfg.round_timeout)
+        sampler = NodeSampler(cfg.seed, cfg.round_timeout, cfg.model)
         connected = _connected_nodes(cfg, sampler, grid)
         test = _server_testset(cfg)
         resumed = checkpoint.load(Path(cfg.resume_from).expanduser().resolve(), cfg) if cfg.resume_from else None
@@ -85,38 +91,53 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "fedkd: resuming after %s round %d", resumed.phase, resumed.server_round)
     else:
         run_dir = RunDirectory(cfg.output_path(), f"{cfg.strategy}-{cfg.dataset}")
-    models = {phase: initial_model(cfg, phase) for phase in PHASES}
 
-    def evaluate_fn(phase: str, arrays: ArrayRecord) -> tuple[float | None, float | None]:
+    def score(globals_: Globals, test_logits: dict[str, list[torch.Tensor]] | None) -> dict[str, tuple[float, float]]:
         if test is None:
-            return None, None
-        loss, correct = evaluate(load_record(models[phase], arrays), test.x, test.y)
-        return loss, correct / len(test)
+            return {}
+        if test_logits is not None:
+            return {name: _mean_scores([_logit_scores(t, test.y) for t in logits]) for name, logits in test_logits.items()}
+        scores = {}
+        for name, arrays in globals_.items():
+            loss, correct = evaluate(load_record(build_model(name, cfg.dataset), arrays), test.x, test.y)
+            scores[name] = (loss, correct / len(test))
+        return scores
 
     log(INFO, "fedkd: %s on %s, %d nodes, outputs in %s", cfg.strategy, cfg.dataset, connected, run_dir.path)
-    strategy = TwoStage(cfg, sampler)
-    arrays: ArrayRecord | None = None
+    strategy = STRATEGIES[cfg.strategy](cfg, sampler)
+    previous: Globals | None = None
     try:
-        for phase, rounds in zip(PHASES, (cfg.num_teacher_rounds, cfg.num_student_rounds)):
-            first_round, start_arrays = 1, to_record(models[phase])
+        for phase in strategy.phases:
             if resumed and resumed.phase == "student" and phase == "teacher":
-                arrays = resumed.final_teacher
+                previous = {cfg.teacher_model: resumed.final_teacher}
                 continue
+            start = strategy.initial(phase, grid, previous)
+            first_round = 1
             if resumed and resumed.phase == phase:
-                first_round, start_arrays = resumed.server_round + 1, resumed.arrays
-            strategy.start_phase(phase, arrays)
-            arrays = run_phase(strategy, phase, grid, cfg, start_arrays, rounds, evaluate_fn, run_dir, first_round)
-            run_dir.save_model(phase, load_record(models[phase], arrays))
+                first_round, start = resumed.server_round + 1, resumed.globals
+            previous = run_phase(strategy, phase, grid, cfg, start, score, run_dir, first_round)
+            for name, arrays in previous.items():
+                label = phase if len(previous) == 1 else f"{phase}-{name}"
+                run_dir.save_model(label, load_record(build_model(name, cfg.dataset), arrays))
     except (RunAborted, TimeoutError) as exc:
-        run_dir.write_summary({**_summary(cfg, run_dir, models, started), "status": "aborted", "reason": str(exc)})
+        run_dir.write_summary({**_summary(cfg, strategy, run_dir, started), "status": "aborted", "reason": str(exc)})
         log(ERROR, "fedkd: run aborted: %s. Finished rounds are in %s", exc, run_dir.path)
         raise
-    summary = _summary(cfg, run_dir, models, started)
+    summary = _summary(cfg, strategy, run_dir, started)
     run_dir.write_summary(summary)
     run_dir.plot()
     log(
-        INFO, "fedkd: teacher %s, student %s (%.1fx smaller), %.2f MB in %.1f s",
-        fmt_metric(summary["teacher_accuracy"]), fmt_metric(summary["student_accuracy"]), summary["compression"],
-        summary["bytes_total"] / 1e6, summary["wall_seconds"],
+        INFO, "fedkd: %s: student %s%s, %.2f MB in %.1f s", cfg.strategy, fmt_metric(summary["student_accuracy"]),
+        f" (teacher {fmt_metric(summary['teacher_accuracy'])}, {summary['compression']:.1f}x smaller)"
+        if summary["compression"] else "", summary["bytes_total"] / 1e6, summary["wall_seconds"],
     )
     log(INFO, "fedkd: run directory: %s", run_dir.path)
+
+
+def _logit_scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(cross-entropy, accuracy) of logits a node computed on the server's test inputs."""
+    return float(torch.nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+
+def _mean_scores(scores: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.fmean(s[0] for s in scores), statistics.fmean(s[1] for s in scores)

@@ -21,7 +21,7 @@ class Checkpoint:
     phase: str
     server_round: int
     records: int
-    arrays: ArrayRecord
+    globals: dict[str, ArrayRecord]
     final_teacher: ArrayRecord | None
     sampler_state: tuple
     config: dict
@@ -36,7 +36,8 @@ def save(run_dir: Path, ckpt: Checkpoint) -> None:
     tmp = run_dir / (CHECKPOINT + ".tmp")
     torch.save({
         "phase": ckpt.phase, "round": ckpt.server_round, "records": ckpt.records,
-        "arrays": _tensors(ckpt.arrays), "final_teacher": _tensors(ckpt.final_teacher),
+        "globals": {name: _tensors(arrays) for name, arrays in ckpt.globals.items()},
+        "final_teacher": _tensors(ckpt.final_teacher),
         "sampler_state": ckpt.sampler_state, "config": ckpt.config,
     }, tmp)
     os.replace(tmp, run_dir / CHECKPOINT)
@@ -65,7 +66,7 @@ def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
                           f"only {sorted(RESUMABLE_CHANGES)} may change")
     teacher = raw["final_teacher"]
     return Checkpoint(
-        phase=raw["phase"], server_round=raw["round"], records=raw["records"], arrays=ArrayRecord(raw["arrays"]),
+        phase=raw["phase"], server_round=raw["round"], records=raw["records"], globals={name: ArrayRecord(t) for name, t in raw["globals"].items()},
         final_teacher=None if teacher is None else ArrayRecord(teacher),
         sampler_state=raw["sampler_state"], config=raw["config"],
     )

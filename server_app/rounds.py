@@ -1,22 +1,22 @@
-"""The round loop shared by fedkd's strategies: configure, exchange, aggregate, evaluate, record."""
+"""The round loop shared by fedkd's strategies: run a round, check, evaluate, record, checkpoint."""
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from logging import INFO, WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord
+import torch
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
 from common.config import RunConfig
 from server_app import checkpoint
 from server_app.outputs import RunDirectory
-from server_app.transport import exchange
+from server_app.strategies import Globals, Strategy
 
-# (phase, global arrays) -> (loss, accuracy) on the server's test set
-EvaluateFn = Callable[[str, ArrayRecord], tuple[float, float]]
+# (global models, or nodes' logits on the test set) -> {architecture: (loss, accuracy)} on the server's test set
+ScoreFn = Callable[[Globals, dict[str, list[torch.Tensor]] | None], dict[str, tuple[float, float]]]
 
 
 class RunAborted(RuntimeError):
@@ -35,78 +35,77 @@ def _check_replies(
         )
 
 
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
 def run_phase(
-    strategy: FedAvg,
+    strategy: Strategy,
     phase: str,
     grid: Grid,
     cfg: RunConfig,
-    arrays: ArrayRecord,
-    num_rounds: int,
-    evaluate_fn: EvaluateFn,
+    globals_: Globals,
+    score: ScoreFn,
     run_dir: RunDirectory,
     first_round: int = 1,
-) -> ArrayRecord:
-    """Run rounds `first_round`..`num_rounds` of `strategy` in `phase`, recording and checkpointing each."""
+) -> Globals:
+    """Run rounds `first_round`.. of `phase`, recording and checkpointing each."""
+    num_rounds = strategy.num_rounds(phase)
     for server_round in range(first_round, num_rounds + 1):
         start = time.perf_counter()
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        ex = exchange(grid, messages, cfg.round_timeout)
-        new_arrays, metrics = strategy.aggregate_train(server_round, ex.replies)
-        failures = ex.failures() + strategy.rejected
-        accepted = len(ex.ok()) - len(strategy.rejected)
-        _check_replies(cfg, phase, server_round, len(messages), accepted, failures)
-        arrays = new_arrays
-        loss, accuracy = evaluate_fn(phase, arrays)
-        # Fused evaluation: this round's replies scored the previous round's global model.
-        if server_round > 1 and metrics and "federated-accuracy" in metrics:
-            run_dir.update(
-                len(run_dir.history) - 1,
-                federated_accuracy=metrics["federated-accuracy"],
-                federated_loss=metrics["federated-loss"],
-            )
-        run_dir.append(
-            {
-                "phase": phase,
-                "round": server_round,
-                "accuracy": accuracy,
-                "loss": loss,
-                "federated_accuracy": None,
-                "federated_loss": None,
-                "train_loss": metrics.get("train-loss") if metrics else None,
-                "bytes_down": ex.bytes_down,
-                "bytes_up": ex.bytes_up,
-                "seconds": time.perf_counter() - start,
-                "exchange_seconds": ex.seconds,
-                "client_seconds": metrics.get("client-seconds") if metrics else None,
-                "replies": accepted,
-                "clipped": int(metrics.get("clipped-updates", 0)) if metrics else 0,
-                "failures": len(failures),
-                "failed": [{**f, "node": strategy.sampler.name(f["node"])} for f in failures],
-                "sampled": sorted(strategy.sampler.name(m.metadata.dst_node_id) for m in messages),
-            }
-        )
+        result = strategy.round(phase, server_round, globals_, grid)
+        failures = result.failures()
+        _check_replies(cfg, phase, server_round, len(result.sent), len(result.accepted), failures)
+        globals_ = result.globals
+        scores = score(globals_, result.test_logits)
+        metrics = result.metrics
+        federated = {"federated_accuracy": metrics.get("federated-accuracy"), "federated_loss": metrics.get("federated-loss")}
+        if result.scores_previous:
+            # Fused evaluation: this round's replies scored the previous round's global models.
+            if server_round > 1 and federated["federated_accuracy"] is not None:
+                run_dir.update(len(run_dir.history) - 1, **federated)
+            federated = {"federated_accuracy": None, "federated_loss": None}
+        run_dir.append({
+            "phase": phase,
+            "round": server_round,
+            "accuracy": _mean([acc for _, acc in scores.values()]),
+            "loss": _mean([loss for loss, _ in scores.values()]),
+            "accuracy_by_model": {name: acc for name, (_, acc) in scores.items()},
+            **federated,
+            "train_loss": metrics.get("train-loss"),
+            "bytes_down": sum(ex.bytes_down for ex in result.exchanges),
+            "bytes_up": sum(ex.bytes_up for ex in result.exchanges),
+            "seconds": time.perf_counter() - start,
+            "exchange_seconds": sum(ex.seconds for ex in result.exchanges),
+            "client_seconds": metrics.get("client-seconds"),
+            "distill_steps": metrics.get("distill-steps"),
+            "replies": len(result.accepted),
+            "clipped": int(metrics.get("clipped-updates", 0)),
+            "failures": len(failures),
+            "failed": [{**f, "node": strategy.sampler.name(f["node"])} for f in failures],
+            "sampled": sorted(strategy.sampler.name(n) for n in result.sent),
+        })
         checkpoint.save(run_dir.path, checkpoint.Checkpoint(
-            phase, server_round, len(run_dir.history), arrays, strategy.final_teacher,
+            phase, server_round, len(run_dir.history), globals_, strategy.final_teacher,
             strategy.sampler.rng.getstate(), cfg.model_dump(mode="json", by_alias=True),
         ))
         _log_round(run_dir.history[-1], num_rounds)
         for failure in run_dir.history[-1]["failed"]:
             log(WARNING, "  %s round %d: node %s failed: %s", phase, server_round, failure["node"], failure["reason"])
-    _final_evaluation(strategy, phase, grid, cfg, arrays, num_rounds, run_dir)
-    return arrays
+    _final_evaluation(strategy, phase, grid, cfg, globals_, run_dir)
+    return globals_
 
 
 def _final_evaluation(
-    strategy: FedAvg, phase: str, grid: Grid, cfg: RunConfig, arrays: ArrayRecord,
-    num_rounds: int, run_dir: RunDirectory,
+    strategy: Strategy, phase: str, grid: Grid, cfg: RunConfig, globals_: Globals, run_dir: RunDirectory
 ) -> None:
-    """Score the phase's final model on the clients' local test splits; it completes the last record."""
-    messages = list(strategy.configure_evaluate(num_rounds, arrays, ConfigRecord(), grid))
+    """Score the phase's final models on the clients' local test splits; it completes the last record."""
+    messages = strategy.evaluation_messages(phase, globals_, grid)
     if not messages:
         return
     start = time.perf_counter()
-    ex = exchange(grid, messages, cfg.round_timeout)
-    metrics = strategy.aggregate_evaluate(num_rounds, ex.replies)
+    ex = strategy.send(grid, messages)
+    metrics = strategy.aggregate_evaluate(strategy.num_rounds(phase), ex.ok())
     last = run_dir.history[-1]
     run_dir.update(
         len(run_dir.history) - 1,
@@ -130,9 +129,11 @@ def fmt_metric(value: float | None) -> str:
 
 
 def _log_round(r: dict, total: int) -> None:
+    by_model = " ".join(f"{k} {fmt_metric(v)}" for k, v in r["accuracy_by_model"].items())
     log(
         INFO,
-        "[%s %d/%d] acc %s loss %s | down %.1f kB up %.1f kB | %.3f s | %d ok %d failed",
-        r["phase"], r["round"], total, fmt_metric(r["accuracy"]), fmt_metric(r["loss"]),
+        "[%s %d/%d] acc %s%s loss %s | down %.1f kB up %.1f kB | %.3f s | %d ok %d failed",
+        r["phase"], r["round"], total, fmt_metric(r["accuracy"]),
+        f" ({by_model})" if len(r["accuracy_by_model"]) > 1 else "", fmt_metric(r["loss"]),
         r["bytes_down"] / 1e3, r["bytes_up"] / 1e3, r["seconds"], r["replies"], r["failures"],
     )

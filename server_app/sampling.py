@@ -15,19 +15,22 @@ WAIT_POLL_SECONDS = 1.0
 class NodeSampler:
     """Samples nodes with its own generator; names nodes by what they report, not by their random ids."""
 
-    def __init__(self, seed: int, timeout: float) -> None:
+    def __init__(self, seed: int, timeout: float, default_model: str = "mlp-32") -> None:
         self.rng = random.Random(derive_seed(seed, 40))
+        self.default_model = default_model
         self.timeout = timeout
         self.names: dict[int, str] = {}
+        self.models: dict[int, str] = {}
 
     def _identify(self, grid: Grid, node_ids: list[int]) -> None:
-        """Ask new nodes for their stable name (`query.identify`); unanswered ones keep their id."""
+        """Ask new nodes for their stable name and architecture (`query.identify`); unanswered ones keep their id."""
         messages = [
             Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type="query.identify")
             for n in node_ids
         ]
         for reply in exchange(grid, messages, self.timeout).ok():
             self.names[reply.metadata.src_node_id] = str(reply.content["node"]["name"])
+            self.models[reply.metadata.src_node_id] = str(reply.content["node"]["model"])
         for n in node_ids:
             self.names.setdefault(n, f"node-{n}")
 
@@ -51,6 +54,10 @@ class NodeSampler:
         nodes = self.nodes(grid, minimum)
         size = min(len(nodes), max(int(len(nodes) * fraction), minimum))
         return self.rng.sample(nodes, size)
+
+    def model(self, node_id: int) -> str:
+        """The architecture a node reported; `default_model` if it has not answered."""
+        return self.models.get(node_id, self.default_model)
 
     def name(self, node_id: int) -> str:
         """The stable name of a node."""

@@ -145,3 +145,12 @@ def test_dumped_config_validates_again():
     dumped = cfg.model_dump(mode="json", by_alias=True)
     assert (dumped["teacher-model"], dumped["models"]) == ("mlp-256x128x64", "cnn,mlp-16")
     assert parse_run_config(dumped) == cfg
+
+
+def test_a_nodes_model_comes_from_node_config_then_the_partition_mapping_then_the_default():
+    cfg = parse_run_config({"models": "mlp-32, cnn ,mlp-64x64"})
+    assert [cfg.node_model({"partition-id": i}) for i in range(4)] == ["mlp-32", "cnn", "mlp-64x64", "mlp-32"]
+    assert cfg.node_model({"partition-id": 1, "model": "mlp-8"}) == "mlp-8"
+    assert parse_run_config({}).node_model({"partition-id": 1}) == "mlp-32"
+    with pytest.raises(ConfigError, match=r"node config 'model' = 'big': unknown model 'big'; allowed: mlp-<width>"):
+        cfg.node_model({"model": "big"})

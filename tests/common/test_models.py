@@ -1,46 +1,65 @@
+import pytest
 import torch
 
-from common.config import parse_run_config
-from common.models import count_params, initial_model, load_record, make_model, to_record
+from common.models import build_model, count_params, initial_model, load_record, logits_from_record, logits_to_record, to_record
 
 
-def test_seed_config_parameter_counts_match_the_seed_script():
-    cfg = parse_run_config({"dataset": "synthetic"})
-    assert count_params(initial_model(cfg, "teacher")) == 13_130
-    assert count_params(initial_model(cfg, "student")) == 1_386
+def test_seed_architectures_match_the_seed_scripts_parameter_counts():
+    assert count_params(initial_model("mlp-128x64", "synthetic", 42)) == 13_130
+    assert count_params(initial_model("mlp-32", "synthetic", 42)) == 1_386
 
 
-def test_digits_shapes_and_counts():
-    cfg = parse_run_config({"dataset": "digits", "teacher-hidden": "128,64", "student-hidden": "32"})
-    teacher, student = initial_model(cfg, "teacher"), initial_model(cfg, "student")
+def test_mlp_names_give_their_widths_and_depths():
+    teacher, student = build_model("mlp-128x64", "digits"), build_model("mlp-32", "digits")
     assert count_params(teacher) == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
     assert count_params(student) == 64 * 32 + 32 + 32 * 10 + 10
-    assert teacher(torch.zeros(5, 64)).shape == (5, 10) and student(torch.zeros(5, 64)).shape == (5, 10)
+    deep = build_model("mlp-16x16x16", "digits")
+    assert [m.out_features for m in deep if isinstance(m, torch.nn.Linear)] == [16, 16, 16, 10]
 
 
-def test_initialisation_follows_the_seed_and_leaves_the_global_generator_alone():
-    cfg = parse_run_config({"seed": 3})
+@pytest.mark.parametrize("dataset, pixels", [("digits", 64), ("mnist5k", 784)])
+def test_the_cnn_takes_flat_images_of_either_size(dataset, pixels):
+    cnn = build_model("cnn", dataset)
+    assert cnn(torch.zeros(3, pixels)).shape == (3, 10)
+    assert count_params(cnn) == (9 * 16 + 16) + (16 * 9 * 32 + 32) + (128 * 10 + 10)
+
+
+def test_unknown_models_and_a_cnn_on_flat_data_are_refused():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet'; allowed: mlp-<width>\[x<width>...\]"):
+        build_model("resnet", "digits")
+    with pytest.raises(ValueError, match="model 'cnn' needs image inputs; dataset 'synthetic' has flat features"):
+        build_model("cnn", "synthetic")
+
+
+def test_initialisation_follows_seed_and_name_and_leaves_the_global_generator_alone():
     torch.manual_seed(0)
     before = torch.rand(1)
     torch.manual_seed(0)
-    a = initial_model(cfg, "teacher")
+    a = initial_model("mlp-128x64", "digits", 3)
     after = torch.rand(1)
-    b = initial_model(cfg, "teacher")
+    b = initial_model("mlp-128x64", "digits", 3)
     assert torch.equal(before, after)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    c = initial_model(parse_run_config({"seed": 4}), "teacher")
-    assert not torch.equal(a[0].weight, c[0].weight)
+    assert not torch.equal(a[0].weight, initial_model("mlp-128x64", "digits", 4)[0].weight)
 
 
 def test_records_round_trip_and_refuse_another_architecture():
-    cfg = parse_run_config({})
-    teacher = initial_model(cfg, "teacher")
-    record = to_record(teacher)
-    copy = load_record(make_model(cfg, "teacher"), record)
+    teacher = initial_model("mlp-128x64", "digits", 1)
+    copy = load_record(build_model("mlp-128x64", "digits"), to_record(teacher))
     assert torch.equal(copy[0].weight, teacher[0].weight)
-    try:
-        load_record(make_model(cfg, "student"), record)
-    except RuntimeError as err:
-        assert "size mismatch" in str(err) or "Unexpected key" in str(err)
-    else:
-        raise AssertionError("a teacher record loaded into a student")
+    with pytest.raises(RuntimeError, match="size mismatch|Unexpected key"):
+        load_record(build_model("mlp-32", "digits"), to_record(teacher))
+
+
+def test_float16_logits_take_half_the_bytes_on_the_wire_and_come_back_as_float32():
+    from flwr.app import RecordDict
+
+    from server_app.transport import record_bytes
+
+    logits = torch.tensor([[1.5, -2.25], [0.0, 3.0]]).repeat(250, 5)  # 500 x 10
+    half, full = logits_to_record(logits, "float16"), logits_to_record(logits, "float32")
+    assert half["logits"].dtype == "float16" and half["logits"].numpy().nbytes == 500 * 10 * 2
+    sizes = [record_bytes(RecordDict({"logits": r})) for r in (half, full)]
+    assert sizes[1] - sizes[0] == pytest.approx(500 * 10 * 2, abs=16)  # the payload, plus a few header bytes
+    back = logits_from_record(half)
+    assert back.dtype == torch.float32 and torch.equal(back, logits)

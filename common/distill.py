@@ -1,0 +1,90 @@
+"""Ensembles of logits and the distillation loop toward them, shared by FedMD, FedDF and two-stage."""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from common.loss import soft_loss
+from common.training import Adam, predict_logits
+
+# (step) -> (inputs, target logits) of one mini-batch
+BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+# Validation every this many steps; `patience` counts validations.
+VALIDATE_EVERY = 10
+
+
+def consensus(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The mean of several parties' logits on the same inputs, each party weighted equally (FedMD)."""
+    if not logits:
+        raise ValueError("consensus of no logits")
+    return torch.stack([t.float() for t in logits]).mean(0)
+
+
+def ensemble_logits(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The ensemble's prediction: the mean of the models' logits on x (FedDF)."""
+    return consensus([predict_logits(m, x) for m in models])
+
+
+@dataclass(frozen=True)
+class DistillReport:
+    """How a distillation ended."""
+
+    steps: int
+    best_validation_loss: float
+
+
+def distill(
+    model: nn.Module,
+    batches: BatchFn,
+    validation: tuple[torch.Tensor, torch.Tensor],
+    *,
+    steps: int,
+    patience: int,
+    learning_rate: float,
+    temperature: float,
+) -> DistillReport:
+    """Adam on soft_loss(model(x), targets) over `batches`, at most `steps` steps.
+
+    Early stopping as FedDF does it: every VALIDATE_EVERY steps the loss on `validation`
+    is measured; the best weights are kept, and `patience` checks without improvement stop it.
+    """
+    optimizer = Adam(model.parameters(), lr=learning_rate)
+    x_val, t_val = validation
+
+    def validation_loss() -> float:
+        return float(soft_loss(predict_logits(model, x_val), t_val, temperature))
+
+    best, best_state, stale, step = validation_loss(), _copy(model), 0, 0
+    while step < steps and stale < patience:
+        model.train()
+        for _ in range(min(VALIDATE_EVERY, steps - step)):
+            x, targets = batches(step)
+            optimizer.zero_grad()
+            soft_loss(model(x), targets, temperature).backward()
+            optimizer.step()
+            step += 1
+        loss = validation_loss()
+        if loss < best:
+            best, best_state, stale = loss, _copy(model), 0
+        else:
+            stale += 1
+    model.load_state_dict(best_state)
+    return DistillReport(step, best)
+
+
+def random_batches(x: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int) -> BatchFn:
+    """Mini-batches of (x, targets) drawn at random, from their own generator."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def batch(_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)
+        return x[idx], targets[idx]
+
+    return batch
+
+
+def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -1,0 +1,255 @@
+"""What fedkd's strategies share: seeded sampling, per-architecture groups, screened FedAvg, logit queries."""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from common.config import RunConfig
+from common.data import dataset_shape
+from common.distill import BatchFn, distill
+from common.models import build_model, initial_model, load_record, to_record
+from server_app.sampling import NodeSampler
+from server_app.screening import screen_reply
+from server_app.transport import Exchange, exchange
+
+# Architecture name -> that group's global weights.
+Globals = dict[str, ArrayRecord]
+
+
+@dataclass
+class Round:
+    """What one round did, for the round loop to check and record."""
+
+    globals: Globals
+    sent: list[int]
+    exchanges: list[Exchange] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    # Whether the replies' federated metrics score the previous round's models (fused evaluation)
+    # rather than this round's.
+    scores_previous: bool = True
+    # Strategies without global models (FedMD): each architecture's nodes' logits on the server test set.
+    test_logits: dict[str, list[torch.Tensor]] | None = None
+
+    def failures(self) -> list[dict]:
+        """Errors, missing replies and rejected replies of every exchange of the round."""
+        return [f for ex in self.exchanges for f in ex.failures()] + self.rejected
+
+
+def sum_eval_counts(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Federated accuracy and loss weighted by local test examples; train loss by train examples;
+    the slowest client's handler time."""
+    metrics = [r["metrics"] for r in records]
+    examples = sum(float(m.get("eval-examples", 0)) for m in metrics)
+    out = {}
+    if metrics and all("train-loss" in m for m in metrics):
+        trained = sum(float(m[weight_key]) for m in metrics)
+        out["train-loss"] = sum(float(m["train-loss"]) * float(m[weight_key]) for m in metrics) / trained
+    if metrics and all("client-seconds" in m for m in metrics):
+        out["client-seconds"] = max(float(m["client-seconds"]) for m in metrics)
+    if examples:
+        out["federated-accuracy"] = sum(float(m["eval-correct"]) for m in metrics) / examples
+        out["federated-loss"] = sum(float(m["eval-loss-sum"]) for m in metrics) / examples
+    return MetricRecord(out)
+
+
+def clip_update(update: ArrayRecord, base: ArrayRecord, max_norm: float) -> bool:
+    """Scale `update`'s difference from `base` to an L2 norm of at most `max_norm`, in place; True if it was."""
+    deltas = {k: update[k].numpy().astype(np.float64) - base[k].numpy() for k in update.keys()}
+    norm = float(np.sqrt(sum(float((d * d).sum()) for d in deltas.values())))
+    if norm <= max_norm:
+        return False
+    for key, delta in deltas.items():
+        start = base[key].numpy()
+        update[key] = Array((start + delta * (max_norm / norm)).astype(start.dtype))
+    return True
+
+
+class Strategy(FedAvg):
+    """Base of every fedkd strategy; a strategy says its phases and what one round of a phase does.
+
+    Weights are averaged only within a group of one architecture, with Flower's
+    `aggregate_arrayrecords`; the node's architecture is what it reported (`query.identify`).
+    """
+
+    phases: tuple[str, ...] = ("student",)
+
+    def __init__(self, cfg: RunConfig, sampler: NodeSampler) -> None:
+        super().__init__(
+            fraction_train=cfg.fraction_train,
+            fraction_evaluate=cfg.fraction_evaluate,
+            min_train_nodes=cfg.min_train_nodes,
+            min_available_nodes=cfg.min_train_nodes,
+            train_metrics_aggr_fn=sum_eval_counts,
+            evaluate_metrics_aggr_fn=sum_eval_counts,
+        )
+        self.cfg = cfg
+        self.sampler = sampler
+        self.final_teacher: ArrayRecord | None = None
+
+    def num_rounds(self, phase: str) -> int:
+        """Rounds of `phase`."""
+        return self.cfg.num_teacher_rounds if phase == "teacher" else self.cfg.num_student_rounds
+
+    def architecture(self, node: int, phase: str) -> str:
+        """The model a node trains in `phase`: the run's teacher model, else the node's own choice."""
+        return self.cfg.teacher_model if phase == "teacher" else self.sampler.model(node)
+
+    def initial(self, phase: str, grid: Grid, previous: Globals | None) -> Globals:
+        """Seeded initial weights for every architecture among the connected nodes."""
+        names = {self.architecture(n, phase) for n in self.sampler.nodes(grid, self.min_train_nodes)}
+        return {n: to_record(initial_model(n, self.cfg.dataset, self.cfg.seed)) for n in sorted(names)}
+
+    def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
+        """One round of `phase`; the default is grouped FedAvg of `train.supervised`."""
+        return self.train_round(phase, server_round, globals_, grid, "supervised")[0]
+
+    # --- primitives the strategies build on -------------------------------------------
+
+    def sample(self, grid: Grid) -> list[int]:
+        """This round's nodes, from the sampler's seeded generator."""
+        return self.sampler.sample(grid, self.fraction_train, self.min_train_nodes)
+
+    def send(self, grid: Grid, messages: list[Message]) -> Exchange:
+        """Push `messages`, pull the replies under the round's deadline."""
+        return exchange(grid, messages, self.cfg.round_timeout)
+
+    def screen(
+        self, ex: Exchange, expected: Callable[[int], ArrayRecord | None], into: Round,
+        check: Callable[[RecordDict], str | None] = lambda content: None,
+    ) -> list[Message]:
+        """Replies fit to use, in node-name order (float sums then do not depend on arrival order);
+        the others are recorded in `into.rejected` with the reason, never averaged in."""
+        accepted = []
+        for msg in sorted(ex.ok(), key=lambda m: self.sampler.name(m.metadata.src_node_id)):
+            node = msg.metadata.src_node_id
+            reason = screen_reply(msg.content, expected(node), self.cfg.max_num_examples) or check(msg.content)
+            if reason:
+                into.rejected.append({"node": node, "reason": f"reply rejected: {reason}"})
+            else:
+                accepted.append(msg)
+        into.accepted = [m.metadata.src_node_id for m in accepted]
+        return accepted
+
+    def screen_logits(self, ex: Exchange, rows: int, into: Round, key: str = "logits") -> list[Message]:
+        """`screen` for logit replies: a finite (rows, classes) array under `key` is also required."""
+        classes = dataset_shape(self.cfg.dataset)[1]
+
+        def check(content: RecordDict) -> str | None:
+            if key not in content.array_records or "logits" not in content[key]:
+                return f"no '{key}' logits in the reply"
+            logits = content[key]["logits"].numpy()
+            if logits.shape != (rows, classes) or not np.issubdtype(logits.dtype, np.floating):
+                return f"logits are {logits.dtype}{list(logits.shape)}, expected float[{rows}, {classes}]"
+            if not np.isfinite(logits).all():
+                return "logits hold NaN or Inf"
+            return None
+
+        return self.screen(ex, lambda node: None, into, check)
+
+    def public_subset(self, public_size: int, server_round: int, phase: str) -> list[int]:
+        """Indices of the public samples used in a round: all, or `public-samples-per-round` drawn by (seed, phase, round)."""
+        wanted = self.cfg.public_samples_per_round
+        if wanted == 0 or wanted >= public_size:
+            return list(range(public_size))
+        rng = np.random.default_rng([self.cfg.seed, 60, self.phases.index(phase), server_round])
+        return sorted(rng.choice(public_size, size=wanted, replace=False).tolist())
+
+    def distil_groups(
+        self, phase: str, globals_: Globals, batches: Callable[[str], BatchFn],
+        validation: tuple[torch.Tensor, torch.Tensor], into: Round,
+    ) -> Globals:
+        """Distil every group's model toward an ensemble on the server (FedDF's step), with early stopping."""
+        out = {}
+        steps = []
+        for name, arrays in globals_.items():
+            model = load_record(build_model(name, self.cfg.dataset), arrays)
+            report = distill(
+                model, batches(name), validation, steps=self.cfg.distill_steps, patience=self.cfg.distill_patience,
+                learning_rate=self.cfg.server_learning_rate, temperature=self.cfg.temperature,
+            )
+            steps.append(report.steps)
+            out[name] = to_record(model)
+        into.metrics["distill-steps"] = float(np.mean(steps)) if steps else 0.0
+        return out
+
+    def train_round(
+        self, phase: str, server_round: int, globals_: Globals, grid: Grid, action: str,
+        extra: Callable[[int], dict] = lambda node: {},
+    ) -> tuple[Round, list[Message]]:
+        """Send each sampled node its group's model with `train.<action>`; FedAvg each group's replies.
+        Returns the round and its usable replies."""
+        nodes = self.sample(grid)
+        config = {"server-round": server_round, "evaluate-incoming": server_round > 1}
+        messages = [
+            Message(RecordDict({
+                "arrays": globals_[self.architecture(n, phase)],
+                "config": ConfigRecord({**config, "model": self.architecture(n, phase)}),
+                **extra(n),
+            }), dst_node_id=n, message_type=f"train.{action}")
+            for n in nodes
+        ]
+        result = Round(dict(globals_), nodes, [self.send(grid, messages)])
+        replies = self.screen(result.exchanges[0], lambda n: globals_[self.architecture(n, phase)], result)
+        result.globals = self.group_average(phase, globals_, replies, result)
+        if replies:
+            result.metrics.update(self.train_metrics_aggr_fn([m.content for m in replies], self.weighted_by_key))
+        return result, replies
+
+    def group_average(self, phase: str, globals_: Globals, replies: list[Message], into: Round) -> Globals:
+        """FedAvg within each architecture (after optional clipping); a group without replies keeps its model."""
+        out = dict(globals_)
+        clipped = 0
+        for name in globals_:
+            contents = [m.content for m in replies if self.architecture(m.metadata.src_node_id, phase) == name]
+            if not contents:
+                continue
+            if self.cfg.clip_norm > 0:
+                clipped += sum(clip_update(c["arrays"], globals_[name], self.cfg.clip_norm) for c in contents)
+            out[name] = aggregate_arrayrecords(contents, self.weighted_by_key)
+        into.metrics["clipped-updates"] = clipped
+        return out
+
+    def query_logits(
+        self, grid: Grid, nodes: list[int], config: dict, extra: Callable[[int], dict] = lambda node: {}
+    ) -> Exchange:
+        """Send `query.logits` to `nodes`; the exchange."""
+        messages = [
+            Message(RecordDict({"config": ConfigRecord(config), **extra(n)}), dst_node_id=n, message_type="query.logits")
+            for n in nodes
+        ]
+        return self.send(grid, messages)
+
+    def evaluation_messages(self, phase: str, globals_: Globals, grid: Grid) -> list[Message]:
+        """`evaluate` with each node's group model to a fraction-evaluate sample (the phase's last model)."""
+        if self.fraction_evaluate == 0.0 or not globals_:
+            return []
+        nodes = self.sampler.sample(grid, self.fraction_evaluate, 1)
+        return [
+            Message(RecordDict({
+                "arrays": globals_[self.architecture(n, phase)],
+                "config": ConfigRecord({"model": self.architecture(n, phase)}),
+            }), dst_node_id=n, message_type="evaluate")
+            for n in nodes
+            if self.architecture(n, phase) in globals_
+        ]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Federated accuracy and loss over the evaluation replies that carry their counts."""
+        contents = [m.content for m in replies if not m.has_error() and "metrics" in m.content.metric_records]
+        return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
+
+    def models_of(self, replies: list[Message], phase: str) -> list[torch.nn.Module]:
+        """The client models in `replies`, each built as its node's architecture."""
+        return [
+            load_record(build_model(self.architecture(m.metadata.src_node_id, phase), self.cfg.dataset), m.content["arrays"])
+            for m in replies
+        ]
+

@@ -1,0 +1,42 @@
+"""`feddf`: FedDF (Lin et al. 2020), FedAvg within each architecture, then ensemble distillation on the server."""
+
+from collections.abc import Callable
+
+import torch
+from flwr.serverapp import Grid
+
+from common.data import load_public
+from common.distill import BatchFn, ensemble_logits, random_batches
+from common.seeds import derive_seed
+from server_app.strategies.base import Globals, Round, Strategy
+
+# Share of the public inputs held out for early stopping.
+VALIDATION_SHARE = 0.2
+
+
+class FedDF(Strategy):
+    """Each group's FedAvg model is distilled toward the ensemble of all received client models
+    (every architecture) on unlabeled public inputs, stopping early on a validation split."""
+
+    phases = ("student",)
+
+    def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
+        """Grouped FedAvg of `train.supervised`, then server-side ensemble distillation."""
+        result, replies = self.train_round(phase, server_round, globals_, grid, "supervised")
+        if not replies:
+            return result
+        teachers = self.models_of(replies, phase)
+        batches, validation = self.distillation_data(teachers, result, server_round)
+        result.globals = self.distil_groups(phase, result.globals, batches, validation, result)
+        return result
+
+    def distillation_data(
+        self, teachers: list[torch.nn.Module], result: Round, server_round: int
+    ) -> tuple[Callable[[str], BatchFn], tuple[torch.Tensor, torch.Tensor]]:
+        """Mini-batches of the public inputs with the ensemble's logits, and the validation split."""
+        public = load_public(self.cfg)
+        x = public.x[self.public_subset(len(public), server_round, "student")]
+        targets = ensemble_logits(teachers, x)
+        cut = max(1, int(len(x) * VALIDATION_SHARE))
+        seed = derive_seed(self.cfg.seed, 62, server_round)
+        return (lambda name: random_batches(x[cut:], targets[cut:], self.cfg.batch_size, seed)), (x[:cut], targets[:cut])

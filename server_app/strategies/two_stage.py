@@ -1,0 +1,70 @@
+"""`two-stage`: FedAvg over the teacher, then FedAvg over students distilled from each node's local teacher."""
+
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
+
+from common.data import load_public
+from common.distill import consensus, random_batches
+from common.models import logits_from_record
+from common.seeds import derive_seed
+from server_app.strategies.base import Globals, Round, Strategy
+
+
+class TwoStage(Strategy):
+    """Phase "teacher" trains the global teacher; phase "student" distils from the clients' local teachers.
+
+    The final global teacher travels to a node once, with its first phase-2 message; a node
+    that failed since (and may have lost its state) gets it again. With `ensemble-teacher`,
+    the server distils the student itself from the ensemble of the local teachers' logits on public data.
+    """
+
+    phases = ("teacher", "student")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.holds_teacher: set[int] = set()
+
+    def initial(self, phase: str, grid: Grid, previous: Globals | None) -> Globals:
+        """The teacher's seeded weights, or at phase 2 the students', fixing the final teacher."""
+        if phase == "student" and previous is not None:
+            self.final_teacher = previous[self.cfg.teacher_model]
+        return super().initial(phase, grid, previous)
+
+    def _teacher_for(self, node: int) -> dict[str, ArrayRecord]:
+        return {} if node in self.holds_teacher else {"teacher": self.final_teacher}
+
+    def _track_teacher(self, result: Round) -> None:
+        answered = set(result.accepted)
+        self.holds_teacher = (self.holds_teacher | answered) - (set(result.sent) - answered)
+
+    def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
+        """Teacher: grouped FedAvg. Student: local distillation (`train.distil`), or the ensemble-teacher round."""
+        if phase == "teacher":
+            return self.train_round(phase, server_round, globals_, grid, "supervised")[0]
+        if self.cfg.ensemble_teacher:
+            return self._ensemble_round(phase, server_round, globals_, grid)
+        result, _ = self.train_round(phase, server_round, globals_, grid, "distil", self._teacher_for)
+        self._track_teacher(result)
+        return result
+
+    def _ensemble_round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
+        """Sampled nodes send their local teacher's logits on public data; the server distils every student."""
+        public = load_public(self.cfg)
+        indices = self.public_subset(len(public), server_round, phase)
+        nodes = self.sample(grid)
+        config = {"source": "teacher", "split": "public", "indices": indices, "server-round": server_round}
+        result = Round(dict(globals_), nodes, [self.query_logits(grid, nodes, config, self._teacher_for)], scores_previous=False)
+        replies = self.screen_logits(result.exchanges[0], len(indices), result)
+        self._track_teacher(result)
+        if not replies:
+            return result
+        ensemble = consensus([logits_from_record(m.content["logits"]) for m in replies])
+        result.metrics.update(self.train_metrics_aggr_fn([m.content for m in replies], self.weighted_by_key))
+        x = public.x[indices]
+        cut = max(1, len(x) // 5)  # a fifth for early stopping
+        seed = derive_seed(self.cfg.seed, 61, server_round)
+        result.globals = self.distil_groups(
+            phase, globals_, lambda name: random_batches(x[cut:], ensemble[cut:], self.cfg.batch_size, seed),
+            (x[:cut], ensemble[:cut]), result,
+        )
+        return result

@@ -1,0 +1,85 @@
+"""Consensus, ensemble and the distillation loops against hand computations."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from common.distill import VALIDATE_EVERY, consensus, distill, ensemble_logits, random_batches
+from common.generator import Generator, train_generator
+from common.loss import soft_loss
+
+
+def linear(weight, bias):
+    layer = nn.Linear(len(weight[0]), len(weight))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight))
+        layer.bias.copy_(torch.tensor(bias))
+    return layer
+
+
+def test_consensus_is_the_mean_of_the_parties_logits_whatever_their_dtype():
+    a = torch.tensor([[1.0, 3.0], [0.0, 2.0]])
+    b = torch.tensor([[3.0, 1.0], [2.0, 2.0]], dtype=torch.float16)
+    assert torch.equal(consensus([a, b]), torch.tensor([[2.0, 2.0], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="consensus of no logits"):
+        consensus([])
+
+
+def test_ensemble_logits_average_the_models_outputs():
+    x = torch.tensor([[1.0, 2.0]])
+    m1 = linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])  # -> (1, 2)
+    m2 = linear([[0.0, 1.0], [1.0, 0.0]], [1.0, 1.0])  # -> (3, 2)
+    assert torch.allclose(ensemble_logits([m1, m2], x), torch.tensor([[2.0, 2.0]]))
+
+
+def test_soft_loss_is_t_squared_kl_of_the_softened_distributions():
+    student, teacher, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 0.0]]), 2.0
+    p = [math.exp(1) / (math.exp(1) + 1), 1 / (math.exp(1) + 1)]  # softmax(teacher / 2)
+    kl = sum(pi * math.log(pi / 0.5) for pi in p)
+    assert float(soft_loss(student, teacher, t)) == pytest.approx(t * t * kl, rel=1e-5)
+    assert float(soft_loss(teacher, teacher, t)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_pulls_the_student_to_the_ensemble_and_keeps_its_best_weights():
+    torch.manual_seed(0)
+    x = torch.randn(200, 4)
+    teacher = linear([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [0.5, 0.5, -0.5, 0.0]], [0.0, 0.1, -0.1])
+    targets = ensemble_logits([teacher], x)
+    student = nn.Linear(4, 3)
+    before = float(soft_loss(student(x[:50]), targets[:50], 1.0))
+    report = distill(student, random_batches(x[50:], targets[50:], 32, seed=1), (x[:50], targets[:50]),
+                     steps=400, patience=3, learning_rate=0.05, temperature=1.0)
+    after = float(soft_loss(student(x[:50]), targets[:50], 1.0))
+    assert after < 0.1 * before
+    assert report.best_validation_loss == pytest.approx(after, rel=1e-5)
+    assert report.steps % VALIDATE_EVERY == 0 and 0 < report.steps <= 400
+
+
+def test_early_stopping_gives_up_after_patience_checks_without_improvement():
+    x = torch.randn(40, 2)
+    student = nn.Linear(2, 2)
+    # Targets the validation split disagrees with: training makes validation worse, so it stops at once.
+    report = distill(student, random_batches(x, torch.tensor([[9.0, -9.0]]).expand(40, 2), 8, seed=0),
+                     (x[:10], torch.tensor([[-9.0, 9.0]]).expand(10, 2)), steps=1000, patience=2,
+                     learning_rate=0.1, temperature=1.0)
+    assert report.steps == 2 * VALIDATE_EVERY
+
+
+def test_generator_learns_inputs_the_ensemble_labels_as_asked():
+    torch.manual_seed(0)
+    teacher = linear([[4.0, 0.0], [0.0, 4.0]], [0.0, 0.0])  # class = the larger feature
+    student = nn.Linear(2, 2)
+    gen = Generator(2, 2, bounded=True)
+    rng = torch.Generator().manual_seed(5)
+
+    def agreement() -> float:
+        with torch.no_grad():
+            x, labels = gen.sample(256, rng)
+            return float((teacher(x).argmax(1) == labels).float().mean())
+
+    before = agreement()
+    train_generator(gen, [teacher], [student], steps=150, batch_size=64, learning_rate=0.01, temperature=1.0, seed=3)
+    assert agreement() > 0.95 > before
+    assert all(p.requires_grad for p in (*teacher.parameters(), *student.parameters()))

@@ -1,0 +1,150 @@
+"""The strategies' shared primitives against hand computations: groups, screening, clipping, metrics."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from common.config import parse_run_config
+from server_app.sampling import NodeSampler
+from server_app.strategies import STRATEGIES
+from server_app.strategies.base import Round, Strategy, sum_eval_counts
+from server_app.strategies.two_stage import TwoStage
+from server_app.transport import Exchange
+
+
+def reply_from(node, arrays=None, error=None, **metrics):
+    sent = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="train.supervised")
+    sent.metadata.__dict__["_message_id"] = f"m{node}"
+    if error:
+        return Message(Error(code=1, reason=error), reply_to=sent)
+    content = RecordDict({"metrics": MetricRecord({"train-loss": 0.1, **metrics})})
+    if arrays is not None:
+        content["arrays"] = ArrayRecord({"w": Array(np.asarray(arrays, dtype=np.float32))})
+    return Message(content, reply_to=sent)
+
+
+def weights(*values):
+    return ArrayRecord({"w": Array(np.asarray(values, dtype=np.float32))})
+
+
+def strategy_with(nodes: dict[int, tuple[str, str]], cls=Strategy, **config) -> Strategy:
+    """A strategy whose sampler knows `nodes`: id -> (name, architecture)."""
+    sampler = NodeSampler(seed=1, timeout=1)
+    sampler.names = {n: name for n, (name, _) in nodes.items()}
+    sampler.models = {n: model for n, (_, model) in nodes.items()}
+    return cls(parse_run_config(config), sampler)
+
+
+def test_every_strategy_the_run_config_allows_has_a_class():
+    from typing import get_args
+
+    from common.config import RunConfig
+
+    assert set(STRATEGIES) == set(get_args(RunConfig.model_fields["strategy"].annotation))
+    assert set(STRATEGIES) == {"two-stage", "fedavg", "fedmd", "feddf", "feddf-datafree"}
+
+
+def test_weights_are_averaged_only_within_an_architecture(task_identity):
+    strategy = strategy_with({1: ("a", "mlp-32"), 2: ("b", "mlp-32"), 3: ("c", "cnn")})
+    start = {"mlp-32": weights(0, 0), "cnn": weights(9, 9, 9), "mlp-8": weights(5)}
+    replies = [
+        reply_from(1, [1.0, 2.0], **{"num-examples": 100}).content,
+        reply_from(2, [3.0, 6.0], **{"num-examples": 300}).content,
+        reply_from(3, [1.0, 1.0, 1.0], **{"num-examples": 7}).content,
+    ]
+    messages = [Message(c, dst_node_id=0, message_type="train.supervised") for c in replies]
+    for node, m in zip((1, 2, 3), messages):
+        m.metadata.__dict__["_src_node_id"] = node
+    out = strategy.group_average("student", start, messages, Round(start, [1, 2, 3]))
+    np.testing.assert_allclose(out["mlp-32"]["w"].numpy(), [2.5, 5.0])
+    np.testing.assert_allclose(out["cnn"]["w"].numpy(), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(out["mlp-8"]["w"].numpy(), [5.0])  # no replies: unchanged
+
+
+def test_screen_rejects_bad_replies_with_reasons_and_orders_the_rest_by_name(task_identity):
+    strategy = strategy_with({1: ("zeta", "mlp-32"), 2: ("alpha", "mlp-32"), 3: ("beta", "mlp-32"), 4: ("gamma", "mlp-32")})
+    ex = Exchange(replies=[
+        reply_from(1, [1.0, 1.0], **{"num-examples": 10}),
+        reply_from(2, [2.0, 2.0], **{"num-examples": 10}),
+        reply_from(3, [np.nan, 1.0], **{"num-examples": 10}),
+        reply_from(4, error="crashed"),
+    ])
+    result = Round({}, [1, 2, 3, 4], [ex])
+    accepted = strategy.screen(ex, lambda node: weights(0, 0), result)
+    assert [m.metadata.src_node_id for m in accepted] == [2, 1]  # alpha before zeta
+    assert result.accepted == [2, 1]
+    assert result.rejected == [{"node": 3, "reason": "reply rejected: 'w' holds NaN or Inf"}]
+    assert {f["node"]: f["reason"] for f in result.failures()} == {4: "crashed", 3: "reply rejected: 'w' holds NaN or Inf"}
+
+
+def test_logit_replies_must_be_finite_rows_by_classes(task_identity):
+    strategy = strategy_with({1: ("a", "mlp-32"), 2: ("b", "mlp-32"), 3: ("c", "mlp-32")})
+
+    def logits_reply(node, logits):
+        msg = reply_from(node, **{"num-examples": 5})
+        msg.content["logits"] = ArrayRecord({"logits": Array(np.asarray(logits))})
+        return msg
+
+    ex = Exchange(replies=[
+        logits_reply(1, np.zeros((4, 10), dtype=np.float16)),
+        logits_reply(2, np.zeros((3, 10), dtype=np.float32)),
+        logits_reply(3, np.full((4, 10), np.inf, dtype=np.float32)),
+    ])
+    result = Round({}, [1, 2, 3], [ex])
+    assert [m.metadata.src_node_id for m in strategy.screen_logits(ex, 4, result)] == [1]
+    assert [r["reason"] for r in result.rejected] == [
+        "reply rejected: logits are float32[3, 10], expected float[4, 10]",
+        "reply rejected: logits hold NaN or Inf",
+    ]
+
+
+def test_clip_norm_bounds_each_update_before_averaging(task_identity):
+    strategy = strategy_with({1: ("a", "mlp-32"), 2: ("b", "mlp-32")}, **{"clip-norm": 1.0})
+    messages = [reply_from(1, [3.0, 4.0], **{"num-examples": 10}), reply_from(2, [0.6, 0.0], **{"num-examples": 10})]
+    result = Round({}, [1, 2])
+    out = strategy.group_average("student", {"mlp-32": weights(0, 0)}, messages, result)
+    # (3, 4) has norm 5 and is scaled to (0.6, 0.8); (0.6, 0) is within the bound.
+    np.testing.assert_allclose(out["mlp-32"]["w"].numpy(), [0.6, 0.4], rtol=1e-6)
+    assert result.metrics["clipped-updates"] == 1
+
+
+def test_sum_eval_counts_is_sample_weighted():
+    records = [
+        RecordDict({"metrics": MetricRecord({"num-examples": 100, "train-loss": 1.0, "eval-examples": 10, "eval-correct": 9, "eval-loss-sum": 2.0, "client-seconds": 0.2})}),
+        RecordDict({"metrics": MetricRecord({"num-examples": 300, "train-loss": 2.0, "eval-examples": 30, "eval-correct": 15, "eval-loss-sum": 6.0, "client-seconds": 0.5})}),
+    ]
+    out = sum_eval_counts(records, "num-examples")
+    assert out["federated-accuracy"] == pytest.approx(24 / 40)
+    assert out["federated-loss"] == pytest.approx(8 / 40)
+    assert out["train-loss"] == pytest.approx((100 * 1.0 + 300 * 2.0) / 400)
+    assert out["client-seconds"] == pytest.approx(0.5)
+
+
+def test_the_teacher_is_resent_only_to_nodes_that_may_have_lost_it():
+    strategy = strategy_with({}, cls=TwoStage)
+    strategy.final_teacher = weights(1)
+    strategy.holds_teacher = {3, 4}
+    strategy._track_teacher(Round({}, sent=[1, 2, 3], accepted=[1, 2]))
+    # 1 and 2 now hold the teacher; 3 failed and may have lost it; 4 was not asked.
+    assert strategy.holds_teacher == {1, 2, 4}
+    assert strategy._teacher_for(4) == {} and strategy._teacher_for(3) == {"teacher": strategy.final_teacher}
+
+
+def test_public_subsets_follow_seed_phase_and_round():
+    strategy = strategy_with({}, **{"public-samples-per-round": 5})
+    a, b = strategy.public_subset(100, 3, "student"), strategy.public_subset(100, 4, "student")
+    assert len(a) == 5 and a == sorted(set(a)) and a != b
+    assert a == strategy_with({}, **{"public-samples-per-round": 5}).public_subset(100, 3, "student")
+    assert strategy_with({}).public_subset(7, 1, "student") == list(range(7))
+
+
+def test_too_few_usable_replies_stop_the_run_with_the_reasons():
+    from server_app.rounds import RunAborted, _check_replies
+
+    cfg = parse_run_config({"min-replies": 0.6})
+    failures = [{"node": "a", "reason": "no reply before round-timeout"}, {"node": "b", "reason": "boom"}]
+    with pytest.raises(RunAborted) as err:
+        _check_replies(cfg, "teacher", 4, sent=5, accepted=2, failures=failures)
+    assert "teacher round 4: 2 of 5 sampled nodes replied usably, min-replies = 0.6 needs 3" in str(err.value)
+    assert "node a: no reply before round-timeout; node b: boom" in str(err.value)
+    _check_replies(cfg, "teacher", 4, sent=5, accepted=3, failures=failures)
