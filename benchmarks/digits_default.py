@@ -12,31 +12,20 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import torch
-
 from benchmarks.flower_local import run_summary, seeds_from_command_line, simulation_superlink
 from deploy.processes import PROJECT
+from benchmarks.baselines import centralised
 from common.config import parse_run_config
-from common.data import _digits_pool, load_server_testset
-from common.models import initial_model
-from common.training import evaluate, train
 
 RESULTS = PROJECT / "benchmarks" / "results"
 CENTRAL_EPOCHS = 30
 
 
-def centralised(seed: int) -> dict:
-    """Teacher and student trained on the pooled data, scored on the server's test set."""
+def centralised_models(seed: int) -> dict:
+    """Teacher and student trained on the pooled client data, scored on the server's test set."""
     cfg = parse_run_config({"seed": seed})
-    x_pool, y_pool, _, _ = _digits_pool(seed)
-    test = load_server_testset(cfg)
-    x, y = torch.as_tensor(x_pool), torch.as_tensor(y_pool, dtype=torch.long)
-    out = {}
-    for role in ("teacher", "student"):
-        model = initial_model(cfg, role)
-        train(model, x, (y,), epochs=CENTRAL_EPOCHS, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=seed)
-        out[f"{role}_accuracy"] = evaluate(model, test.x, test.y)[1] / len(test)
-    return out
+    scores = centralised(cfg, [cfg.teacher_model, cfg.model], 10, CENTRAL_EPOCHS)
+    return {"teacher_accuracy": scores[cfg.teacher_model], "student_accuracy": scores[cfg.model]}
 
 
 def main() -> None:
@@ -49,7 +38,7 @@ def main() -> None:
             summary = run_summary(env, {"seed": seed}, 10, Path(tmp) / f"out-{seed}")
             fed.append({k: summary[k] for k in ("teacher_accuracy", "student_accuracy", "student_federated_accuracy",
                                                 "median_round_seconds", "bytes_total", "wall_seconds")})
-            central.append(centralised(seed))
+            central.append(centralised_models(seed))
             print(f"seed {seed}: fedkd {fed[-1]}\n         centralised {central[-1]}", flush=True)
 
     def ms(rows: list[dict], key: str) -> str:

@@ -43,15 +43,24 @@ def _node_data(cfg: RunConfig, context: Context) -> tuple[int, ClientData]:
     if "data-path" in config:
         stream = zlib.crc32(node_name(context).encode())
         return stream, load_npz(str(config["data-path"]), cfg, stream)
-    try:
-        partition_id = int(config["partition-id"])
-        num_partitions = int(config["num-partitions"])
-    except KeyError as missing:
+    if "partition-id" not in config or "num-partitions" not in config:
+        missing = "partition-id" if "partition-id" not in config else "num-partitions"
         raise ValueError(
-            f"node config {missing} is missing; start the SuperNode with --node-config "
+            f"node config '{missing}' is missing; start the SuperNode with --node-config "
             "'data-path=\"/path/part.npz\"' or 'partition-id=<int> num-partitions=<int>'"
-        ) from None
+        )
+    partition_id, num_partitions = (_whole(config, key) for key in ("partition-id", "num-partitions"))
+    if num_partitions < 1:
+        raise ValueError(f"node config 'num-partitions' = {num_partitions}; allowed: 1 or more")
     return partition_id, load_client_data(cfg, partition_id, num_partitions)
+
+
+def _whole(config: dict, key: str) -> int:
+    """An integer node-config value; bools, fractions and text are refused, not truncated."""
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
+        raise ValueError(f"node config '{key}' = {value!r}; allowed: a whole number")
+    return int(value)
 
 
 def _eval_metrics(model: torch.nn.Module, test: Split) -> dict[str, float]:

@@ -11,6 +11,8 @@ from common.training import Adam, predict_logits
 
 # (step) -> (inputs, target logits) of one mini-batch
 BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+# model -> a validation loss, lower is better
+ValidationFn = Callable[[nn.Module], float]
 
 # Validation every this many steps; `patience` counts validations.
 VALIDATE_EVERY = 10
@@ -36,10 +38,20 @@ class DistillReport:
     best_validation_loss: float
 
 
+def labelled_error(x: torch.Tensor, y: torch.Tensor) -> ValidationFn:
+    """Validation by the error rate on labelled samples (FedDF's early stopping on a validation split)."""
+    return lambda model: 1.0 - float((predict_logits(model, x).argmax(1) == y).float().mean())
+
+
+def ensemble_disagreement(x: torch.Tensor, targets: torch.Tensor, temperature: float) -> ValidationFn:
+    """Validation by the distillation loss toward the ensemble's logits, where no labels exist."""
+    return lambda model: float(soft_loss(predict_logits(model, x), targets, temperature))
+
+
 def distill(
     model: nn.Module,
     batches: BatchFn,
-    validation: tuple[torch.Tensor, torch.Tensor],
+    validation: ValidationFn,
     *,
     steps: int,
     patience: int,
@@ -48,16 +60,12 @@ def distill(
 ) -> DistillReport:
     """Adam on soft_loss(model(x), targets) over `batches`, at most `steps` steps.
 
-    Early stopping as FedDF does it: every VALIDATE_EVERY steps the loss on `validation`
-    is measured; the best weights are kept, and `patience` checks without improvement stop it.
+    Early stopping as FedDF does it: every VALIDATE_EVERY steps `validation` is measured;
+    the best weights (the starting ones included) are kept, and `patience` checks without
+    improvement stop it.
     """
     optimizer = Adam(model.parameters(), lr=learning_rate)
-    x_val, t_val = validation
-
-    def validation_loss() -> float:
-        return float(soft_loss(predict_logits(model, x_val), t_val, temperature))
-
-    best, best_state, stale, step = validation_loss(), _copy(model), 0, 0
+    best, best_state, stale, step = validation(model), _copy(model), 0, 0
     while step < steps and stale < patience:
         model.train()
         for _ in range(min(VALIDATE_EVERY, steps - step)):
@@ -66,7 +74,7 @@ def distill(
             soft_loss(model(x), targets, temperature).backward()
             optimizer.step()
             step += 1
-        loss = validation_loss()
+        loss = validation(model)
         if loss < best:
             best, best_state, stale = loss, _copy(model), 0
         else:

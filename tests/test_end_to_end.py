@@ -50,6 +50,7 @@ def test_summary_weights_and_plot_are_complete(runs):
     history = json.loads((run_dir / "history.json").read_text())
     assert summary["status"] == "complete"
     assert summary["teacher_accuracy"] == history[2]["accuracy"]
+    assert summary["student_accuracy_by_model"] == {"mlp-32": history[-1]["accuracy"]} == history[-1]["accuracy_by_model"]
     assert summary["student_accuracy"] == history[-1]["accuracy"]
     assert summary["teacher_params"] == 17_226 and summary["student_params"] == 2_410
     assert summary["compression"] == pytest.approx(17_226 / 2_410)
@@ -65,9 +66,8 @@ def test_summary_weights_and_plot_are_complete(runs):
 def test_bytes_are_the_records_sent_and_the_teacher_travels_once_per_node(runs):
     run_dir, _ = runs[0]
     history = json.loads((run_dir / "history.json").read_text())
-    cfg = parse_run_config({})
     teacher_bytes, student_bytes = (
-        record_bytes(RecordDict({"arrays": to_record(initial_model(cfg, role))})) for role in ("teacher", "student")
+        record_bytes(RecordDict({"arrays": to_record(initial_model(name, "digits", 42))})) for name in ("mlp-128x64", "mlp-32")
     )
     assert history[1]["bytes_up"] == pytest.approx(3 * teacher_bytes, rel=0.01)
     student = [r for r in history if r["phase"] == "student"]

@@ -12,7 +12,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common.config import RunConfig
 from common.data import dataset_shape
-from common.distill import BatchFn, distill
+from common.distill import BatchFn, ValidationFn, distill
 from common.models import build_model, initial_model, load_record, to_record
 from server_app.sampling import NodeSampler
 from server_app.screening import screen_reply
@@ -163,8 +163,7 @@ class Strategy(FedAvg):
         return sorted(rng.choice(public_size, size=wanted, replace=False).tolist())
 
     def distil_groups(
-        self, phase: str, globals_: Globals, batches: Callable[[str], BatchFn],
-        validation: tuple[torch.Tensor, torch.Tensor], into: Round,
+        self, phase: str, globals_: Globals, batches: Callable[[str], BatchFn], validation: ValidationFn, into: Round,
     ) -> Globals:
         """Distil every group's model toward an ensemble on the server (FedDF's step), with early stopping."""
         out = {}

@@ -6,7 +6,7 @@ import torch
 from flwr.serverapp import Grid
 
 from common.data import load_public
-from common.distill import BatchFn, ensemble_logits, random_batches
+from common.distill import BatchFn, ValidationFn, ensemble_logits, labelled_error, random_batches
 from common.seeds import derive_seed
 from server_app.strategies.base import Globals, Round, Strategy
 
@@ -16,7 +16,7 @@ VALIDATION_SHARE = 0.2
 
 class FedDF(Strategy):
     """Each group's FedAvg model is distilled toward the ensemble of all received client models
-    (every architecture) on unlabeled public inputs, stopping early on a validation split."""
+    (every architecture) on unlabelled public inputs, stopping early on a labelled validation split."""
 
     phases = ("student",)
 
@@ -32,11 +32,12 @@ class FedDF(Strategy):
 
     def distillation_data(
         self, teachers: list[torch.nn.Module], result: Round, server_round: int
-    ) -> tuple[Callable[[str], BatchFn], tuple[torch.Tensor, torch.Tensor]]:
-        """Mini-batches of the public inputs with the ensemble's logits, and the validation split."""
+    ) -> tuple[Callable[[str], BatchFn], ValidationFn]:
+        """Mini-batches of the public inputs with the ensemble's logits; early stopping by the error
+        on a labelled validation split of the public data, as the paper stops on a validation set."""
         public = load_public(self.cfg)
-        x = public.x[self.public_subset(len(public), server_round, "student")]
+        cut = max(1, int(len(public) * VALIDATION_SHARE))
+        x = public.x[cut:][self.public_subset(len(public) - cut, server_round, "student")]
         targets = ensemble_logits(teachers, x)
-        cut = max(1, int(len(x) * VALIDATION_SHARE))
         seed = derive_seed(self.cfg.seed, 62, server_round)
-        return (lambda name: random_batches(x[cut:], targets[cut:], self.cfg.batch_size, seed)), (x[:cut], targets[:cut])
+        return (lambda name: random_batches(x, targets, self.cfg.batch_size, seed)), labelled_error(public.x[:cut], public.y[:cut])

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch
 
 from common.data import dataset_shape, image_shape
-from common.distill import BatchFn, ensemble_logits
+from common.distill import BatchFn, ValidationFn, ensemble_disagreement, ensemble_logits
 from common.generator import Generator, generated_batches, train_generator
 from common.models import build_model, load_record
 from common.seeds import derive_seed
@@ -29,7 +29,7 @@ class FedDFDataFree(FedDF):
 
     def distillation_data(
         self, teachers: list[torch.nn.Module], result: Round, server_round: int
-    ) -> tuple[Callable[[str], BatchFn], tuple[torch.Tensor, torch.Tensor]]:
+    ) -> tuple[Callable[[str], BatchFn], ValidationFn]:
         """Train the generator this round, then draw distillation batches and a validation set from it."""
         students = [load_record(build_model(name, self.cfg.dataset), arrays) for name, arrays in result.globals.items()]
         result.metrics["generator-loss"] = train_generator(
@@ -39,6 +39,6 @@ class FedDFDataFree(FedDF):
         )
         with torch.no_grad():
             x_val, _ = self.generator.sample(VALIDATION_SAMPLES, torch.Generator().manual_seed(derive_seed(self.cfg.seed, 65, server_round)))
-            validation = (x_val, ensemble_logits(teachers, x_val))
+            validation = ensemble_disagreement(x_val, ensemble_logits(teachers, x_val), self.cfg.temperature)
         seed = derive_seed(self.cfg.seed, 66, server_round)
         return (lambda name: generated_batches(self.generator, teachers, self.cfg.batch_size, seed)), validation

@@ -4,7 +4,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from common.data import load_public
-from common.distill import consensus, random_batches
+from common.distill import consensus, labelled_error, random_batches
 from common.models import logits_from_record
 from common.seeds import derive_seed
 from server_app.strategies.base import Globals, Round, Strategy
@@ -60,11 +60,11 @@ class TwoStage(Strategy):
             return result
         ensemble = consensus([logits_from_record(m.content["logits"]) for m in replies])
         result.metrics.update(self.train_metrics_aggr_fn([m.content for m in replies], self.weighted_by_key))
-        x = public.x[indices]
-        cut = max(1, len(x) // 5)  # a fifth for early stopping
+        x, y = public.x[indices], public.y[indices]
+        cut = max(1, len(x) // 5)  # a labelled fifth for early stopping
         seed = derive_seed(self.cfg.seed, 61, server_round)
         result.globals = self.distil_groups(
             phase, globals_, lambda name: random_batches(x[cut:], ensemble[cut:], self.cfg.batch_size, seed),
-            (x[:cut], ensemble[:cut]), result,
+            labelled_error(x[:cut], y[:cut]), result,
         )
         return result

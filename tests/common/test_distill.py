@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from common.distill import VALIDATE_EVERY, consensus, distill, ensemble_logits, random_batches
+from common.distill import (
+    VALIDATE_EVERY, consensus, distill, ensemble_disagreement, ensemble_logits, labelled_error, random_batches,
+)
 from common.generator import Generator, train_generator
 from common.loss import soft_loss
 
@@ -48,10 +50,11 @@ def test_distillation_pulls_the_student_to_the_ensemble_and_keeps_its_best_weigh
     teacher = linear([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [0.5, 0.5, -0.5, 0.0]], [0.0, 0.1, -0.1])
     targets = ensemble_logits([teacher], x)
     student = nn.Linear(4, 3)
-    before = float(soft_loss(student(x[:50]), targets[:50], 1.0))
-    report = distill(student, random_batches(x[50:], targets[50:], 32, seed=1), (x[:50], targets[:50]),
+    validation = ensemble_disagreement(x[:50], targets[:50], 1.0)
+    before = validation(student)
+    report = distill(student, random_batches(x[50:], targets[50:], 32, seed=1), validation,
                      steps=400, patience=3, learning_rate=0.05, temperature=1.0)
-    after = float(soft_loss(student(x[:50]), targets[:50], 1.0))
+    after = validation(student)
     assert after < 0.1 * before
     assert report.best_validation_loss == pytest.approx(after, rel=1e-5)
     assert report.steps % VALIDATE_EVERY == 0 and 0 < report.steps <= 400
@@ -59,12 +62,14 @@ def test_distillation_pulls_the_student_to_the_ensemble_and_keeps_its_best_weigh
 
 def test_early_stopping_gives_up_after_patience_checks_without_improvement():
     x = torch.randn(40, 2)
-    student = nn.Linear(2, 2)
-    # Targets the validation split disagrees with: training makes validation worse, so it stops at once.
+    student = linear([[0.0, 0.0], [0.0, 0.0]], [0.0, 1.0])  # predicts class 1 everywhere
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    # The ensemble says class 0, the labels say class 1: distilling only raises the validation error.
     report = distill(student, random_batches(x, torch.tensor([[9.0, -9.0]]).expand(40, 2), 8, seed=0),
-                     (x[:10], torch.tensor([[-9.0, 9.0]]).expand(10, 2)), steps=1000, patience=2,
+                     labelled_error(x[:10], torch.ones(10, dtype=torch.long)), steps=1000, patience=2,
                      learning_rate=0.1, temperature=1.0)
-    assert report.steps == 2 * VALIDATE_EVERY
+    assert report.steps == 2 * VALIDATE_EVERY and report.best_validation_loss == 0.0
+    assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())  # the best weights: the start
 
 
 def test_generator_learns_inputs_the_ensemble_labels_as_asked():

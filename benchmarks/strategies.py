@@ -1,0 +1,187 @@
+"""Every strategy on the digits and mnist5k federations, against centralised and local-only training.
+
+    python -m benchmarks.strategies                      # the whole matrix (hours on 2 cores)
+    python -m benchmarks.strategies --datasets digits --splits dirichlet-0.5 --seeds 42
+    python -m benchmarks.strategies --report             # table and plot from what is recorded
+
+10 clients, half of them per round. Runs are appended to benchmarks/results/strategies.json as they
+finish, and a rerun skips what is there, so the matrix can be filled over several sessions.
+Writes strategies.md (accuracy mean and std, bytes, wall time) and strategies.png (accuracy
+against cumulative bytes).
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.baselines import centralised, local_only
+from benchmarks.flower_local import run_directory, run_summary, simulation_superlink
+from common.config import model_cycle, parse_run_config
+from deploy.processes import PROJECT
+
+RESULTS = PROJECT / "benchmarks" / "results"
+STRATEGIES = ["two-stage", "fedavg", "fedmd", "feddf", "feddf-datafree"]
+SPLITS = {
+    "dirichlet-0.1": {"partitioner": "dirichlet", "dirichlet-alpha": 0.1},
+    "dirichlet-0.5": {"partitioner": "dirichlet", "dirichlet-alpha": 0.5},
+    "dirichlet-1.0": {"partitioner": "dirichlet", "dirichlet-alpha": 1.0},
+    "iid": {"partitioner": "iid"},
+}
+# Homogeneous: one architecture for every client; heterogeneous: three, assigned round-robin.
+MODELS = {
+    ("digits", "homogeneous"): {"model": "mlp-32"},
+    ("mnist5k", "homogeneous"): {"model": "cnn"},
+    ("digits", "heterogeneous"): {"models": "mlp-32,mlp-128x64,cnn"},
+    ("mnist5k", "heterogeneous"): {"models": "mlp-32,mlp-128x64,cnn"},
+}
+CLIENTS = 10
+CENTRAL_EPOCHS = 30
+
+
+def run_config(dataset: str, split: str, models: str, strategy: str, seed: int, rounds: int) -> dict:
+    """The run config of one cell of the matrix."""
+    return {
+        "strategy": strategy, "dataset": dataset, "seed": seed, "num-teacher-rounds": rounds,
+        "num-student-rounds": rounds, "fraction-train": 0.5, **SPLITS[split], **MODELS[(dataset, models)],
+    }
+
+
+def architectures(config: dict) -> list[str]:
+    """The client architectures of a run config."""
+    return sorted(set(model_cycle(config.get("models", ""))) or {config.get("model", "mlp-32")})
+
+
+def _curve(run_dir: Path) -> list[tuple[float, float]]:
+    """(cumulative MB, accuracy) after every student round."""
+    sent, points = 0, []
+    for r in json.loads((run_dir / "history.json").read_text()):
+        sent += r["bytes_down"] + r["bytes_up"]
+        if r["phase"] == "student" and r["accuracy"] is not None:
+            points.append((sent / 1e6, r["accuracy"]))
+    return points
+
+
+def measure(args: argparse.Namespace, path: Path) -> None:
+    """Run every missing cell, appending each result to `path` as it finishes."""
+    rows = json.loads(path.read_text()) if path.exists() else []
+    done = {(r["dataset"], r["split"], r["models"], r["strategy"], r["seed"]) for r in rows}
+    with tempfile.TemporaryDirectory() as tmp, simulation_superlink(Path(tmp) / "flwr-home") as env:
+        for dataset in args.datasets:
+            for split in args.splits:
+                for models in args.models:
+                    for seed in args.seeds:
+                        cell = (dataset, split, models)
+                        base = run_config(dataset, split, models, "fedavg", seed, args.rounds)
+                        cfg = parse_run_config({k: v for k, v in base.items() if k != "strategy"})
+                        if (*cell, "centralised", seed) not in done:
+                            start = time.perf_counter()
+                            rows.append(_row(cell, "centralised", seed, centralised(cfg, architectures(base), CLIENTS, CENTRAL_EPOCHS), 0, start, []))
+                            rows.append(_row(cell, "local-only", seed, local_only(cfg, CLIENTS, args.rounds * cfg.local_epochs), 0, start, []))
+                            _save(path, rows)
+                        for strategy in args.strategies:
+                            if (*cell, strategy, seed) in done:
+                                continue
+                            out = Path(tmp) / f"{'-'.join(cell)}-{strategy}-{seed}"
+                            start = time.perf_counter()
+                            summary = run_summary(env, run_config(*cell, strategy, seed, args.rounds), CLIENTS, out)
+                            rows.append(_row(cell, strategy, seed, summary["student_accuracy_by_model"],
+                                             summary["bytes_total"], start, _curve(run_directory(out))))
+                            _save(path, rows)
+                            print(f"{cell} {strategy} seed {seed}: {rows[-1]['accuracy']:.3f} {rows[-1]['accuracy_by_model']}", flush=True)
+
+
+def _row(cell: tuple, strategy: str, seed: int, by_model: dict, bytes_total: int, start: float, curve: list) -> dict:
+    dataset, split, models = cell
+    return {"dataset": dataset, "split": split, "models": models, "strategy": strategy, "seed": seed,
+            "accuracy": statistics.fmean(by_model.values()), "accuracy_by_model": by_model,
+            "bytes_total": bytes_total, "wall_seconds": time.perf_counter() - start, "curve": curve}
+
+
+def _save(path: Path, rows: list[dict]) -> None:
+    path.write_text(json.dumps(rows, indent=1))
+
+
+def _ms(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.3f} ({statistics.stdev(values) if len(values) > 1 else 0.0:.3f})"
+
+
+def report(path: Path) -> str:
+    """strategies.md: one table per dataset, split and model setting; strategies.png: accuracy against bytes."""
+    rows = json.loads(path.read_text())
+    cells = list(dict.fromkeys((r["dataset"], r["split"], r["models"]) for r in rows))
+    order = ["centralised", "local-only", *STRATEGIES]
+    lines = ["Student accuracy on the server's test set after the last round, mean (std) over seeds; "
+             "heterogeneous: the mean over architectures, then each architecture. Wall time per run on 2 cores.", ""]
+    for cell in cells:
+        picked = [r for r in rows if (r["dataset"], r["split"], r["models"]) == cell]
+        archs = sorted({a for r in picked for a in r["accuracy_by_model"]})
+        per_arch = len(archs) > 1
+        lines += [f"### {cell[0]}, {cell[1]}, {cell[2]} models", "",
+                  "| strategy | seeds | accuracy | " + (" | ".join(archs) + " | " if per_arch else "") + "MB per run | wall s |",
+                  "|---|---|---|" + ("---|" * len(archs) if per_arch else "") + "---|---|"]
+        for strategy in order:
+            rs = [r for r in picked if r["strategy"] == strategy]
+            if not rs:
+                continue
+            arch_cols = " | ".join(_ms([r["accuracy_by_model"][a] for r in rs if a in r["accuracy_by_model"]]) for a in archs)
+            lines.append(f"| {strategy} | {len(rs)} | {_ms([r['accuracy'] for r in rs])} | "
+                         + (arch_cols + " | " if per_arch else "")
+                         + f"{statistics.fmean(r['bytes_total'] for r in rs) / 1e6:.2f} | {statistics.fmean(r['wall_seconds'] for r in rs):.0f} |")
+        lines.append("")
+    _plot(rows, cells, path.with_suffix(".png"))
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict], cells: list[tuple], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(cells))
+    fig, axes = plt.subplots((len(cells) + cols - 1) // cols, cols, figsize=(5 * cols, 3.6 * ((len(cells) + cols - 1) // cols)), squeeze=False)
+    for ax, cell in zip(axes.flat, cells):
+        for strategy in STRATEGIES:
+            curves = [r["curve"] for r in rows if (r["dataset"], r["split"], r["models"]) == cell and r["strategy"] == strategy]
+            if curves:
+                length = min(len(c) for c in curves)
+                ax.plot([statistics.fmean(c[i][0] for c in curves) for i in range(length)],
+                        [statistics.fmean(c[i][1] for c in curves) for i in range(length)], marker=".", label=strategy)
+        for strategy, style in (("centralised", ":"), ("local-only", "--")):
+            accs = [r["accuracy"] for r in rows if (r["dataset"], r["split"], r["models"]) == cell and r["strategy"] == strategy]
+            if accs:
+                ax.axhline(statistics.fmean(accs), linestyle=style, color="grey", label=strategy)
+        ax.set(title=", ".join(cell), xlabel="cumulative MB", ylabel="student accuracy", xscale="log")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    for ax in list(axes.flat)[len(cells):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Measure the chosen part of the matrix (or only report), then write the table and plot."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["digits", "mnist5k"], choices=["digits", "mnist5k"])
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    parser.add_argument("--models", nargs="+", default=["homogeneous", "heterogeneous"], choices=["homogeneous", "heterogeneous"])
+    parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--rounds", type=int, default=15, help="rounds per phase")
+    parser.add_argument("--report", action="store_true", help="only write the table and plot")
+    args = parser.parse_args()
+    path = RESULTS / "strategies.json"
+    if not args.report:
+        measure(args, path)
+    table = report(path)
+    (RESULTS / "strategies.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

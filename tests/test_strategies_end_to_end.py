@@ -1,0 +1,84 @@
+"""Each strategy beyond two-stage, `flwr run` on Flower's simulation engine with a tiny config."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
+
+NODES = 4
+TINY = {"num-student-rounds": 3, "fraction-train": 0.75, "local-epochs": 2, "distill-steps": 40,
+        "partitioner": "iid", "output-dir": None}
+CASES = {
+    "fedavg": {"strategy": "fedavg"},
+    "fedmd": {"strategy": "fedmd", "models": "mlp-32,cnn", "logits-dtype": "float16", "public-samples-per-round": 100},
+    "feddf": {"strategy": "feddf", "models": "mlp-32,cnn"},
+    "feddf-datafree": {"strategy": "feddf-datafree"},
+    "ensemble-teacher": {"strategy": "two-stage", "ensemble-teacher": True, "num-teacher-rounds": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Run directory and history of every case, all on one simulation SuperLink."""
+    out = {}
+    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
+        for name, case in CASES.items():
+            directory = tmp_path_factory.mktemp(name)
+            done = flwr_run(env, {**TINY, **case, "output-dir": str(directory)}, NODES)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            run_dir = run_directory(directory)
+            out[name] = run_dir, json.loads((run_dir / "history.json").read_text())
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_strategy_learns_and_records_complete_outputs(runs, name):
+    run_dir, history = runs[name]
+    student = [r for r in history if r["phase"] == "student"]
+    assert [r["round"] for r in student] == [1, 2, 3]
+    assert all(r["replies"] == 3 and r["failures"] == 0 and r["bytes_down"] > 0 and r["bytes_up"] > 0 for r in student)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["strategy"] == CASES[name]["strategy"]
+    assert summary["bytes_total"] == sum(r["bytes_down"] + r["bytes_up"] for r in history)
+    # 10 classes: chance is 0.1; every architecture learned.
+    assert min(summary["student_accuracy_by_model"].values()) > 0.3
+    assert summary["student_accuracy"] == pytest.approx(sum(student[-1]["accuracy_by_model"].values()) / len(student[-1]["accuracy_by_model"]))
+    assert (run_dir / "history.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name", ["feddf", "fedmd"])
+def test_heterogeneous_runs_report_every_architecture(runs, name):
+    run_dir, history = runs[name]
+    assert set(history[-1]["accuracy_by_model"]) == {"mlp-32", "cnn"}
+    saved = sorted(p.name for p in run_dir.glob("*.pt") if p.name != "checkpoint.pt")
+    # FedMD's models never leave the nodes; FedDF keeps one global model per architecture.
+    assert saved == ([] if name == "fedmd" else ["student-cnn.pt", "student-mlp-32.pt"])
+    if name == "feddf":
+        assert sum(t.numel() for t in torch.load(run_dir / "student-cnn.pt", weights_only=True).values()) == 6_090
+
+
+def test_fedmd_sends_logits_not_weights_and_float16_halves_them(runs):
+    _, history = runs["fedmd"]
+    for r in history:
+        # Up: 3 nodes x (float16 logits on 100 public samples + on the 360 server-test inputs), 2 bytes each.
+        payload = 3 * (100 + 360) * 10 * 2
+        assert payload < r["bytes_up"] < payload * 1.1
+        # Down: the float16 consensus to 3 nodes, and the queries.
+        assert 3 * 100 * 10 * 2 < r["bytes_down"] < 3 * 100 * 10 * 2 * 1.5
+
+
+def test_server_side_distillation_ran_and_stopped_early_or_at_its_budget(runs):
+    for name in ("feddf", "feddf-datafree", "ensemble-teacher"):
+        steps = [r["distill_steps"] for r in runs[name][1] if r["phase"] == "student"]
+        assert all(0 < s <= 40 and s % 10 == 0 for s in steps), (name, steps)
+
+
+def test_the_ensemble_teacher_phase_sends_the_teacher_once_and_no_student_weights_up(runs):
+    _, history = runs["ensemble-teacher"]
+    student = [r for r in history if r["phase"] == "student"]
+    teacher_round_up = history[0]["bytes_up"]  # 3 teacher models
+    # Phase 2 replies are logits on the public data (180 x 10 float32), far smaller than models.
+    assert all(r["bytes_up"] < teacher_round_up / 4 for r in student)
+    assert student[0]["bytes_down"] > 2 * student[1]["bytes_down"]  # the teacher goes out in round 1
