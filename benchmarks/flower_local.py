@@ -47,11 +47,11 @@ def federation_config(num_supernodes: int, actors: int = 5) -> str:
 
 
 def flwr_run(
-    env: dict[str, str], run_config: dict[str, object], num_supernodes: int, timeout: float = 900
+    env: dict[str, str], run_config: dict[str, object], num_supernodes: int, timeout: float = 900, app: Path = PROJECT
 ) -> subprocess.CompletedProcess:
-    """`flwr run . test --stream` with `run_config`; returns the finished process with its output."""
+    """`flwr run <app> test --stream` with `run_config`; returns the finished process with its output."""
     command = [
-        str(BIN / "flwr"), "run", str(PROJECT), "test", "--stream",
+        str(BIN / "flwr"), "run", str(app), "test", "--stream",
         "--federation-config", federation_config(num_supernodes),
     ]
     if run_config:

@@ -170,3 +170,40 @@ def kill_serverapp(env: dict) -> int:
         except (OSError, ValueError):
             continue
     return killed
+
+
+def test_bad_replies_are_rejected_with_their_reason_and_the_run_goes_on(flower, tmp_path, task_identity):
+    """Nine of ten clients misbehave (tests/misbehaving_app): each is recorded with its reason, none averaged in.
+    (A missed deadline is covered by the deployment test's killed SuperNode.)"""
+    from deploy.processes import PROJECT
+
+    config = {"num-student-rounds": 1, "fraction-train": 1.0, "min-replies": 0.05,
+              "local-epochs": 1, "fraction-evaluate": 0.0, "output-dir": str(tmp_path)}
+    done = flwr_run(flower, config, 10, app=PROJECT / "tests" / "misbehaving_app")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (record,) = json.loads((run_directory(tmp_path) / "history.json").read_text())
+    reasons = {f["node"]: f["reason"] for f in record["failed"]}
+    assert record["replies"] == 1 and record["failures"] == 9 and set(reasons) == {f"partition-{i}" for i in range(1, 10)}
+    expected = {
+        1: "holds NaN or Inf", 2: "is float32[3, 3], expected float32[32, 64]", 3: "is float64[32, 64], expected float32[32, 64]",
+        4: "array keys", 5: "num-examples", 6: "num-examples = -5; allowed: 1 to 1000000",
+        7: "num-examples = 1000000000; allowed: 1 to 1000000", 8: "num-examples = 2.5 is not a whole number",
+        9: "this client's handler failed",
+    }
+    for i, text in expected.items():
+        assert text in reasons[f"partition-{i}"], (i, reasons[f"partition-{i}"])
+    # Only the good client's model was averaged in: the global model is its reply, recomputed here.
+    from flwr.app import ConfigRecord, Context, Message
+
+    from client_app.app import app
+
+    run_dir = run_directory(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 10},
+                      state=RecordDict(), run_config=summary["config"])
+    sent = Message(RecordDict({"arrays": to_record(initial_model("mlp-32", "digits", 42)), "config": ConfigRecord(
+        {"server-round": 1, "evaluate-incoming": False, "model": "mlp-32"})}), dst_node_id=1, message_type="train.supervised")
+    sent.metadata.__dict__["_message_id"] = "good"
+    good = app(sent, context).content["arrays"].to_torch_state_dict()
+    saved = torch.load(run_dir / "student.pt", weights_only=True)
+    assert saved.keys() == good.keys() and all(torch.allclose(saved[k], good[k], rtol=1e-5, atol=1e-7) for k in good)

@@ -144,3 +144,56 @@ def test_compose_file_is_valid_and_runs_only_tested_command_lines(deployed):
     assert checked == 8
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert f"FROM flwr/superexec:{flwr_pin}" in dockerfile and "torch==2.13.0" in dockerfile
+
+
+def kill_serverapps(flwr_home: str) -> int:
+    """SIGKILL the ServerApp processes of the deployment whose FLWR_HOME is `flwr_home`; how many."""
+    import os
+    import signal
+
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"flwr-serverapp" not in (proc / "cmdline").read_bytes():
+                continue
+            if f"FLWR_HOME={flwr_home}".encode() not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            os.kill(int(proc.name), signal.SIGKILL)
+            killed += 1
+        except (OSError, ValueError):
+            continue
+    return killed
+
+
+def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(deployed, tmp_path):
+    """Kill the ServerApp in phase 2 of a deployed run, resume it: the rounds of an uninterrupted run."""
+    dep, data = deployed
+    config = {
+        "num-teacher-rounds": 2, "num-student-rounds": 2, "fraction-train": 0.75, "local-epochs": 1,
+        "fraction-evaluate": 0.0, "round-timeout": ROUND_TIMEOUT, "server-test": str(data / "server-test.npz"),
+    }
+    reference = dep.run({**config, "output-dir": str(tmp_path / "reference")})
+    output, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, output[-4000:]
+
+    out = tmp_path / "killed"
+    run = dep.run({**config, "output-dir": str(out)})
+    try:
+        wait_for_rounds(out, 3, run)
+        assert kill_serverapps(dep.env["FLWR_HOME"]) == 1
+    finally:
+        run.kill()
+        run.communicate()
+    (stopped,) = out.iterdir()
+    assert not (stopped / "summary.json").exists()
+    assert len(json.loads((stopped / "history.json").read_text())) == 3
+
+    resumed = dep.run({**config, "output-dir": str(out), "resume-from": str(stopped)})
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output[-4000:]
+    assert "resuming after student round 1" in output
+    (ref_dir,) = (tmp_path / "reference").iterdir()
+    keys = ("phase", "round", "sampled", "accuracy", "loss", "replies")
+    want, got = (json.loads((d / "history.json").read_text()) for d in (ref_dir, stopped))
+    assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in want]
+    assert json.loads((stopped / "summary.json").read_text())["status"] == "complete"
