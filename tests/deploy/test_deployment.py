@@ -169,7 +169,7 @@ def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(deployed, tmp_pa
     """Kill the ServerApp in phase 2 of a deployed run, resume it: the rounds of an uninterrupted run."""
     dep, data = deployed
     config = {
-        "num-teacher-rounds": 2, "num-student-rounds": 2, "fraction-train": 0.75, "local-epochs": 1,
+        "num-teacher-rounds": 1, "num-student-rounds": 2, "fraction-train": 0.75, "local-epochs": 1,
         "fraction-evaluate": 0.0, "round-timeout": ROUND_TIMEOUT, "server-test": str(data / "server-test.npz"),
     }
     reference = dep.run({**config, "output-dir": str(tmp_path / "reference")})
@@ -179,14 +179,14 @@ def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(deployed, tmp_pa
     out = tmp_path / "killed"
     run = dep.run({**config, "output-dir": str(out)})
     try:
-        wait_for_rounds(out, 3, run)
+        wait_for_rounds(out, 2, run)
         assert kill_serverapps(dep.env["FLWR_HOME"]) == 1
     finally:
         run.kill()
         run.communicate()
     (stopped,) = out.iterdir()
     assert not (stopped / "summary.json").exists()
-    assert len(json.loads((stopped / "history.json").read_text())) == 3
+    assert len(json.loads((stopped / "history.json").read_text())) == 2
 
     resumed = dep.run({**config, "output-dir": str(out), "resume-from": str(stopped)})
     output, _ = resumed.communicate(timeout=600)
