@@ -59,6 +59,22 @@ def flwr_run(
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=PROJECT)
 
 
+def flower_pids(flwr_home: str, program: str) -> list[int]:
+    """PIDs of the `program` processes (e.g. "flwr-serverapp") started under FLWR_HOME=`flwr_home`.
+
+    Matching the environment, not only the name, leaves other sessions' Flower processes alone.
+    """
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if program.encode() in (proc / "cmdline").read_bytes() and \
+                    f"FLWR_HOME={flwr_home}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 def run_directory(output_dir: Path) -> Path:
     """The single run directory a run wrote under `output_dir`."""
     runs = [p for p in output_dir.iterdir() if p.is_dir()]

@@ -150,20 +150,13 @@ def kill_serverapp(env: dict) -> int:
     """SIGKILL the simulation process (it runs the ServerApp) of the SuperLink behind `env`; how many were killed."""
     import os
     import signal
-    from pathlib import Path
 
-    killed = 0
-    for proc in Path("/proc").iterdir():
-        try:
-            if b"flwr-simulation" not in (proc / "cmdline").read_bytes():
-                continue
-            if f"FLWR_HOME={env['FLWR_HOME']}".encode() not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
-            os.kill(int(proc.name), signal.SIGKILL)
-            killed += 1
-        except (OSError, ValueError):
-            continue
-    return killed
+    from benchmarks.flower_local import flower_pids
+
+    pids = flower_pids(env["FLWR_HOME"], "flwr-simulation")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return len(pids)
 
 
 def test_bad_replies_are_rejected_with_their_reason_and_the_run_goes_on(flower, tmp_path, task_identity):

@@ -151,18 +151,12 @@ def kill_serverapps(flwr_home: str) -> int:
     import os
     import signal
 
-    killed = 0
-    for proc in Path("/proc").iterdir():
-        try:
-            if b"flwr-serverapp" not in (proc / "cmdline").read_bytes():
-                continue
-            if f"FLWR_HOME={flwr_home}".encode() not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
-            os.kill(int(proc.name), signal.SIGKILL)
-            killed += 1
-        except (OSError, ValueError):
-            continue
-    return killed
+    from benchmarks.flower_local import flower_pids
+
+    pids = flower_pids(flwr_home, "flwr-serverapp")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return len(pids)
 
 
 def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(deployed, tmp_path):
