@@ -105,6 +105,8 @@ def main(grid: Grid, context: Context) -> None:
 
     log(INFO, "fedkd: %s on %s, %d nodes, outputs in %s", cfg.strategy, cfg.dataset, connected, run_dir.path)
     strategy = STRATEGIES[cfg.strategy](cfg, sampler)
+    if resumed:
+        strategy.restore(resumed.strategy_state)
     previous: Globals | None = None
     try:
         for phase in strategy.phases:

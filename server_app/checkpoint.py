@@ -25,6 +25,8 @@ class Checkpoint:
     final_teacher: ArrayRecord | None
     sampler_state: tuple
     config: dict
+    # What a strategy keeps between rounds besides the global models (feddf-datafree's generator).
+    strategy_state: dict[str, ArrayRecord]
 
 
 def _tensors(arrays: ArrayRecord | None) -> dict[str, torch.Tensor] | None:
@@ -39,6 +41,7 @@ def save(run_dir: Path, ckpt: Checkpoint) -> None:
         "globals": {name: _tensors(arrays) for name, arrays in ckpt.globals.items()},
         "final_teacher": _tensors(ckpt.final_teacher),
         "sampler_state": ckpt.sampler_state, "config": ckpt.config,
+        "strategy_state": {name: _tensors(arrays) for name, arrays in ckpt.strategy_state.items()},
     }, tmp)
     os.replace(tmp, run_dir / CHECKPOINT)
 
@@ -68,5 +71,6 @@ def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
     return Checkpoint(
         phase=raw["phase"], server_round=raw["round"], records=raw["records"], globals={name: ArrayRecord(t) for name, t in raw["globals"].items()},
         final_teacher=None if teacher is None else ArrayRecord(teacher),
+        strategy_state={name: ArrayRecord(t) for name, t in raw.get("strategy_state", {}).items()},
         sampler_state=raw["sampler_state"], config=raw["config"],
     )

@@ -87,7 +87,7 @@ def run_phase(
         })
         checkpoint.save(run_dir.path, checkpoint.Checkpoint(
             phase, server_round, len(run_dir.history), globals_, strategy.final_teacher,
-            strategy.sampler.rng.getstate(), cfg.model_dump(mode="json", by_alias=True),
+            strategy.sampler.rng.getstate(), cfg.model_dump(mode="json", by_alias=True), strategy.state(),
         ))
         _log_round(run_dir.history[-1], num_rounds)
         for failure in run_dir.history[-1]["failed"]:

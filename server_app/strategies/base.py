@@ -107,6 +107,13 @@ class Strategy(FedAvg):
         names = {self.architecture(n, phase) for n in self.sampler.nodes(grid, self.min_train_nodes)}
         return {n: to_record(initial_model(n, self.cfg.dataset, self.cfg.seed)) for n in sorted(names)}
 
+    def state(self) -> dict[str, ArrayRecord]:
+        """What the strategy keeps between rounds besides the global models, for the checkpoint."""
+        return {}
+
+    def restore(self, state: dict[str, ArrayRecord]) -> None:
+        """Take back `state()` from a checkpoint."""
+
     def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
         """One round of `phase`; the default is grouped FedAvg of `train.supervised`."""
         return self.train_round(phase, server_round, globals_, grid, "supervised")[0]

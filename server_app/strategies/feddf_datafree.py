@@ -3,11 +3,12 @@
 from collections.abc import Callable
 
 import torch
+from flwr.app import ArrayRecord
 
 from common.data import dataset_shape, image_shape
 from common.distill import BatchFn, ValidationFn, ensemble_disagreement, ensemble_logits
 from common.generator import Generator, generated_batches, train_generator
-from common.models import build_model, load_record
+from common.models import build_model, load_record, to_record
 from common.seeds import derive_seed
 from server_app.strategies.base import Round
 from server_app.strategies.feddf import FedDF
@@ -26,6 +27,14 @@ class FedDFDataFree(FedDF):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.cfg.seed, 63))
             self.generator = Generator(features, classes, bounded=image_shape(self.cfg.dataset) is not None)
+
+    def state(self) -> dict[str, ArrayRecord]:
+        """The generator, trained over the rounds so far."""
+        return {"generator": to_record(self.generator)}
+
+    def restore(self, state: dict[str, ArrayRecord]) -> None:
+        """Continue with the checkpointed generator."""
+        load_record(self.generator, state["generator"])
 
     def distillation_data(
         self, teachers: list[torch.nn.Module], result: Round, server_round: int

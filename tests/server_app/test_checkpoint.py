@@ -19,7 +19,7 @@ def run_dir(tmp_path):
     arrays = ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3))})
     checkpoint.save(tmp_path, checkpoint.Checkpoint(
         "teacher", 3, 3, {"teacher": arrays}, None, random.Random(1).getstate(),
-        CFG.model_dump(mode="json", by_alias=True),
+        CFG.model_dump(mode="json", by_alias=True), {"generator": arrays},
     ))
     return tmp_path
 
@@ -38,6 +38,7 @@ def test_the_same_config_resumes_and_resumable_keys_may_change(run_dir, tmp_path
     loaded = checkpoint.load(run_dir, other)
     assert (loaded.phase, loaded.server_round, loaded.records) == ("teacher", 3, 3)
     assert loaded.config == CFG.model_dump(mode="json", by_alias=True)
+    assert np.array_equal(loaded.strategy_state["generator"]["w"].numpy(), np.arange(6).reshape(2, 3))
     assert loaded.globals["teacher"]["w"].numpy().tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
