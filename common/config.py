@@ -76,8 +76,8 @@ class RunConfig(BaseModel):
     public_samples_per_round: int = Field(0, ge=0)
     logits_dtype: Literal["float32", "float16"] = "float32"
     ensemble_teacher: bool = False
-    transfer_epochs: int = Field(1, ge=0)
-    digest_epochs: int = Field(1, ge=1)
+    transfer_epochs: int = Field(5, ge=0)
+    digest_epochs: int = Field(10, ge=1)
     distill_steps: int = Field(300, ge=1)
     distill_patience: int = Field(5, ge=1)
     server_learning_rate: float = Field(0.001, gt=0)
