@@ -47,12 +47,13 @@ def federation_config(num_supernodes: int, actors: int = 5) -> str:
 
 
 def flwr_run(
-    env: dict[str, str], run_config: dict[str, object], num_supernodes: int, timeout: float = 900, app: Path = PROJECT
+    env: dict[str, str], run_config: dict[str, object], num_supernodes: int, timeout: float = 900,
+    app: Path = PROJECT, actors: int = 5,
 ) -> subprocess.CompletedProcess:
     """`flwr run <app> test --stream` with `run_config`; returns the finished process with its output."""
     command = [
         str(BIN / "flwr"), "run", str(app), "test", "--stream",
-        "--federation-config", federation_config(num_supernodes),
+        "--federation-config", federation_config(num_supernodes, actors),
     ]
     if run_config:
         command += ["--run-config", config_args(run_config)]

@@ -13,6 +13,8 @@ from server_app.transport import record_bytes
 
 SMALL = {"num-teacher-rounds": 3, "num-student-rounds": 3, "fraction-train": 0.6, "local-epochs": 2}
 NODES = 5
+# Two single-threaded ClientApp workers: on 2 cores more only add start-up time to a test's small rounds.
+ACTORS = 2
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def flower(tmp_path_factory):
 def runs(flower, tmp_path_factory):
     """The small digits config, run once (the resume test reruns it with the same seed)."""
     out = tmp_path_factory.mktemp("out")
-    done = flwr_run(flower, {**SMALL, "output-dir": str(out)}, NODES)
+    done = flwr_run(flower, {**SMALL, "output-dir": str(out)}, NODES, actors=ACTORS)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return [(run_directory(out), done.stdout)]
 
@@ -77,14 +79,14 @@ def test_bytes_are_the_records_sent_and_the_teacher_travels_once_per_node(runs):
 
 
 def test_a_bad_run_config_stops_the_run_naming_the_key(flower, tmp_path):
-    done = flwr_run(flower, {"alpha": 1.5, "output-dir": str(tmp_path)}, NODES)
+    done = flwr_run(flower, {"alpha": 1.5, "output-dir": str(tmp_path)}, NODES, actors=1)
     output = done.stdout + done.stderr
     assert "run config 'alpha' = 1.5: Input should be less than or equal to 1" in output
     assert not list(tmp_path.iterdir())
 
 
 def test_more_clients_than_nodes_stops_the_run(flower, tmp_path):
-    done = flwr_run(flower, {"min-train-nodes": 6, "output-dir": str(tmp_path)}, NODES)
+    done = flwr_run(flower, {"min-train-nodes": 6, "output-dir": str(tmp_path)}, NODES, actors=1)
     assert "'min-train-nodes' = 6 is more than the 5 connected nodes" in done.stdout + done.stderr
 
 
@@ -102,7 +104,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_result(flower, runs, tmp_pat
 
     out = tmp_path / "stopped"
     command = [str(BIN / "flwr"), "run", str(PROJECT), "test", "--stream", "--federation-config",
-               federation_config(NODES), "--run-config", config_args({**SMALL, "output-dir": str(out)})]
+               federation_config(NODES, ACTORS), "--run-config", config_args({**SMALL, "output-dir": str(out)})]
     run = subprocess.Popen(command, env=flower, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_id = None
     for line in run.stdout:
@@ -123,7 +125,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_result(flower, runs, tmp_pat
     done_before = len(json.loads((stopped / "history.json").read_text()))
     assert 4 <= done_before < 6
 
-    resumed = flwr_run(flower, {**SMALL, "output-dir": str(out), "resume-from": str(stopped)}, NODES)
+    resumed = flwr_run(flower, {**SMALL, "output-dir": str(out), "resume-from": str(stopped)}, NODES, actors=ACTORS)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "resuming after" in resumed.stdout
     reference = json.loads((runs[0][0] / "history.json").read_text())
@@ -166,7 +168,7 @@ def test_bad_replies_are_rejected_with_their_reason_and_the_run_goes_on(flower, 
 
     config = {"num-student-rounds": 1, "fraction-train": 1.0, "min-replies": 0.05,
               "local-epochs": 1, "fraction-evaluate": 0.0, "output-dir": str(tmp_path)}
-    done = flwr_run(flower, config, 10, app=PROJECT / "tests" / "misbehaving_app")
+    done = flwr_run(flower, config, 10, app=PROJECT / "tests" / "misbehaving_app", actors=ACTORS)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (record,) = json.loads((run_directory(tmp_path) / "history.json").read_text())
     reasons = {f["node"]: f["reason"] for f in record["failed"]}

@@ -26,7 +26,7 @@ def runs(tmp_path_factory):
     with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
         for name, case in CASES.items():
             directory = tmp_path_factory.mktemp(name)
-            done = flwr_run(env, {**TINY, **case, "output-dir": str(directory)}, NODES)
+            done = flwr_run(env, {**TINY, **case, "output-dir": str(directory)}, NODES, actors=2)
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             run_dir = run_directory(directory)
             out[name] = run_dir, json.loads((run_dir / "history.json").read_text())
