@@ -105,7 +105,10 @@ class Strategy(FedAvg):
     def initial(self, phase: str, grid: Grid, previous: Globals | None) -> Globals:
         """Seeded initial weights for every architecture among the connected nodes."""
         names = {self.architecture(n, phase) for n in self.sampler.nodes(grid, self.min_train_nodes)}
-        return {n: to_record(initial_model(n, self.cfg.dataset, self.cfg.seed)) for n in sorted(names)}
+        return {n: self._initial_weights(n) for n in sorted(names)}
+
+    def _initial_weights(self, name: str) -> ArrayRecord:
+        return to_record(initial_model(name, self.cfg.dataset, self.cfg.seed))
 
     def state(self) -> dict[str, ArrayRecord]:
         """What the strategy keeps between rounds besides the global models, for the checkpoint."""
@@ -193,6 +196,9 @@ class Strategy(FedAvg):
         """Send each sampled node its group's model with `train.<action>`; FedAvg each group's replies.
         Returns the round and its usable replies."""
         nodes = self.sample(grid)
+        # A node that joined after the start may bring an architecture without a group yet.
+        missing = {self.architecture(n, phase) for n in nodes} - globals_.keys()
+        globals_ = {**globals_, **{name: self._initial_weights(name) for name in sorted(missing)}}
         config = {"server-round": server_round, "evaluate-incoming": server_round > 1}
         messages = [
             Message(RecordDict({
