@@ -59,7 +59,6 @@ class TwoStage(Strategy):
         if not replies:
             return result
         ensemble = consensus([logits_from_record(m.content["logits"]) for m in replies])
-        result.metrics.update(self.train_metrics_aggr_fn([m.content for m in replies], self.weighted_by_key))
         x, y = public.x[indices], public.y[indices]
         cut = max(1, len(x) // 5)  # a labelled fifth for early stopping
         seed = derive_seed(self.cfg.seed, 61, server_round)
