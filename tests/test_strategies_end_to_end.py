@@ -8,14 +8,15 @@ import torch
 from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
 
 NODES = 4
-TINY = {"num-student-rounds": 3, "fraction-train": 0.75, "local-epochs": 2, "distill-steps": 40,
+TINY = {"num-student-rounds": 2, "fraction-train": 0.75, "local-epochs": 2, "distill-steps": 40,
         "partitioner": "iid", "output-dir": None}
+# `fedavg` runs end to end in tests/test_end_to_end.py (the misbehaving clients' run).
 CASES = {
-    "fedavg": {"strategy": "fedavg"},
     "fedmd": {"strategy": "fedmd", "models": "mlp-32,cnn", "logits-dtype": "float16", "public-samples-per-round": 100},
     "feddf": {"strategy": "feddf", "models": "mlp-32,cnn"},
     "feddf-datafree": {"strategy": "feddf-datafree"},
-    "ensemble-teacher": {"strategy": "two-stage", "ensemble-teacher": True, "num-teacher-rounds": 2},
+    "ensemble-teacher": {"strategy": "two-stage", "ensemble-teacher": True, "num-teacher-rounds": 2,
+                         "server-learning-rate": 0.01},
 }
 
 
@@ -37,7 +38,7 @@ def runs(tmp_path_factory):
 def test_every_strategy_learns_and_records_complete_outputs(runs, name):
     run_dir, history = runs[name]
     student = [r for r in history if r["phase"] == "student"]
-    assert [r["round"] for r in student] == [1, 2, 3]
+    assert [r["round"] for r in student] == [1, 2]
     assert all(r["replies"] == 3 and r["failures"] == 0 and r["bytes_down"] > 0 and r["bytes_up"] > 0 for r in student)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["strategy"] == CASES[name]["strategy"]
