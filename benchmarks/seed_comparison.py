@@ -22,7 +22,7 @@ SEED_SCRIPT = PROJECT.parent / "shared" / "seed" / "tutorial_055.py"
 RESULTS = PROJECT / "benchmarks" / "results"
 APP_CONFIG = {"dataset": "synthetic", "partitioner": "iid", "num-teacher-rounds": 25, "num-student-rounds": 25,
               "fraction-train": 0.5, "local-epochs": 3, "batch-size": 32, "learning-rate": 0.01,
-              "temperature": 3.0, "alpha": 0.5, "teacher-hidden": "128,64", "student-hidden": "32"}
+              "temperature": 3.0, "alpha": 0.5, "teacher-model": "mlp-128x64", "model": "mlp-32"}
 
 
 def run_seed_script(seed: int) -> dict:

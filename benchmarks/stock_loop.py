@@ -8,31 +8,45 @@ Round times go to <output-dir>/stock-rounds.json.
 import json
 import time
 
-from flwr.app import ArrayRecord, Context, MetricRecord
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
 
 from common.config import parse_run_config
 from common.models import initial_model, to_record
 from server_app.outputs import write_json
-from server_app.sampling import NodeSampler
-from server_app.strategy import TwoStage
 
 app = ServerApp()
+
+
+class StockFedAvg(FedAvg):
+    """Flower's FedAvg, its train messages addressed to fedkd's `train.supervised` handler for `model`."""
+
+    def __init__(self, model: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+
+    def _construct_messages(self, record: RecordDict, node_ids: list[int], message_type: str) -> Iterable[Message]:
+        record[self.configrecord_key]["model"] = self.model
+        action = "train.supervised" if message_type == MessageType.TRAIN else message_type
+        return super()._construct_messages(record, node_ids, action)
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run `num-teacher-rounds` stock FedAvg rounds of the teacher; record when each ended."""
     cfg = parse_run_config(context.run_config)
-    strategy = TwoStage(cfg, NodeSampler(cfg.seed, cfg.round_timeout))
-    strategy.start_phase("teacher", None)
+    strategy = StockFedAvg(cfg.teacher_model, fraction_train=cfg.fraction_train, fraction_evaluate=1.0,
+                           min_train_nodes=cfg.min_train_nodes, min_available_nodes=cfg.min_train_nodes)
     ends: list[float] = []
 
     def mark(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         ends.append(time.perf_counter())
         return MetricRecord({"round": server_round})
 
-    strategy.start(grid, to_record(initial_model(cfg, "teacher")), num_rounds=cfg.num_teacher_rounds,
+    strategy.start(grid, to_record(initial_model(cfg.teacher_model, cfg.dataset, cfg.seed)), num_rounds=cfg.num_teacher_rounds,
                    timeout=cfg.round_timeout, evaluate_fn=mark)
     out = cfg.output_path()
     out.mkdir(parents=True, exist_ok=True)
