@@ -1,0 +1,394 @@
+"""Load: time per round and peak memory against the number of clients, in simulation and in deployment.
+
+    python -m benchmarks.load --clients 100 250 500 1000 --supernodes 2 4 8 --rounds 3
+    python -m benchmarks.load --clients 20 --supernodes 2 --rounds 1 --sampled 10   # smoke run
+
+Simulation: the synthetic task (200 samples per client), `--sampled` clients trained per round and
+as many scoring each phase's final model, `--rounds` teacher and student rounds, through `flwr run`
+on a fresh private simulation SuperLink per size. Deployment: deploy.local (TLS, SuperNode
+authentication, process isolation), one synthetic partition per SuperNode, every node sampled.
+A background thread reads VmRSS from /proc every 0.2 s; a group's peak is the peak of its
+processes' sum at one instant. Writes benchmarks/results/load.{json,md} after every run.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from benchmarks.flower_local import flower_pids, flwr_run, run_directory, simulation_superlink
+from common.config import parse_run_config
+from common.data import export_partitions
+from deploy.local import Deployment, deployment
+from deploy.processes import PROJECT
+
+RESULTS = PROJECT / "benchmarks" / "results"
+SAMPLE_SECONDS = 0.2
+
+Measure = Callable[[], dict[str, float]]
+SIM_GROWTH = ("median_round_s", "mean_round_s", "median_client_s", "round_over_client", "serverapp_outside_rounds_s",
+              "serverapp_cpu_s", "serverapp_mib", "tree_mib")
+DEPLOY_GROWTH = ("median_round_s", "superlink_mib", "serverapp_mib", "supernode_host_max_mib", "supernodes_sum_mib")
+LABELS = {"median_round_s": "median round (s)", "mean_round_s": "mean round (s)",
+          "median_client_s": "slowest client's handler, median over rounds (s)",
+          "round_over_client": "median round / median slowest client's handler",
+          "serverapp_outside_rounds_s": "ServerApp outside rounds (s)",
+          "serverapp_cpu_s": "CPU time of the simulation process (s)", "serverapp_mib": "ServerApp process (MiB)",
+          "tree_mib": "whole run (MiB)", "superlink_mib": "SuperLink (MiB)",
+          "supernode_host_max_mib": "SuperNode host, max (MiB)", "supernodes_sum_mib": "SuperNode hosts, sum (MiB)"}
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process now."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_bytes()
+            cmdline = Path(entry.path, "cmdline").read_bytes()
+        except OSError:
+            continue
+        # The command name in parentheses may hold spaces; the parent pid is the second field after it.
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        table[int(entry.name)] = (ppid, cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return table
+
+
+def descendants(root: int, table: dict[int, tuple[int, str]]) -> list[int]:
+    """`root` and every process below it in `table`."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def rss_mib(pids: Iterable[int]) -> float:
+    """Summed VmRSS of `pids` in MiB; a process that has ended counts 0."""
+    total_kib = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total_kib / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time `pid` has used so far; 0 if it has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PeakMemory:
+    """Calls `measure` every 0.2 s in a background thread and keeps the peak of each value it returns."""
+
+    def __init__(self, measure: Measure) -> None:
+        self.measure = measure
+        self.peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            for key, value in self.measure().items():
+                self.peak[key] = max(value, self.peak.get(key, 0.0))
+            if self._stop.wait(SAMPLE_SECONDS):
+                return
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def role(cmdline: str) -> str:
+    """Which part of a simulation a process is."""
+    for marker, name in (("flower-superlink", "SuperLink"), ("flower-superexec", "SuperExec"),
+                         ("flwr-simulation", "simulation process (ServerApp)")):
+        if marker in cmdline:
+            return name
+    # A Ray worker changes its title as it starts (setup_worker.py, default_worker.py, ray::IDLE)
+    # and as it runs (ClientAppActor).
+    if any(m in cmdline for m in ("ClientAppActor", "ray::IDLE", "default_worker.py", "setup_worker.py")):
+        return "Ray ClientApp workers"
+    return "Ray services"
+
+
+def simulation_memory(home: Path) -> Measure:
+    """RSS and CPU time of the simulation process (it runs the ServerApp); RSS of the SuperLink's tree, and per role."""
+    roots = flower_pids(str(home), "flower-superlink")
+    if len(roots) != 1:
+        raise RuntimeError(f"expected one flower-superlink with FLWR_HOME={home}, found {roots}")
+
+    def measure() -> dict[str, float]:
+        table = process_table()
+        rss = {pid: rss_mib([pid]) for pid in descendants(roots[0], table)}
+        simulation = [pid for pid in rss if "flwr-simulation" in table[pid][1]]
+        values = {
+            "serverapp_mib": sum(rss[pid] for pid in simulation),
+            # CPU time only grows, so its peak is the total at the last sample.
+            "serverapp_cpu_s": sum(cpu_seconds(pid) for pid in simulation),
+            "tree_mib": sum(rss.values()),
+            "processes": len(rss),
+        }
+        for pid, value in rss.items():
+            key = f"{role(table[pid][1])}_mib"
+            values[key] = values.get(key, 0.0) + value
+        return values
+
+    return measure
+
+
+def deployment_memory(dep: Deployment) -> Measure:
+    """RSS of the SuperLink, of the ServerApp process, and of each SuperNode with its SuperExec and ClientApps."""
+
+    def measure() -> dict[str, float]:
+        table = process_table()
+        serverapp = [p for p in descendants(dep.superexecs["superlink"].pid, table) if "flwr-serverapp" in table[p][1]]
+        values = {"superlink_mib": rss_mib([dep.superlink.pid]), "serverapp_mib": rss_mib(serverapp)}
+        for index, node in dep.supernodes.items():
+            host = descendants(node.pid, table) + descendants(dep.superexecs[f"supernode-{index}"].pid, table)
+            values[f"supernode-{index}_process_mib"] = rss_mib([node.pid])
+            values[f"supernode-{index}_host_mib"] = rss_mib(host)
+        values["supernodes_sum_mib"] = sum(v for k, v in values.items() if k.endswith("_host_mib"))
+        return values
+
+    return measure
+
+
+def round_times(out: Path) -> dict:
+    """Round count, clients per round, time per round and where the rest of the ServerApp's time went."""
+    run_dir = run_directory(out)
+    history = json.loads((run_dir / "history.json").read_text())
+    seconds = [r["seconds"] for r in history]
+    evaluation = sum(r.get("evaluation_seconds", 0.0) for r in history)
+    times = {
+        "rounds": len(history),
+        "sampled_per_round": max(len(r["sampled"]) for r in history),
+        "evaluated_per_phase": [r["evaluation_replies"] for r in history if "evaluation_replies" in r],
+        "median_round_s": statistics.median(seconds),
+        "mean_round_s": statistics.mean(seconds),
+        "median_exchange_s": statistics.median(r["exchange_seconds"] for r in history),
+        "median_client_s": statistics.median(r["client_seconds"] for r in history),
+        # A round's time follows its clients' handler time, which the shared machine's load stretches;
+        # the ratio takes that out.
+        "round_over_client": statistics.median(seconds) / statistics.median(r["client_seconds"] for r in history),
+        "final_evaluations_s": evaluation,
+        "failures": sum(r["failures"] + r.get("evaluation_failures", 0) for r in history),
+        "round_seconds": seconds,
+    }
+    if (run_dir / "summary.json").exists():
+        serverapp = json.loads((run_dir / "summary.json").read_text())["wall_seconds"]
+        # The ServerApp starts with the engine: this holds Ray's start, the ClientApps' first import,
+        # and the exchange that asks every node for its name (query.identify) before round 1.
+        times["serverapp_outside_rounds_s"] = serverapp - sum(seconds) - evaluation
+    return times
+
+
+def simulation(clients: int, sampled: int, rounds: int, timeout: float, tmp: Path) -> dict:
+    """One `flwr run` with `clients` simulated nodes on a fresh SuperLink: round times and peak memory."""
+    out, home = tmp / f"sim-out-{clients}", tmp / f"sim-home-{clients}"
+    fraction = sampled / clients
+    config = {"dataset": "synthetic", "samples-per-client": 200, "num-teacher-rounds": rounds,
+              "num-student-rounds": rounds, "fraction-train": fraction, "fraction-evaluate": fraction,
+              "min-train-nodes": sampled, "round-timeout": timeout, "output-dir": str(out)}
+    row: dict = {"clients": clients, "status": "complete"}
+    with simulation_superlink(home) as env, PeakMemory(simulation_memory(home)) as memory:
+        start = time.perf_counter()
+        try:
+            done = flwr_run(env, config, clients, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            row["status"] = f"timed out after {timeout:.0f} s"
+        row["wall_s"] = time.perf_counter() - start
+        row["load_average"] = os.getloadavg()[0]
+    # `flwr run --stream` exits 0 even when the ServerApp fails: the run directory tells.
+    if row["status"] == "complete" and not any(out.glob("*/summary.json")):
+        raise RuntimeError(f"run with {clients} clients failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    row.update(memory.peak)
+    if out.exists() and any(out.glob("*/history.json")):
+        row.update(round_times(out))
+    return row
+
+
+def superlink_errors(log: Path) -> dict[str, int]:
+    """How often each unexpected error the SuperLink answered with (HTTP 500) appears in its log."""
+    found: dict[str, int] = {}
+    for match in re.finditer(r"\[UnexpectedError:(\w+)\] ([^\n]+)", log.read_text(errors="replace")):
+        found[f"{match[1]}: {match[2]}"] = found.get(f"{match[1]}: {match[2]}", 0) + 1
+    return found
+
+
+def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float, tmp: Path) -> dict:
+    """One run on a fresh deployment of `supernodes` SuperNodes, every node sampled: round times and peak memory."""
+    files = export_partitions(parse_run_config({"dataset": "synthetic"}), supernodes, tmp / f"data-{supernodes}")
+    out, work = tmp / f"deploy-out-{supernodes}", tmp / f"deploy-{supernodes}"
+    config = {"dataset": "synthetic", "num-teacher-rounds": rounds, "num-student-rounds": rounds,
+              "fraction-train": 1.0, "fraction-evaluate": 1.0, "round-timeout": round_timeout, "output-dir": str(out)}
+    with deployment(work, files) as dep, PeakMemory(deployment_memory(dep)) as memory:
+        start = time.perf_counter()
+        run = dep.run(config)
+        output = run.communicate(timeout=timeout)[0]
+        wall = time.perf_counter() - start
+        load = os.getloadavg()[0]
+    if run.returncode != 0:
+        raise RuntimeError(f"run on {supernodes} SuperNodes failed:\n{output[-6000:]}")
+    peak = memory.peak
+    row = {"supernodes": supernodes, "wall_s": wall, "load_average": load, "superlink_mib": peak["superlink_mib"],
+           "serverapp_mib": peak["serverapp_mib"], "supernodes_sum_mib": peak["supernodes_sum_mib"],
+           "supernode_host_max_mib": max(v for k, v in peak.items() if k.endswith("_host_mib")),
+           "supernode_process_max_mib": max(v for k, v in peak.items() if k.endswith("_process_mib")),
+           "superlink_errors": superlink_errors(work / "superlink.log")}
+    return {**row, **round_times(out)}
+
+
+def growth(rows: list[dict], size: str, keys: tuple[str, ...]) -> dict:
+    """Per key: the ratio of its mean at the largest size to that at the smallest, and a least-squares line
+    a + b * size over every run."""
+    rows = [r for r in rows if all(k in r for k in keys)]
+    sizes = sorted({r[size] for r in rows})
+    if len(sizes) < 2:
+        return {}
+    out = {}
+    for key in keys:
+        fit = statistics.linear_regression([r[size] for r in rows], [r[key] for r in rows])
+        first, last = (statistics.mean(r[key] for r in rows if r[size] == n) for n in (sizes[0], sizes[-1]))
+        out[key] = {"ratio": last / first, "from": sizes[0], "to": sizes[-1],
+                    "intercept": fit.intercept, "slope": fit.slope}
+    return out
+
+
+def growth_lines(fits: dict, unit: int, unit_name: str) -> list[str]:
+    """Markdown bullets: ratio from the smallest to the largest size, and the fitted line."""
+    return [f"- {LABELS[key]}: x{f['ratio']:.2f} from {f['from']} to {f['to']} {unit_name} (means); "
+            f"least-squares line {f['intercept']:.4g} {f['slope'] * unit:+.3g} per {unit} {unit_name}"
+            for key, f in fits.items()]
+
+
+def fmt(row: dict, key: str, spec: str) -> str:
+    """`row[key]` formatted, or n/a when the run did not get that far."""
+    return format(row[key], spec) if key in row else "n/a"
+
+
+def simulation_report(args: argparse.Namespace, sim: list[dict]) -> list[str]:
+    """The simulation's table, how its figures grow with the number of clients, and the largest run's memory by role."""
+    sampled = sorted({r["sampled_per_round"] for r in sim if "sampled_per_round" in r})
+    lines = [f"Simulation: synthetic task, 200 samples per client, {args.sampled} clients per round "
+             f"(sampled: {sampled}) and as many scoring each phase's final model, {args.rounds} teacher + "
+             f"{args.rounds} student rounds, 5 ClientApp workers; a fresh simulation SuperLink per run, "
+             f"{args.repeats} runs per size (sizes in alternating order). Peak RSS sampled every 0.2 s.", "",
+             "| clients | run | status | median round (s) | mean round (s) | slowest client's handler, median (s) "
+             "| round / handler | ServerApp outside rounds (s) | wall (s) | CPU, simulation process (s) "
+             "| peak RSS, simulation process with the ServerApp (MiB) | peak RSS, whole run (MiB) | load average |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(sim, key=lambda r: (r["clients"], r["repeat"])):
+        cells = [str(r["clients"]), str(r["repeat"]), r["status"], fmt(r, "median_round_s", ".3f"),
+                 fmt(r, "mean_round_s", ".3f"), fmt(r, "median_client_s", ".3f"), fmt(r, "round_over_client", ".1f"),
+                 fmt(r, "serverapp_outside_rounds_s", ".1f"), fmt(r, "wall_s", ".1f"), fmt(r, "serverapp_cpu_s", ".1f"),
+                 fmt(r, "serverapp_mib", ".0f"), fmt(r, "tree_mib", ".0f"), fmt(r, "load_average", ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *growth_lines(growth(sim, "clients", SIM_GROWTH), 1000, "clients")]
+    largest = max(sim, key=lambda r: r["clients"])
+    roles = {k[:-4]: v for k, v in largest.items() if k.endswith("_mib") and k not in LABELS}
+    return lines + ["", f"Peak RSS by role with {largest['clients']} clients (MiB): "
+                    + ", ".join(f"{name} {value:.0f}" for name, value in roles.items()) + "."]
+
+
+def deployment_report(args: argparse.Namespace, dep: list[dict]) -> list[str]:
+    """The deployment's table, how its figures grow with the number of SuperNodes, and the SuperLink's errors."""
+    lines = ["Deployment: deploy.local on this machine (TLS, SuperNode authentication, process isolation), synthetic "
+             f"task, every node sampled, {args.rounds} teacher + {args.rounds} student rounds, round-timeout "
+             f"{args.round_timeout:.0f} s (a lost reply makes its round wait that long). A SuperNode host is the "
+             "SuperNode with its SuperExec and the ClientApp processes it starts.", "",
+             "| SuperNodes | median round (s) | mean round (s) | wall (s) | SuperLink (MiB) | ServerApp process (MiB) "
+             "| SuperNode process, max (MiB) | SuperNode host, max (MiB) | SuperNode hosts, sum (MiB) "
+             "| failed replies | load average |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in dep:
+        cells = [str(r["supernodes"]), f"{r['median_round_s']:.2f}", f"{r['mean_round_s']:.2f}", f"{r['wall_s']:.0f}",
+                 f"{r['superlink_mib']:.0f}", f"{r['serverapp_mib']:.0f}", f"{r['supernode_process_max_mib']:.0f}",
+                 f"{r['supernode_host_max_mib']:.0f}", f"{r['supernodes_sum_mib']:.0f}", str(r["failures"]),
+                 f"{r['load_average']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *growth_lines(growth(dep, "supernodes", DEPLOY_GROWTH), 1, "SuperNode")]
+    return lines + [f"- {r['supernodes']} SuperNodes: the SuperLink answered {count} request(s) with HTTP 500, {error}"
+                    for r in dep for error, count in r["superlink_errors"].items()]
+
+
+def report(args: argparse.Namespace, sim: list[dict], dep: list[dict]) -> str:
+    """The markdown of both parts."""
+    parts = ([simulation_report(args, sim)] if sim else []) + ([deployment_report(args, dep)] if dep else [])
+    return "\n\n".join("\n".join(part) for part in parts)
+
+
+def code_state() -> dict:
+    """The commit measured, and the files that differed from it then (the FAB carries the working tree)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True).stdout
+    return {"commit": git("rev-parse", "HEAD").strip(), "uncommitted": git("status", "--porcelain").splitlines()}
+
+
+def write(args: argparse.Namespace, code: dict, sim: list[dict], dep: list[dict]) -> str:
+    """Write load.json and load.md; return the markdown."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    table = report(args, sim, dep)
+    fits = {"simulation": growth(sim, "clients", SIM_GROWTH), "deployment": growth(dep, "supernodes", DEPLOY_GROWTH)}
+    (RESULTS / "load.json").write_text(json.dumps(
+        {"args": vars(args), "code": code, "simulation": sim, "deployment": dep, "growth": fits}, indent=2))
+    (RESULTS / "load.md").write_text(table + "\n")
+    return table
+
+
+def main() -> None:
+    """Run every simulation size, then every deployment size, writing the results after each."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="*", default=[100, 250, 500, 1000],
+                        help="simulated clients per run")
+    parser.add_argument("--sampled", type=int, default=50, help="clients per round (and per final evaluation)")
+    parser.add_argument("--repeats", type=int, default=2, help="simulation runs per size, sizes in alternating order")
+    parser.add_argument("--supernodes", type=int, nargs="*", default=[2, 4, 8], help="SuperNodes per deployment")
+    parser.add_argument("--rounds", type=int, default=3, help="teacher rounds, and as many student rounds")
+    parser.add_argument("--round-timeout", type=float, default=240, help="deadline of a deployment's exchanges (s)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take")
+    args = parser.parse_args()
+    code = code_state()
+    sim: list[dict] = []
+    dep: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # Alternating the order of sizes between repeats spreads the shared machine's load drift over all sizes.
+        for repeat in range(args.repeats):
+            for clients in args.clients[::-1] if repeat % 2 else args.clients:
+                run = simulation(clients, args.sampled, args.rounds, args.timeout, Path(tmp) / f"repeat-{repeat}")
+                sim.append({"repeat": repeat, **run})
+                write(args, code, sim, dep)
+                print(f"{clients} clients: {sim[-1]['status']}, {fmt(sim[-1], 'median_round_s', '.3f')} s per round, "
+                      f"{fmt(sim[-1], 'tree_mib', '.0f')} MiB peak", flush=True)
+        for supernodes in args.supernodes:
+            dep.append(deployed(supernodes, args.rounds, args.round_timeout, args.timeout, Path(tmp)))
+            write(args, code, sim, dep)
+            print(f"{supernodes} SuperNodes: {dep[-1]['median_round_s']:.2f} s per round", flush=True)
+    print(write(args, code, sim, dep))
+
+
+if __name__ == "__main__":
+    main()
