@@ -1,14 +1,16 @@
 """Load: time per round and peak memory against the number of clients, in simulation and in deployment.
 
-    python -m benchmarks.load --clients 100 250 500 1000 --supernodes 2 4 8 --rounds 3
-    python -m benchmarks.load --clients 20 --supernodes 2 --rounds 1 --sampled 10   # smoke run
+    python -m benchmarks.load                       # 100, 250, 500, 1000 clients x 2; 2, 4, 8 SuperNodes
+    python -m benchmarks.load --clients --supernodes 8              # the deployment part only, 8 SuperNodes
+    python -m benchmarks.load --clients 20 --sampled 10 --repeats 1 --supernodes 2 --rounds 1   # smoke run
 
 Simulation: the synthetic task (200 samples per client), `--sampled` clients trained per round and
 as many scoring each phase's final model, `--rounds` teacher and student rounds, through `flwr run`
-on a fresh private simulation SuperLink per size. Deployment: deploy.local (TLS, SuperNode
+on a fresh private simulation SuperLink per run. Deployment: deploy.local (TLS, SuperNode
 authentication, process isolation), one synthetic partition per SuperNode, every node sampled.
 A background thread reads VmRSS from /proc every 0.2 s; a group's peak is the peak of its
-processes' sum at one instant. Writes benchmarks/results/load.{json,md} after every run.
+processes' sum at one instant. Writes benchmarks/results/load.{json,md} after every run; a part
+left out (`--clients` or `--supernodes` with no sizes) keeps its last results there.
 """
 
 import argparse
@@ -290,13 +292,14 @@ def fmt(row: dict, key: str, spec: str) -> str:
     return format(row[key], spec) if key in row else "n/a"
 
 
-def simulation_report(args: argparse.Namespace, sim: list[dict]) -> list[str]:
+def simulation_report(part: dict) -> list[str]:
     """The simulation's table, how its figures grow with the number of clients, and the largest run's memory by role."""
+    args, sim = part["args"], part["runs"]
     sampled = sorted({r["sampled_per_round"] for r in sim if "sampled_per_round" in r})
-    lines = [f"Simulation: synthetic task, 200 samples per client, {args.sampled} clients per round "
-             f"(sampled: {sampled}) and as many scoring each phase's final model, {args.rounds} teacher + "
-             f"{args.rounds} student rounds, 5 ClientApp workers; a fresh simulation SuperLink per run, "
-             f"{args.repeats} runs per size (sizes in alternating order). Peak RSS sampled every 0.2 s.", "",
+    lines = [f"Simulation: synthetic task, 200 samples per client, {args['sampled']} clients per round "
+             f"(sampled: {sampled}) and as many scoring each phase's final model, {args['rounds']} teacher + "
+             f"{args['rounds']} student rounds, 5 ClientApp workers; a fresh simulation SuperLink per run, "
+             f"{args['repeats']} runs per size (sizes in alternating order). Peak RSS sampled every 0.2 s.", "",
              "| clients | run | status | median round (s) | mean round (s) | slowest client's handler, median (s) "
              "| round / handler | ServerApp outside rounds (s) | wall (s) | CPU, simulation process (s) "
              "| peak RSS, simulation process with the ServerApp (MiB) | peak RSS, whole run (MiB) | load average |",
@@ -307,18 +310,19 @@ def simulation_report(args: argparse.Namespace, sim: list[dict]) -> list[str]:
                  fmt(r, "serverapp_outside_rounds_s", ".1f"), fmt(r, "wall_s", ".1f"), fmt(r, "serverapp_cpu_s", ".1f"),
                  fmt(r, "serverapp_mib", ".0f"), fmt(r, "tree_mib", ".0f"), fmt(r, "load_average", ".1f")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *growth_lines(growth(sim, "clients", SIM_GROWTH), 1000, "clients")]
+    lines += ["", *growth_lines(part["growth"], 1000, "clients")]
     largest = max(sim, key=lambda r: r["clients"])
     roles = {k[:-4]: v for k, v in largest.items() if k.endswith("_mib") and k not in LABELS}
     return lines + ["", f"Peak RSS by role with {largest['clients']} clients (MiB): "
                     + ", ".join(f"{name} {value:.0f}" for name, value in roles.items()) + "."]
 
 
-def deployment_report(args: argparse.Namespace, dep: list[dict]) -> list[str]:
+def deployment_report(part: dict) -> list[str]:
     """The deployment's table, how its figures grow with the number of SuperNodes, and the SuperLink's errors."""
+    args, dep = part["args"], part["runs"]
     lines = ["Deployment: deploy.local on this machine (TLS, SuperNode authentication, process isolation), synthetic "
-             f"task, every node sampled, {args.rounds} teacher + {args.rounds} student rounds, round-timeout "
-             f"{args.round_timeout:.0f} s (a lost reply makes its round wait that long). A SuperNode host is the "
+             f"task, every node sampled, {args['rounds']} teacher + {args['rounds']} student rounds, round-timeout "
+             f"{args['round_timeout']:.0f} s (a lost reply makes its round wait that long). A SuperNode host is the "
              "SuperNode with its SuperExec and the ClientApp processes it starts.", "",
              "| SuperNodes | median round (s) | mean round (s) | wall (s) | SuperLink (MiB) | ServerApp process (MiB) "
              "| SuperNode process, max (MiB) | SuperNode host, max (MiB) | SuperNode hosts, sum (MiB) "
@@ -330,14 +334,15 @@ def deployment_report(args: argparse.Namespace, dep: list[dict]) -> list[str]:
                  f"{r['supernode_host_max_mib']:.0f}", f"{r['supernodes_sum_mib']:.0f}", str(r["failures"]),
                  f"{r['load_average']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *growth_lines(growth(dep, "supernodes", DEPLOY_GROWTH), 1, "SuperNode")]
+    lines += ["", *growth_lines(part["growth"], 1, "SuperNode")]
     return lines + [f"- {r['supernodes']} SuperNodes: the SuperLink answered {count} request(s) with HTTP 500, {error}"
                     for r in dep for error, count in r["superlink_errors"].items()]
 
 
-def report(args: argparse.Namespace, sim: list[dict], dep: list[dict]) -> str:
-    """The markdown of both parts."""
-    parts = ([simulation_report(args, sim)] if sim else []) + ([deployment_report(args, dep)] if dep else [])
+def report(results: dict) -> str:
+    """The markdown of the parts in `results`."""
+    makers = {"simulation": simulation_report, "deployment": deployment_report}
+    parts = [make(results[name]) for name, make in makers.items() if results.get(name, {}).get("runs")]
     return "\n\n".join("\n".join(part) for part in parts)
 
 
@@ -349,12 +354,17 @@ def code_state() -> dict:
 
 
 def write(args: argparse.Namespace, code: dict, sim: list[dict], dep: list[dict]) -> str:
-    """Write load.json and load.md; return the markdown."""
+    """Write load.json and load.md with this invocation's parts; a part it does not run keeps its last results."""
+    path = RESULTS / "load.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    measured = {"args": vars(args), "code": code}
+    if args.clients:
+        results["simulation"] = {**measured, "runs": sim, "growth": growth(sim, "clients", SIM_GROWTH)}
+    if args.supernodes:
+        results["deployment"] = {**measured, "runs": dep, "growth": growth(dep, "supernodes", DEPLOY_GROWTH)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    table = report(args, sim, dep)
-    fits = {"simulation": growth(sim, "clients", SIM_GROWTH), "deployment": growth(dep, "supernodes", DEPLOY_GROWTH)}
-    (RESULTS / "load.json").write_text(json.dumps(
-        {"args": vars(args), "code": code, "simulation": sim, "deployment": dep, "growth": fits}, indent=2))
+    path.write_text(json.dumps(results, indent=2))
+    table = report(results)
     (RESULTS / "load.md").write_text(table + "\n")
     return table
 
@@ -366,9 +376,10 @@ def main() -> None:
                         help="simulated clients per run")
     parser.add_argument("--sampled", type=int, default=50, help="clients per round (and per final evaluation)")
     parser.add_argument("--repeats", type=int, default=2, help="simulation runs per size, sizes in alternating order")
-    parser.add_argument("--supernodes", type=int, nargs="*", default=[2, 4, 8], help="SuperNodes per deployment")
+    parser.add_argument("--supernodes", type=int, nargs="*", default=[2, 4, 8],
+                        help="SuperNodes per deployment")
     parser.add_argument("--rounds", type=int, default=3, help="teacher rounds, and as many student rounds")
-    parser.add_argument("--round-timeout", type=float, default=240, help="deadline of a deployment's exchanges (s)")
+    parser.add_argument("--round-timeout", type=float, default=150, help="deadline of a deployment's exchanges (s)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take")
     args = parser.parse_args()
     code = code_state()

@@ -66,14 +66,15 @@ def test_run_survives_a_killed_supernode(deployed, tmp_path):
     history = json.loads((run_dir / "history.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [(r["phase"], r["round"]) for r in history] == [("teacher", 1), ("teacher", 2), ("teacher", 3), ("student", 1), ("student", 2)]
-    assert [r["replies"] for r in history[:2]] == [3, 3]
-    for r in history[:2]:
-        (bad,) = r["failed"]
-        assert bad["node"] == "supernode-3" and "'x' has shape [20, 10]; expected (samples, 64)" in bad["reason"]
-    after = history[2:]
-    assert all(r["replies"] == 2 for r in after)
-    failed = [f["node"] for r in after for f in r["failed"]]
-    assert "supernode-2" in failed and set(failed) == {"supernode-2", "supernode-3"}
+    assert history[0]["replies"] == 3
+    for r in history:
+        bad = {f["node"]: f["reason"] for f in r["failed"]}
+        assert "'x' has shape [20, 10]; expected (samples, 64)" in bad["supernode-3"]
+    # After the kill the node never answers: it fails while still listed, then is no longer sampled.
+    for r in history[1:]:
+        failed = {f["node"] for f in r["failed"]}
+        assert r["replies"] == 2 and failed <= {"supernode-2", "supernode-3"}
+        assert ("supernode-2" in failed) == ("supernode-2" in r["sampled"])
     assert "node supernode-3 failed" in output
     assert summary["status"] == "complete"
     assert summary["teacher_accuracy"] > 0.6 and summary["student_accuracy"] > 0.4
