@@ -10,6 +10,7 @@ from common.seeds import derive_seed
 from server_app.transport import exchange
 
 WAIT_POLL_SECONDS = 1.0
+IDENTIFY_TRIES = 2
 
 
 class NodeSampler:
@@ -21,9 +22,14 @@ class NodeSampler:
         self.timeout = timeout
         self.names: dict[int, str] = {}
         self.models: dict[int, str] = {}
+        self.asked: dict[int, int] = {}
 
     def _identify(self, grid: Grid, node_ids: list[int]) -> None:
-        """Ask new nodes for their stable name and architecture (`query.identify`); unanswered ones keep their id."""
+        """Ask nodes for their stable name and architecture (`query.identify`).
+
+        A node that did not answer (a slow first start) is asked once more at the next call;
+        after that it keeps its id as name, so a dead node costs at most two waits.
+        """
         messages = [
             Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type="query.identify")
             for n in node_ids
@@ -31,8 +37,6 @@ class NodeSampler:
         for reply in exchange(grid, messages, self.timeout).ok():
             self.names[reply.metadata.src_node_id] = str(reply.content["node"]["name"])
             self.models[reply.metadata.src_node_id] = str(reply.content["node"]["model"])
-        for n in node_ids:
-            self.names.setdefault(n, f"node-{n}")
 
     def nodes(self, grid: Grid, minimum: int, wait: float | None = None) -> list[int]:
         """Connected nodes sorted by name, waiting up to `wait` (default: the timeout) for `minimum`."""
@@ -45,9 +49,11 @@ class NodeSampler:
                     f"the run needs at least {minimum} (min-train-nodes)"
                 )
             time.sleep(WAIT_POLL_SECONDS)
-        if new := [n for n in node_ids if n not in self.names]:
+        if new := [n for n in node_ids if n not in self.names and self.asked.get(n, 0) < IDENTIFY_TRIES]:
+            for n in new:
+                self.asked[n] = self.asked.get(n, 0) + 1
             self._identify(grid, new)
-        return sorted(node_ids, key=lambda n: self.names[n])
+        return sorted(node_ids, key=self.name)
 
     def sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
         """max(fraction x connected, minimum) nodes, drawn by this sampler's generator."""
