@@ -82,4 +82,9 @@ def test_the_ensemble_teacher_phase_sends_the_teacher_once_and_no_student_weight
     teacher_round_up = history[0]["bytes_up"]  # 3 teacher models
     # Phase 2 replies are logits on the public data (180 x 10 float32), far smaller than models.
     assert all(r["bytes_up"] < teacher_round_up / 4 for r in student)
-    assert student[0]["bytes_down"] > 2 * student[1]["bytes_down"]  # the teacher goes out in round 1
+    # The teacher goes to each node reached in phase 2 exactly once; the rest is queries and the
+    # final evaluation of the student (4 nodes x 2,410 float32 parameters).
+    teacher_bytes = history[0]["bytes_up"] / 3
+    reached = {name for r in student for name in r["sampled"]}
+    down = sum(r["bytes_down"] for r in student)
+    assert len(reached) * teacher_bytes < down < len(reached) * teacher_bytes + 60_000
