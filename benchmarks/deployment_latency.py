@@ -10,7 +10,6 @@ benchmarks/results/deployment_latency.{json,md}.
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,20 +20,16 @@ from pathlib import Path
 from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.local import deployment
-from deploy.processes import PROJECT
+from deploy.processes import APP_PARTS, PROJECT, app_copy
 
 RESULTS = PROJECT / "benchmarks" / "results"
 
 
 def stock_app(tmp: Path) -> Path:
     """A copy of the project whose ServerApp is benchmarks.stock_loop (same ClientApp)."""
-    copy = tmp / "stock-app"
-    for part in ("common", "client_app", "server_app", "benchmarks", "deploy"):
-        shutil.copytree(PROJECT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__", "results"))
-    shutil.copy(PROJECT / "README.md", copy / "README.md")
     pyproject = (PROJECT / "pyproject.toml").read_text()
-    (copy / "pyproject.toml").write_text(pyproject.replace('serverapp = "server_app.app:app"', 'serverapp = "benchmarks.stock_loop:app"'))
-    return copy
+    return app_copy(tmp / "stock-app", (*APP_PARTS, "benchmarks", "deploy"),
+                    pyproject.replace('serverapp = "server_app.app:app"', 'serverapp = "benchmarks.stock_loop:app"'))
 
 
 def submit(dep, app: Path, run_config: dict) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deploy.processes import BIN, PROJECT, config_args, flower_env, free_port, start, stop, wait_listening
+from deploy.processes import BIN, PROJECT, app_source, config_args, flower_env, free_port, start, stop, wait_listening
 
 
 @contextmanager
@@ -48,11 +48,11 @@ def federation_config(num_supernodes: int, actors: int = 5) -> str:
 
 def flwr_run(
     env: dict[str, str], run_config: dict[str, object], num_supernodes: int, timeout: float = 900,
-    app: Path = PROJECT, actors: int = 5,
+    app: Path | None = None, actors: int = 5,
 ) -> subprocess.CompletedProcess:
-    """`flwr run <app> test --stream` with `run_config`; returns the finished process with its output."""
+    """`flwr run <app> test --stream` with `run_config` (app: fedkd); returns the finished process with its output."""
     command = [
-        str(BIN / "flwr"), "run", str(app), "test", "--stream",
+        str(BIN / "flwr"), "run", str(app or app_source()), "test", "--stream",
         "--federation-config", federation_config(num_supernodes, actors),
     ]
     if run_config:

@@ -361,7 +361,10 @@ def write(args: argparse.Namespace, code: dict, sim: list[dict], dep: list[dict]
     if args.clients:
         results["simulation"] = {**measured, "runs": sim, "growth": growth(sim, "clients", SIM_GROWTH)}
     if args.supernodes:
-        results["deployment"] = {**measured, "runs": dep, "growth": growth(dep, "supernodes", DEPLOY_GROWTH)}
+        # A size this invocation does not run keeps its last row, so sizes can be measured in separate sessions.
+        kept = [r for r in results.get("deployment", {}).get("runs", []) if r["supernodes"] not in args.supernodes]
+        runs = sorted(kept + [{**r, "code": code} for r in dep], key=lambda r: r["supernodes"])
+        results["deployment"] = {**measured, "runs": runs, "growth": growth(runs, "supernodes", DEPLOY_GROWTH)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     table = report(results)

@@ -39,6 +39,7 @@ MODELS = {
 }
 CLIENTS = 10
 CENTRAL_EPOCHS = 30
+DEFAULT_ROUNDS = 15
 
 
 def run_config(dataset: str, split: str, models: str, strategy: str, seed: int, rounds: int) -> dict:
@@ -67,13 +68,13 @@ def _curve(run_dir: Path) -> list[tuple[float, float]]:
 def measure(args: argparse.Namespace, path: Path) -> None:
     """Run every missing cell, appending each result to `path` as it finishes."""
     rows = json.loads(path.read_text()) if path.exists() else []
-    done = {(r["dataset"], r["split"], r["models"], r["strategy"], r["seed"]) for r in rows}
+    done = {(r["dataset"], r["split"], r["models"], _rounds(r), r["strategy"], r["seed"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp, simulation_superlink(Path(tmp) / "flwr-home") as env:
         for dataset in args.datasets:
             for split in args.splits:
                 for models in args.models:
                     for seed in args.seeds:
-                        cell = (dataset, split, models)
+                        cell = (dataset, split, models, args.rounds)
                         base = run_config(dataset, split, models, "fedavg", seed, args.rounds)
                         cfg = parse_run_config({k: v for k, v in base.items() if k != "strategy"})
                         if (*cell, "centralised", seed) not in done:
@@ -84,9 +85,9 @@ def measure(args: argparse.Namespace, path: Path) -> None:
                         for strategy in args.strategies:
                             if (*cell, strategy, seed) in done:
                                 continue
-                            out = Path(tmp) / f"{'-'.join(cell)}-{strategy}-{seed}"
+                            out = Path(tmp) / f"{'-'.join(map(str, cell))}-{strategy}-{seed}"
                             start = time.perf_counter()
-                            summary = run_summary(env, run_config(*cell, strategy, seed, args.rounds), CLIENTS, out)
+                            summary = run_summary(env, run_config(dataset, split, models, strategy, seed, args.rounds), CLIENTS, out)
                             rows.append(_row(cell, strategy, seed, summary["student_accuracy_by_model"],
                                              summary["bytes_total"], start, _curve(run_directory(out))))
                             _save(path, rows)
@@ -94,10 +95,19 @@ def measure(args: argparse.Namespace, path: Path) -> None:
 
 
 def _row(cell: tuple, strategy: str, seed: int, by_model: dict, bytes_total: int, start: float, curve: list) -> dict:
-    dataset, split, models = cell
-    return {"dataset": dataset, "split": split, "models": models, "strategy": strategy, "seed": seed,
+    dataset, split, models, rounds = cell
+    return {"dataset": dataset, "split": split, "models": models, "rounds": rounds, "strategy": strategy, "seed": seed,
             "accuracy": statistics.fmean(by_model.values()), "accuracy_by_model": by_model,
             "bytes_total": bytes_total, "wall_seconds": time.perf_counter() - start, "curve": curve}
+
+
+def _rounds(row: dict) -> int:
+    """Rounds per phase of a row (rows from before the option ran the default)."""
+    return row.get("rounds", DEFAULT_ROUNDS)
+
+
+def _cell(row: dict) -> tuple:
+    return row["dataset"], row["split"], row["models"], _rounds(row)
 
 
 def _save(path: Path, rows: list[dict]) -> None:
@@ -111,15 +121,15 @@ def _ms(values: list[float]) -> str:
 def report(path: Path) -> str:
     """strategies.md: one table per dataset, split and model setting; strategies.png: accuracy against bytes."""
     rows = json.loads(path.read_text())
-    cells = list(dict.fromkeys((r["dataset"], r["split"], r["models"]) for r in rows))
+    cells = list(dict.fromkeys(_cell(r) for r in rows))
     order = ["centralised", "local-only", *STRATEGIES]
     lines = ["Student accuracy on the server's test set after the last round, mean (std) over seeds; "
              "heterogeneous: the mean over architectures, then each architecture. Wall time per run on 2 cores.", ""]
     for cell in cells:
-        picked = [r for r in rows if (r["dataset"], r["split"], r["models"]) == cell]
+        picked = [r for r in rows if _cell(r) == cell]
         archs = sorted({a for r in picked for a in r["accuracy_by_model"]})
         per_arch = len(archs) > 1
-        lines += [f"### {cell[0]}, {cell[1]}, {cell[2]} models", "",
+        lines += [f"### {cell[0]}, {cell[1]}, {cell[2]} models, {cell[3]} rounds per phase", "",
                   "| strategy | seeds | accuracy | " + (" | ".join(archs) + " | " if per_arch else "") + "MB per run | wall s |",
                   "|---|---|---|" + ("---|" * len(archs) if per_arch else "") + "---|---|"]
         for strategy in order:
@@ -145,16 +155,16 @@ def _plot(rows: list[dict], cells: list[tuple], out: Path) -> None:
     fig, axes = plt.subplots((len(cells) + cols - 1) // cols, cols, figsize=(5 * cols, 3.6 * ((len(cells) + cols - 1) // cols)), squeeze=False)
     for ax, cell in zip(axes.flat, cells):
         for strategy in STRATEGIES:
-            curves = [r["curve"] for r in rows if (r["dataset"], r["split"], r["models"]) == cell and r["strategy"] == strategy]
+            curves = [r["curve"] for r in rows if _cell(r) == cell and r["strategy"] == strategy]
             if curves:
                 length = min(len(c) for c in curves)
                 ax.plot([statistics.fmean(c[i][0] for c in curves) for i in range(length)],
                         [statistics.fmean(c[i][1] for c in curves) for i in range(length)], marker=".", label=strategy)
         for strategy, style in (("centralised", ":"), ("local-only", "--")):
-            accs = [r["accuracy"] for r in rows if (r["dataset"], r["split"], r["models"]) == cell and r["strategy"] == strategy]
+            accs = [r["accuracy"] for r in rows if _cell(r) == cell and r["strategy"] == strategy]
             if accs:
                 ax.axhline(statistics.fmean(accs), linestyle=style, color="grey", label=strategy)
-        ax.set(title=", ".join(cell), xlabel="cumulative MB", ylabel="student accuracy", xscale="log")
+        ax.set(title=", ".join(map(str, cell[:3])) + f", {cell[3]} rounds", xlabel="cumulative MB", ylabel="student accuracy", xscale="log")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
     for ax in list(axes.flat)[len(cells):]:
@@ -172,7 +182,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["homogeneous", "heterogeneous"], choices=["homogeneous", "heterogeneous"])
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    parser.add_argument("--rounds", type=int, default=15, help="rounds per phase")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="rounds per phase")
     parser.add_argument("--report", action="store_true", help="only write the table and plot")
     args = parser.parse_args()
     path = RESULTS / "strategies.json"

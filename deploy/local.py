@@ -20,7 +20,7 @@ from pathlib import Path
 
 from deploy.certs import make_supernode_key, make_tls
 from deploy.network import LOOPBACK, Network
-from deploy.processes import BIN, PROJECT, config_args, flower_env, free_port, start, stop, wait_listening, wait_log
+from deploy.processes import BIN, PROJECT, app_source, config_args, flower_env, free_port, start, stop, wait_listening, wait_log
 
 CONNECTION = "deploy"
 
@@ -124,13 +124,13 @@ class Deployment:
                 raise RuntimeError(f"only {seen} of {count} SuperNodes came online within {timeout:.0f} s")
             time.sleep(1)
 
-    def run(self, run_config: dict[str, object] | str, app: Path = PROJECT, capture: bool = True) -> subprocess.Popen:
-        """Start `flwr run <app> deploy --stream`; the caller waits for it (or kills nodes meanwhile).
+    def run(self, run_config: dict[str, object] | str, app: Path | None = None, capture: bool = True) -> subprocess.Popen:
+        """Start `flwr run <app> deploy --stream` (app: fedkd); the caller waits for it (or kills nodes meanwhile).
 
         `run_config` is a dict, or the text of `--run-config` as a user typed it; with `capture`
         the run's output comes back through the process's stdout, otherwise it goes to the terminal.
         """
-        command = [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream"]
+        command = [str(BIN / "flwr"), "run", str(app or app_source()), CONNECTION, "--stream"]
         overrides = config_args(run_config) if isinstance(run_config, dict) else run_config
         if overrides:
             command += ["--run-config", overrides]

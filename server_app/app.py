@@ -86,7 +86,7 @@ def main(grid: Grid, context: Context) -> None:
         raise
 
     if resumed:
-        run_dir = RunDirectory.reopen(Path(cfg.resume_from).expanduser().resolve(), resumed.records)
+        run_dir = RunDirectory.reopen(Path(cfg.resume_from).expanduser().resolve(), resumed.history)
         sampler.rng.setstate(resumed.sampler_state)
         log(INFO, "fedkd: resuming after %s round %d", resumed.phase, resumed.server_round)
     else:

@@ -20,7 +20,8 @@ class Checkpoint:
 
     phase: str
     server_round: int
-    records: int
+    # The run's history up to and including this round.
+    history: list[dict]
     globals: dict[str, ArrayRecord]
     final_teacher: ArrayRecord | None
     sampler_state: tuple
@@ -37,7 +38,7 @@ def save(run_dir: Path, ckpt: Checkpoint) -> None:
     """Write the checkpoint atomically (write, then rename)."""
     tmp = run_dir / (CHECKPOINT + ".tmp")
     torch.save({
-        "phase": ckpt.phase, "round": ckpt.server_round, "records": ckpt.records,
+        "phase": ckpt.phase, "round": ckpt.server_round, "history": ckpt.history,
         "globals": {name: _tensors(arrays) for name, arrays in ckpt.globals.items()},
         "final_teacher": _tensors(ckpt.final_teacher),
         "sampler_state": ckpt.sampler_state, "config": ckpt.config,
@@ -69,7 +70,7 @@ def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
                           f"only {sorted(RESUMABLE_CHANGES)} may change")
     teacher = raw["final_teacher"]
     return Checkpoint(
-        phase=raw["phase"], server_round=raw["round"], records=raw["records"], globals={name: ArrayRecord(t) for name, t in raw["globals"].items()},
+        phase=raw["phase"], server_round=raw["round"], history=raw["history"], globals={name: ArrayRecord(t) for name, t in raw["globals"].items()},
         final_teacher=None if teacher is None else ArrayRecord(teacher),
         strategy_state={name: ArrayRecord(t) for name, t in raw.get("strategy_state", {}).items()},
         sampler_state=raw["sampler_state"], config=raw["config"],

@@ -21,11 +21,11 @@ class RunDirectory:
     """One run's output directory under `output-dir`."""
 
     @classmethod
-    def reopen(cls, path: Path, records: int) -> "RunDirectory":
-        """An existing run directory, its history cut back to the first `records` rounds."""
+    def reopen(cls, path: Path, history: list[dict[str, Any]]) -> "RunDirectory":
+        """An existing run directory, its history set back to `history` (the checkpoint's)."""
         run = cls.__new__(cls)
         run.path = path
-        run.history = json.loads((path / "history.json").read_text())[:records]
+        run.history = history
         write_json(path / "history.json", run.history)
         return run
 

@@ -65,7 +65,7 @@ def run_phase(
             if server_round > 1 and federated["federated_accuracy"] is not None:
                 run_dir.update(len(run_dir.history) - 1, **federated)
             federated = {"federated_accuracy": None, "federated_loss": None}
-        run_dir.append({
+        record = {
             "phase": phase,
             "round": server_round,
             "accuracy": _mean([acc for _, acc in scores.values()]),
@@ -84,11 +84,14 @@ def run_phase(
             "failures": len(failures),
             "failed": [{**f, "node": strategy.sampler.name(f["node"])} for f in failures],
             "sampled": sorted(strategy.sampler.name(n) for n in result.sent),
-        })
+        }
+        # The checkpoint, which carries the history, goes first: a crash between the two writes
+        # never leaves a round in history.json that a resumed run cannot continue from.
         checkpoint.save(run_dir.path, checkpoint.Checkpoint(
-            phase, server_round, len(run_dir.history), globals_, strategy.final_teacher,
+            phase, server_round, [*run_dir.history, record], globals_, strategy.final_teacher,
             strategy.sampler.rng.getstate(), cfg.model_dump(mode="json", by_alias=True), strategy.state(),
         ))
+        run_dir.append(record)
         _log_round(run_dir.history[-1], num_rounds)
         for failure in run_dir.history[-1]["failed"]:
             log(WARNING, "  %s round %d: node %s failed: %s", phase, server_round, failure["node"], failure["reason"])

@@ -11,6 +11,7 @@ from common.config import ConfigError, parse_run_config
 from server_app import checkpoint
 
 CFG = parse_run_config({"teacher-model": "mlp-128x64", "local-epochs": 2})
+HISTORY = [{"phase": "teacher", "round": i, "accuracy": 0.5 + i / 10, "failed": []} for i in (1, 2, 3)]
 ONLY = "only ['min-replies', 'output-dir', 'resume-from', 'round-timeout'] may change"
 
 
@@ -18,7 +19,7 @@ ONLY = "only ['min-replies', 'output-dir', 'resume-from', 'round-timeout'] may c
 def run_dir(tmp_path):
     arrays = ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3))})
     checkpoint.save(tmp_path, checkpoint.Checkpoint(
-        "teacher", 3, 3, {"teacher": arrays}, None, random.Random(1).getstate(),
+        "teacher", 3, HISTORY, {"teacher": arrays}, None, random.Random(1).getstate(),
         CFG.model_dump(mode="json", by_alias=True), {"generator": arrays},
     ))
     return tmp_path
@@ -36,10 +37,21 @@ def test_the_same_config_resumes_and_resumable_keys_may_change(run_dir, tmp_path
         "round-timeout": 5, "min-replies": 1.0, "resume-from": str(run_dir),
     })
     loaded = checkpoint.load(run_dir, other)
-    assert (loaded.phase, loaded.server_round, loaded.records) == ("teacher", 3, 3)
+    assert (loaded.phase, loaded.server_round, loaded.history) == ("teacher", 3, HISTORY)
     assert loaded.config == CFG.model_dump(mode="json", by_alias=True)
     assert np.array_equal(loaded.strategy_state["generator"]["w"].numpy(), np.arange(6).reshape(2, 3))
     assert loaded.globals["teacher"]["w"].numpy().tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_a_crash_between_checkpoint_and_history_loses_no_round(run_dir):
+    """The server writes the checkpoint first; history.json one round behind is restored from it."""
+    import json
+
+    from server_app.outputs import RunDirectory
+
+    (run_dir / "history.json").write_text(json.dumps(HISTORY[:2]))
+    RunDirectory.reopen(run_dir, checkpoint.load(run_dir, CFG).history)
+    assert json.loads((run_dir / "history.json").read_text()) == HISTORY
 
 
 def test_a_checkpoint_of_another_model_is_refused(run_dir):
