@@ -253,7 +253,9 @@ def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float,
         output = run.communicate(timeout=timeout)[0]
         wall = time.perf_counter() - start
         load = os.getloadavg()[0]
-    if run.returncode != 0:
+    summaries = list(out.glob("*/summary.json"))
+    # `flwr run` exits 0 even when the ServerApp failed: only a complete summary counts.
+    if run.returncode != 0 or not summaries or json.loads(summaries[0].read_text()).get("status") != "complete":
         raise RuntimeError(f"run on {supernodes} SuperNodes failed:\n{output[-6000:]}")
     peak = memory.peak
     row = {"supernodes": supernodes, "wall_s": wall, "load_average": load, "superlink_mib": peak["superlink_mib"],

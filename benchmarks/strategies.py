@@ -11,7 +11,9 @@ against cumulative bytes).
 """
 
 import argparse
+import fcntl
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -67,8 +69,7 @@ def _curve(run_dir: Path) -> list[tuple[float, float]]:
 
 def measure(args: argparse.Namespace, path: Path) -> None:
     """Run every missing cell, appending each result to `path` as it finishes."""
-    rows = json.loads(path.read_text()) if path.exists() else []
-    done = {(r["dataset"], r["split"], r["models"], _rounds(r), r["strategy"], r["seed"]) for r in rows}
+    done = {(r["dataset"], r["split"], r["models"], _rounds(r), r["strategy"], r["seed"]) for r in _load(path)}
     with tempfile.TemporaryDirectory() as tmp, simulation_superlink(Path(tmp) / "flwr-home") as env:
         for dataset in args.datasets:
             for split in args.splits:
@@ -79,19 +80,19 @@ def measure(args: argparse.Namespace, path: Path) -> None:
                         cfg = parse_run_config({k: v for k, v in base.items() if k != "strategy"})
                         if (*cell, "centralised", seed) not in done:
                             start = time.perf_counter()
-                            rows.append(_row(cell, "centralised", seed, centralised(cfg, architectures(base), CLIENTS, CENTRAL_EPOCHS), 0, start, []))
-                            rows.append(_row(cell, "local-only", seed, local_only(cfg, CLIENTS, args.rounds * cfg.local_epochs), 0, start, []))
-                            _save(path, rows)
+                            _append(path, _row(cell, "centralised", seed, centralised(cfg, architectures(base), CLIENTS, CENTRAL_EPOCHS), 0, start, []))
+                            start = time.perf_counter()
+                            _append(path, _row(cell, "local-only", seed, local_only(cfg, CLIENTS, args.rounds * cfg.local_epochs), 0, start, []))
                         for strategy in args.strategies:
                             if (*cell, strategy, seed) in done:
                                 continue
                             out = Path(tmp) / f"{'-'.join(map(str, cell))}-{strategy}-{seed}"
                             start = time.perf_counter()
                             summary = run_summary(env, run_config(dataset, split, models, strategy, seed, args.rounds), CLIENTS, out)
-                            rows.append(_row(cell, strategy, seed, summary["student_accuracy_by_model"],
-                                             summary["bytes_total"], start, _curve(run_directory(out))))
-                            _save(path, rows)
-                            print(f"{cell} {strategy} seed {seed}: {rows[-1]['accuracy']:.3f} {rows[-1]['accuracy_by_model']}", flush=True)
+                            row = _row(cell, strategy, seed, summary["student_accuracy_by_model"],
+                                       summary["bytes_total"], start, _curve(run_directory(out)))
+                            _append(path, row)
+                            print(f"{cell} {strategy} seed {seed}: {row['accuracy']:.3f} {row['accuracy_by_model']}", flush=True)
 
 
 def _row(cell: tuple, strategy: str, seed: int, by_model: dict, bytes_total: int, start: float, curve: list) -> dict:
@@ -110,8 +111,17 @@ def _cell(row: dict) -> tuple:
     return row["dataset"], row["split"], row["models"], _rounds(row)
 
 
-def _save(path: Path, rows: list[dict]) -> None:
-    path.write_text(json.dumps(rows, indent=1))
+def _load(path: Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _append(path: Path, row: dict) -> None:
+    """Add a row to the results file; locked and atomic, so runs of this script on other cells may share it."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([*_load(path), row], indent=1))
+        os.replace(tmp, path)
 
 
 def _ms(values: list[float]) -> str:
@@ -120,7 +130,7 @@ def _ms(values: list[float]) -> str:
 
 def report(path: Path) -> str:
     """strategies.md: one table per dataset, split and model setting; strategies.png: accuracy against bytes."""
-    rows = json.loads(path.read_text())
+    rows = _load(path)
     cells = list(dict.fromkeys(_cell(r) for r in rows))
     order = ["centralised", "local-only", *STRATEGIES]
     lines = ["Student accuracy on the server's test set after the last round, mean (std) over seeds; "

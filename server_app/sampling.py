@@ -7,7 +7,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from common.seeds import derive_seed
-from server_app.transport import exchange
+from server_app.transport import exchange, retrying
 
 WAIT_POLL_SECONDS = 1.0
 IDENTIFY_TRIES = 2
@@ -42,7 +42,7 @@ class NodeSampler:
         """Connected nodes sorted by name, waiting up to `wait` (default: the timeout) for `minimum`."""
         wait = self.timeout if wait is None else wait
         deadline = time.monotonic() + wait
-        while len(node_ids := list(grid.get_node_ids())) < minimum:
+        while len(node_ids := retrying(lambda: list(grid.get_node_ids()), wait, "list the nodes")) < minimum:
             if time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"only {len(node_ids)} nodes connected within {wait:.0f} s; "

@@ -1,9 +1,14 @@
 """Push messages to nodes and pull their replies under a deadline."""
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from logging import WARNING
+from typing import TypeVar
 
+import httpx
 from flwr.app import Message, RecordDict
+from flwr.common.logger import log
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 
@@ -13,6 +18,30 @@ from flwr.serverapp import Grid
 FAST_POLL_SECONDS = 0.005
 FAST_POLL_WINDOW_SECONDS = 1.0
 SLOW_POLL_SECONDS = 0.1
+# A deployed SuperLink answers HTTP 500 when its SQLite state is busy ("database is locked",
+# seen with 8 SuperNodes on 2 cores). Such a call is tried again rather than ending the run.
+RETRY_SECONDS = 1.0
+T = TypeVar("T")
+
+
+def transient(error: Exception) -> bool:
+    """Whether a SuperLink call failed in a way that trying again can mend (5xx, a dropped connection)."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return error.response.status_code >= 500
+    return isinstance(error, httpx.TransportError)
+
+
+def retrying(call: Callable[[], T], seconds: float, what: str) -> T:
+    """`call()`, tried again every RETRY_SECONDS for up to `seconds` while it fails transiently."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except httpx.HTTPError as error:
+            if not transient(error) or time.monotonic() >= deadline:
+                raise
+            log(WARNING, "fedkd: the SuperLink failed to %s (%s); trying again", what, error)
+            time.sleep(RETRY_SECONDS)
 
 
 def record_bytes(content: RecordDict) -> int:
@@ -55,7 +84,7 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
     start = time.perf_counter()
     result = Exchange(bytes_down=sum(record_bytes(m.content) for m in messages))
     # A message the SuperLink refused comes back as a missing id; its node counts as missing.
-    pushed = list(grid.push_messages(messages))
+    pushed = retrying(lambda: list(grid.push_messages(messages)), timeout, "take the round's messages")
     destination = result.sent_to = {i: m.metadata.dst_node_id for i, m in zip(pushed, messages) if i}
     unsent = [m.metadata.dst_node_id for m in messages][len(pushed):]
     unsent += [m.metadata.dst_node_id for i, m in zip(pushed, messages) if not i]
@@ -63,7 +92,15 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
     deadline = time.monotonic() + timeout
     fast_until = time.monotonic() + FAST_POLL_WINDOW_SECONDS
     while pending:
-        for reply in grid.pull_messages(pending):
+        try:
+            replies = list(grid.pull_messages(pending))
+        except httpx.HTTPError as error:
+            if not transient(error):
+                raise
+            # Nothing lost: the replies stay on the SuperLink until a later pull gets them.
+            log(WARNING, "fedkd: the SuperLink failed to hand over replies (%s); trying again", error)
+            replies = []
+        for reply in replies:
             pending.discard(reply.metadata.reply_to_message_id)
             result.replies.append(reply)
             if not reply.has_error():
