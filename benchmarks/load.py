@@ -241,24 +241,30 @@ def superlink_errors(log: Path) -> dict[str, int]:
     return found
 
 
-def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float, tmp: Path) -> dict:
+def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float, tmp: Path, database: str) -> dict:
     """One run on a fresh deployment of `supernodes` SuperNodes, every node sampled: round times and peak memory."""
     files = export_partitions(parse_run_config({"dataset": "synthetic"}), supernodes, tmp / f"data-{supernodes}")
     out, work = tmp / f"deploy-out-{supernodes}", tmp / f"deploy-{supernodes}"
     config = {"dataset": "synthetic", "num-teacher-rounds": rounds, "num-student-rounds": rounds,
               "fraction-train": 1.0, "fraction-evaluate": 1.0, "round-timeout": round_timeout, "output-dir": str(out)}
-    with deployment(work, files) as dep, PeakMemory(deployment_memory(dep)) as memory:
+    with deployment(work, files, database=database) as dep, PeakMemory(deployment_memory(dep)) as memory:
         start = time.perf_counter()
         run = dep.run(config)
         output = run.communicate(timeout=timeout)[0]
         wall = time.perf_counter() - start
         load = os.getloadavg()[0]
+        superlink_log = (work / "superlink.log").read_text(errors="replace")
+    if not list(out.glob("*/history.json")):
+        raise RuntimeError(f"run on {supernodes} SuperNodes recorded no round:\n{output[-6000:]}")
     summaries = list(out.glob("*/summary.json"))
-    # `flwr run` exits 0 even when the ServerApp failed: only a complete summary counts.
-    if run.returncode != 0 or not summaries or json.loads(summaries[0].read_text()).get("status") != "complete":
-        raise RuntimeError(f"run on {supernodes} SuperNodes failed:\n{output[-6000:]}")
+    # `flwr run` exits 0 even when the ServerApp failed: only a complete summary counts as complete, and a
+    # run that stopped early keeps what it measured, with the end of its output and of the SuperLink's log.
+    complete = bool(summaries) and json.loads(summaries[0].read_text()).get("status") == "complete"
+    ended = {} if complete else {"output_tail": output[-3000:], "superlink_log_tail": "\n".join(
+        line for line in superlink_log.splitlines() if "Push replies" not in line and "uvicorn.access" not in line)[-3000:]}
     peak = memory.peak
-    row = {"supernodes": supernodes, "wall_s": wall, "load_average": load, "superlink_mib": peak["superlink_mib"],
+    row = {"supernodes": supernodes, "database": database, "status": "complete" if complete else "stopped early", **ended,
+           "wall_s": wall, "load_average": load, "superlink_mib": peak["superlink_mib"],
            "serverapp_mib": peak["serverapp_mib"], "supernodes_sum_mib": peak["supernodes_sum_mib"],
            "supernode_host_max_mib": max(v for k, v in peak.items() if k.endswith("_host_mib")),
            "supernode_process_max_mib": max(v for k, v in peak.items() if k.endswith("_process_mib")),
@@ -326,18 +332,21 @@ def deployment_report(part: dict) -> list[str]:
              f"task, every node sampled, {args['rounds']} teacher + {args['rounds']} student rounds, round-timeout "
              f"{args['round_timeout']:.0f} s (a lost reply makes its round wait that long). A SuperNode host is the "
              "SuperNode with its SuperExec and the ClientApp processes it starts.", "",
-             "| SuperNodes | median round (s) | mean round (s) | wall (s) | SuperLink (MiB) | ServerApp process (MiB) "
+             "| SuperNodes | SuperLink state | rounds done | median round (s) | mean round (s) | wall (s) | SuperLink (MiB) | ServerApp process (MiB) "
              "| SuperNode process, max (MiB) | SuperNode host, max (MiB) | SuperNode hosts, sum (MiB) "
              "| failed replies | load average |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in dep:
-        cells = [str(r["supernodes"]), f"{r['median_round_s']:.2f}", f"{r['mean_round_s']:.2f}", f"{r['wall_s']:.0f}",
+        done = str(r["rounds"]) + ("" if r.get("status", "complete") == "complete" else " (stopped early)")
+        cells = [str(r["supernodes"]), r.get("database", "file"), done, f"{r['median_round_s']:.2f}", f"{r['mean_round_s']:.2f}", f"{r['wall_s']:.0f}",
                  f"{r['superlink_mib']:.0f}", f"{r['serverapp_mib']:.0f}", f"{r['supernode_process_max_mib']:.0f}",
                  f"{r['supernode_host_max_mib']:.0f}", f"{r['supernodes_sum_mib']:.0f}", str(r["failures"]),
                  f"{r['load_average']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *growth_lines(part["growth"], 1, "SuperNode")]
-    return lines + [f"- {r['supernodes']} SuperNodes: the SuperLink answered {count} request(s) with HTTP 500, {error}"
+    lines += [f"- {r['supernodes']} SuperNodes, SuperLink state {r.get('database', 'file')}: the run stopped after {r['rounds']} rounds; the end of its output and of "
+              "the SuperLink's log are in load.json" for r in dep if r.get("status", "complete") != "complete"]
+    return lines + [f"- {r['supernodes']} SuperNodes, SuperLink state {r.get('database', 'file')}: the SuperLink answered {count} request(s) with HTTP 500, {error}"
                     for r in dep for error, count in r["superlink_errors"].items()]
 
 
@@ -364,9 +373,11 @@ def write(args: argparse.Namespace, code: dict, sim: list[dict], dep: list[dict]
         results["simulation"] = {**measured, "runs": sim, "growth": growth(sim, "clients", SIM_GROWTH)}
     if args.supernodes:
         # A size this invocation does not run keeps its last row, so sizes can be measured in separate sessions.
-        kept = [r for r in results.get("deployment", {}).get("runs", []) if r["supernodes"] not in args.supernodes]
-        runs = sorted(kept + [{**r, "code": code} for r in dep], key=lambda r: r["supernodes"])
-        results["deployment"] = {**measured, "runs": runs, "growth": growth(runs, "supernodes", DEPLOY_GROWTH)}
+        kept = [r for r in results.get("deployment", {}).get("runs", [])
+                if r["supernodes"] not in args.supernodes or r.get("database", "file") != args.superlink_database]
+        runs = sorted(kept + [{**r, "code": code} for r in dep], key=lambda r: (r.get("database", "file") != "file", r["supernodes"]))
+        results["deployment"] = {**measured, "runs": runs, "growth": growth(
+            [r for r in runs if r.get("database", "file") == "file"], "supernodes", DEPLOY_GROWTH)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     table = report(results)
@@ -385,6 +396,8 @@ def main() -> None:
                         help="SuperNodes per deployment")
     parser.add_argument("--rounds", type=int, default=3, help="teacher rounds, and as many student rounds")
     parser.add_argument("--round-timeout", type=float, default=150, help="deadline of a deployment's exchanges (s)")
+    parser.add_argument("--superlink-database", default="file", choices=["file", ":flwr-in-memory:"],
+                        help="the deployed SuperLink's state: a SQLite file, or in memory")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take")
     args = parser.parse_args()
     code = code_state()
@@ -400,7 +413,7 @@ def main() -> None:
                 print(f"{clients} clients: {sim[-1]['status']}, {fmt(sim[-1], 'median_round_s', '.3f')} s per round, "
                       f"{fmt(sim[-1], 'tree_mib', '.0f')} MiB peak", flush=True)
         for supernodes in args.supernodes:
-            dep.append(deployed(supernodes, args.rounds, args.round_timeout, args.timeout, Path(tmp)))
+            dep.append(deployed(supernodes, args.rounds, args.round_timeout, args.timeout, Path(tmp), args.superlink_database))
             write(args, code, sim, dep)
             print(f"{supernodes} SuperNodes: {dep[-1]['median_round_s']:.2f} s per round", flush=True)
     print(write(args, code, sim, dep))

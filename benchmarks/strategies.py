@@ -169,7 +169,8 @@ def _plot(rows: list[dict], cells: list[tuple], out: Path) -> None:
             if curves:
                 length = min(len(c) for c in curves)
                 ax.plot([statistics.fmean(c[i][0] for c in curves) for i in range(length)],
-                        [statistics.fmean(c[i][1] for c in curves) for i in range(length)], marker=".", label=strategy)
+                        [statistics.fmean(c[i][1] for c in curves) for i in range(length)], marker=".", label=strategy,
+                        color=f"C{STRATEGIES.index(strategy)}")  # one colour per strategy in every panel
         for strategy, style in (("centralised", ":"), ("local-only", "--")):
             accs = [r["accuracy"] for r in rows if _cell(r) == cell and r["strategy"] == strategy]
             if accs:

@@ -34,6 +34,8 @@ class Deployment:
     port: int
     tls: bool
     network: Network
+    # The SuperLink's state: a SQLite file that outlives a restart, or ":flwr-in-memory:".
+    database: str = "file"
     superlink: subprocess.Popen | None = None
     supernodes: dict[int, subprocess.Popen] = field(default_factory=dict)
     superexecs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -57,7 +59,7 @@ class Deployment:
         """flower-superlink with TLS (and SuperNode authentication), or explicitly insecure."""
         command = [str(BIN / "flower-superlink"), "--host", self.host, "--port", str(self.port),
                    "--isolation", "process", "--disable-runtime-dependency-installation",
-                   "--database", str(self.work / "superlink-state.db")]
+                   "--database", str(self.work / "superlink-state.db") if self.database == "file" else self.database]
         if self.tls:
             command += ["--ssl-ca-certfile", str(self.certs / "ca.crt"), "--ssl-certfile", str(self.certs / "superlink.crt"),
                         "--ssl-keyfile", str(self.certs / "superlink.key")]
@@ -139,13 +141,14 @@ class Deployment:
 
 
 @contextmanager
-def deployment(work: Path, data_files: list[Path], tls: bool = True, auth: bool = True) -> Iterator[Deployment]:
+def deployment(work: Path, data_files: list[Path], tls: bool = True, auth: bool = True,
+               database: str = "file") -> Iterator[Deployment]:
     """Start a SuperLink and one SuperNode per data file; stop them all on exit."""
     work.mkdir(parents=True, exist_ok=True)
     home = work / "flwr-home"
     home.mkdir(exist_ok=True)
     network = Network()
-    dep = Deployment(work=work, env=flower_env(home), port=free_port(), tls=tls, network=network)
+    dep = Deployment(work=work, env=flower_env(home), port=free_port(), tls=tls, network=network, database=database)
     if tls:
         make_tls(dep.certs, [dep.host, LOOPBACK, "localhost"])
         connection = f'root-certificates = "{dep.certs / "ca.crt"}"'
