@@ -233,10 +233,10 @@ def simulation(clients: int, sampled: int, rounds: int, timeout: float, tmp: Pat
     return row
 
 
-def superlink_errors(log: Path) -> dict[str, int]:
+def superlink_errors(log: str) -> dict[str, int]:
     """How often each unexpected error the SuperLink answered with (HTTP 500) appears in its log."""
     found: dict[str, int] = {}
-    for match in re.finditer(r"\[UnexpectedError:(\w+)\] ([^\n]+)", log.read_text(errors="replace")):
+    for match in re.finditer(r"\[UnexpectedError:(\w+)\] ([^\n]+)", log):
         found[f"{match[1]}: {match[2]}"] = found.get(f"{match[1]}: {match[2]}", 0) + 1
     return found
 
@@ -268,7 +268,7 @@ def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float,
            "serverapp_mib": peak["serverapp_mib"], "supernodes_sum_mib": peak["supernodes_sum_mib"],
            "supernode_host_max_mib": max(v for k, v in peak.items() if k.endswith("_host_mib")),
            "supernode_process_max_mib": max(v for k, v in peak.items() if k.endswith("_process_mib")),
-           "superlink_errors": superlink_errors(work / "superlink.log")}
+           "superlink_errors": superlink_errors(superlink_log)}
     return {**row, **round_times(out)}
 
 
@@ -337,16 +337,16 @@ def deployment_report(part: dict) -> list[str]:
              "| failed replies | load average |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in dep:
-        done = str(r["rounds"]) + ("" if r.get("status", "complete") == "complete" else " (stopped early)")
-        cells = [str(r["supernodes"]), r.get("database", "file"), done, f"{r['median_round_s']:.2f}", f"{r['mean_round_s']:.2f}", f"{r['wall_s']:.0f}",
+        done = str(r["rounds"]) + ("" if r["status"] == "complete" else " (stopped early)")
+        cells = [str(r["supernodes"]), r["database"], done, f"{r['median_round_s']:.2f}", f"{r['mean_round_s']:.2f}", f"{r['wall_s']:.0f}",
                  f"{r['superlink_mib']:.0f}", f"{r['serverapp_mib']:.0f}", f"{r['supernode_process_max_mib']:.0f}",
                  f"{r['supernode_host_max_mib']:.0f}", f"{r['supernodes_sum_mib']:.0f}", str(r["failures"]),
                  f"{r['load_average']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *growth_lines(part["growth"], 1, "SuperNode")]
-    lines += [f"- {r['supernodes']} SuperNodes, SuperLink state {r.get('database', 'file')}: the run stopped after {r['rounds']} rounds; the end of its output and of "
-              "the SuperLink's log are in load.json" for r in dep if r.get("status", "complete") != "complete"]
-    return lines + [f"- {r['supernodes']} SuperNodes, SuperLink state {r.get('database', 'file')}: the SuperLink answered {count} request(s) with HTTP 500, {error}"
+    lines += [f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the run stopped after {r['rounds']} rounds; the end of its output and of "
+              "the SuperLink's log are in load.json" for r in dep if r["status"] != "complete"]
+    return lines + [f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the SuperLink answered {count} request(s) with HTTP 500, {error}"
                     for r in dep for error, count in r["superlink_errors"].items()]
 
 
@@ -374,10 +374,10 @@ def write(args: argparse.Namespace, code: dict, sim: list[dict], dep: list[dict]
     if args.supernodes:
         # A size this invocation does not run keeps its last row, so sizes can be measured in separate sessions.
         kept = [r for r in results.get("deployment", {}).get("runs", [])
-                if r["supernodes"] not in args.supernodes or r.get("database", "file") != args.superlink_database]
-        runs = sorted(kept + [{**r, "code": code} for r in dep], key=lambda r: (r.get("database", "file") != "file", r["supernodes"]))
+                if r["supernodes"] not in args.supernodes or r["database"] != args.superlink_database]
+        runs = sorted(kept + [{**r, "code": code} for r in dep], key=lambda r: (r["database"] != "file", r["supernodes"]))
         results["deployment"] = {**measured, "runs": runs, "growth": growth(
-            [r for r in runs if r.get("database", "file") == "file"], "supernodes", DEPLOY_GROWTH)}
+            [r for r in runs if r["database"] == "file"], "supernodes", DEPLOY_GROWTH)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     table = report(results)

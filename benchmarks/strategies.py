@@ -41,7 +41,6 @@ MODELS = {
 }
 CLIENTS = 10
 CENTRAL_EPOCHS = 30
-DEFAULT_ROUNDS = 15
 
 
 def run_config(dataset: str, split: str, models: str, strategy: str, seed: int, rounds: int) -> dict:
@@ -69,7 +68,7 @@ def _curve(run_dir: Path) -> list[tuple[float, float]]:
 
 def measure(args: argparse.Namespace, path: Path) -> None:
     """Run every missing cell, appending each result to `path` as it finishes."""
-    done = {(r["dataset"], r["split"], r["models"], _rounds(r), r["strategy"], r["seed"]) for r in _load(path)}
+    done = {(*_cell(r), r["strategy"], r["seed"]) for r in _load(path)}
     with tempfile.TemporaryDirectory() as tmp, simulation_superlink(Path(tmp) / "flwr-home") as env:
         for dataset in args.datasets:
             for split in args.splits:
@@ -102,13 +101,8 @@ def _row(cell: tuple, strategy: str, seed: int, by_model: dict, bytes_total: int
             "bytes_total": bytes_total, "wall_seconds": time.perf_counter() - start, "curve": curve}
 
 
-def _rounds(row: dict) -> int:
-    """Rounds per phase of a row (rows from before the option ran the default)."""
-    return row.get("rounds", DEFAULT_ROUNDS)
-
-
 def _cell(row: dict) -> tuple:
-    return row["dataset"], row["split"], row["models"], _rounds(row)
+    return row["dataset"], row["split"], row["models"], row["rounds"]
 
 
 def _load(path: Path) -> list[dict]:
@@ -193,7 +187,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["homogeneous", "heterogeneous"], choices=["homogeneous", "heterogeneous"])
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="rounds per phase")
+    parser.add_argument("--rounds", type=int, default=15, help="rounds per phase")
     parser.add_argument("--report", action="store_true", help="only write the table and plot")
     args = parser.parse_args()
     path = RESULTS / "strategies.json"

@@ -5,10 +5,10 @@ import functools
 import os
 import shutil
 import signal
-import tempfile
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
