@@ -64,7 +64,7 @@ def train_generator(
         optimizer.step()
     for m in frozen:
         m.requires_grad_(True)
-    return float(loss)
+    return loss.item()
 
 
 def generated_batches(gen: Generator, teachers: Sequence[nn.Module], batch_size: int, seed: int) -> BatchFn:
