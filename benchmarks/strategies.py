@@ -125,10 +125,11 @@ def _ms(values: list[float]) -> str:
 def report(path: Path) -> str:
     """strategies.md: one table per dataset, split and model setting; strategies.png: accuracy against bytes."""
     rows = _load(path)
-    cells = list(dict.fromkeys(_cell(r) for r in rows))
+    cells = sorted({_cell(r) for r in rows}, key=_cell_order)
     order = ["centralised", "local-only", *STRATEGIES]
     lines = ["Student accuracy on the server's test set after the last round, mean (std) over seeds; "
-             "heterogeneous: the mean over architectures, then each architecture. Wall time per run on 2 cores.", ""]
+             "heterogeneous: the mean over architectures, then each architecture. Wall time per run on 2 cores.", "",
+             *_overview(rows, cells, order), ""]
     for cell in cells:
         picked = [r for r in rows if _cell(r) == cell]
         archs = sorted({a for r in picked for a in r["accuracy_by_model"]})
@@ -147,6 +148,28 @@ def report(path: Path) -> str:
         lines.append("")
     _plot(rows, cells, path.with_suffix(".png"))
     return "\n".join(lines)
+
+
+def _cell_order(cell: tuple) -> tuple:
+    dataset, split, models, rounds = cell
+    return ["digits", "mnist5k"].index(dataset), models != "homogeneous", rounds, list(SPLITS).index(split)
+
+
+def _overview(rows: list[dict], cells: list[tuple], order: list[str]) -> list[str]:
+    """One line per cell: each strategy's mean accuracy, the best federated ones in bold, unmeasured ones as '-'."""
+    lines = ["### Overview: mean accuracy (seeds measured), the best federated strategy in bold", "",
+             "| dataset | models | split | rounds | " + " | ".join(order) + " |", "|---" * (4 + len(order)) + "|"]
+    for cell in cells:
+        means = {}
+        for strategy in order:
+            accs = [r["accuracy"] for r in rows if _cell(r) == cell and r["strategy"] == strategy]
+            if accs:
+                means[strategy] = (statistics.fmean(accs), len(accs))
+        best = max((means[s][0] for s in STRATEGIES if s in means), default=None)
+        values = [("**{:.3f}**" if s in STRATEGIES and means[s][0] == best else "{:.3f}").format(means[s][0]) + f" ({means[s][1]})" if s in means else "-"
+                  for s in order]
+        lines.append(f"| {cell[0]} | {cell[2]} | {cell[1]} | {cell[3]} | " + " | ".join(values) + " |")
+    return lines
 
 
 def _plot(rows: list[dict], cells: list[tuple], out: Path) -> None:
