@@ -129,7 +129,7 @@ def report(path: Path) -> str:
     order = ["centralised", "local-only", *STRATEGIES]
     lines = ["Student accuracy on the server's test set after the last round, mean (std) over seeds; "
              "heterogeneous: the mean over architectures, then each architecture. Wall time per run on 2 cores.", "",
-             *_overview(rows, cells, order), ""]
+             *_overview(rows, cells, order), "", *_targets(rows, cells), ""]
     for cell in cells:
         picked = [r for r in rows if _cell(r) == cell]
         archs = sorted({a for r in picked for a in r["accuracy_by_model"]})
@@ -170,6 +170,44 @@ def _overview(rows: list[dict], cells: list[tuple], order: list[str]) -> list[st
                   for s in order]
         lines.append(f"| {cell[0]} | {cell[2]} | {cell[1]} | {cell[3]} | " + " | ".join(values) + " |")
     return lines
+
+
+def _targets(rows: list[dict], cells: list[tuple]) -> list[str]:
+    """The issue's targets, checked on the means over the seeds measured."""
+    lines = ["### Targets, on the means over the seeds measured", ""]
+    for cell in cells:
+        dataset, split, models, rounds = cell
+        picked = [r for r in rows if _cell(r) == cell]
+
+        def mean(strategy: str, arch: str | None = None) -> float | None:
+            accs = [r["accuracy_by_model"][arch] if arch else r["accuracy"] for r in picked
+                    if r["strategy"] == strategy and (arch is None or arch in r["accuracy_by_model"])]
+            return statistics.fmean(accs) if accs else None
+
+        seeds = len({r["seed"] for r in picked})
+        where = f"{dataset}, {split}, {models}, {rounds} rounds ({seeds} seed{'s' * (seeds > 1)})"
+        central, federated = mean("centralised"), {s: mean(s) for s in STRATEGIES if mean(s) is not None}
+        if split == "dirichlet-0.5" and models == "homogeneous" and central is not None and federated:
+            best = max(federated, key=federated.get)
+            gap = 100 * (central - federated[best])
+            lines.append(f"- {where}: best strategy within 2 points of centralised: {_verdict(gap <= 2)} "
+                         f"({best} {federated[best]:.3f}, centralised {central:.3f}, {gap:.1f} points below)")
+        if split == "dirichlet-0.1" and {"feddf", "fedavg"} <= federated.keys():
+            lines.append(f"- {where}: FedDF at or above FedAvg: {_verdict(federated['feddf'] >= federated['fedavg'])} "
+                         f"({federated['feddf']:.3f} against {federated['fedavg']:.3f})")
+        archs = sorted({a for r in picked for a in r["accuracy_by_model"]})
+        if models == "heterogeneous" and mean("local-only") is not None:
+            for strategy in ("fedmd", "feddf"):
+                if strategy in federated:
+                    pairs = [(a, mean(strategy, a), mean("local-only", a)) for a in archs]
+                    lines.append(f"- {where}: {strategy} beats local-only for every architecture: "
+                                 f"{_verdict(all(m > lo for _, m, lo in pairs))} ("
+                                 + ", ".join(f"{a} {m:.3f} against {lo:.3f}" for a, m, lo in pairs) + ")")
+    return lines
+
+
+def _verdict(met: bool) -> str:
+    return "**met**" if met else "**not met**"
 
 
 def _plot(rows: list[dict], cells: list[tuple], out: Path) -> None:
