@@ -25,6 +25,7 @@ from common.config import model_cycle, parse_run_config
 from deploy.processes import PROJECT
 
 RESULTS = PROJECT / "benchmarks" / "results"
+DATASETS = ["digits", "mnist5k"]
 STRATEGIES = ["two-stage", "fedavg", "fedmd", "feddf", "feddf-datafree"]
 SPLITS = {
     "dirichlet-0.1": {"partitioner": "dirichlet", "dirichlet-alpha": 0.1},
@@ -152,7 +153,14 @@ def report(path: Path) -> str:
 
 def _cell_order(cell: tuple) -> tuple:
     dataset, split, models, rounds = cell
-    return ["digits", "mnist5k"].index(dataset), models != "homogeneous", rounds, list(SPLITS).index(split)
+    return DATASETS.index(dataset), models != "homogeneous", rounds, list(SPLITS).index(split)
+
+
+def _mean_accuracy(picked: list[dict], strategy: str, arch: str | None = None) -> tuple[float, int] | None:
+    """Mean accuracy of one strategy over a cell's rows (of one architecture if given), with the seeds counted."""
+    accs = [r["accuracy_by_model"][arch] if arch else r["accuracy"] for r in picked
+            if r["strategy"] == strategy and (arch is None or arch in r["accuracy_by_model"])]
+    return (statistics.fmean(accs), len(accs)) if accs else None
 
 
 def _overview(rows: list[dict], cells: list[tuple], order: list[str]) -> list[str]:
@@ -160,14 +168,17 @@ def _overview(rows: list[dict], cells: list[tuple], order: list[str]) -> list[st
     lines = ["### Overview: mean accuracy (seeds measured), the best federated strategy in bold", "",
              "| dataset | models | split | rounds | " + " | ".join(order) + " |", "|---" * (4 + len(order)) + "|"]
     for cell in cells:
-        means = {}
-        for strategy in order:
-            accs = [r["accuracy"] for r in rows if _cell(r) == cell and r["strategy"] == strategy]
-            if accs:
-                means[strategy] = (statistics.fmean(accs), len(accs))
+        picked = [r for r in rows if _cell(r) == cell]
+        means = {s: m for s in order if (m := _mean_accuracy(picked, s))}
         best = max((means[s][0] for s in STRATEGIES if s in means), default=None)
-        values = [("**{:.3f}**" if s in STRATEGIES and means[s][0] == best else "{:.3f}").format(means[s][0]) + f" ({means[s][1]})" if s in means else "-"
-                  for s in order]
+        values = []
+        for strategy in order:
+            if strategy not in means:
+                values.append("-")
+                continue
+            accuracy, seeds = means[strategy]
+            bold = "**" if strategy in STRATEGIES and accuracy == best else ""
+            values.append(f"{bold}{accuracy:.3f}{bold} ({seeds})")
         lines.append(f"| {cell[0]} | {cell[2]} | {cell[1]} | {cell[3]} | " + " | ".join(values) + " |")
     return lines
 
@@ -180,13 +191,13 @@ def _targets(rows: list[dict], cells: list[tuple]) -> list[str]:
         picked = [r for r in rows if _cell(r) == cell]
 
         def mean(strategy: str, arch: str | None = None) -> float | None:
-            accs = [r["accuracy_by_model"][arch] if arch else r["accuracy"] for r in picked
-                    if r["strategy"] == strategy and (arch is None or arch in r["accuracy_by_model"])]
-            return statistics.fmean(accs) if accs else None
+            found = _mean_accuracy(picked, strategy, arch)
+            return found[0] if found else None
 
         seeds = len({r["seed"] for r in picked})
         where = f"{dataset}, {split}, {models}, {rounds} rounds ({seeds} seed{'s' * (seeds > 1)})"
-        central, federated = mean("centralised"), {s: mean(s) for s in STRATEGIES if mean(s) is not None}
+        central = mean("centralised")
+        federated = {s: m for s in STRATEGIES if (m := mean(s)) is not None}
         if split == "dirichlet-0.5" and models == "homogeneous" and central is not None and federated:
             best = max(federated, key=federated.get)
             gap = 100 * (central - federated[best])
@@ -243,7 +254,7 @@ def _plot(rows: list[dict], cells: list[tuple], out: Path) -> None:
 def main() -> None:
     """Measure the chosen part of the matrix (or only report), then write the table and plot."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["digits", "mnist5k"], choices=["digits", "mnist5k"])
+    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     parser.add_argument("--models", nargs="+", default=["homogeneous", "heterogeneous"], choices=["homogeneous", "heterogeneous"])
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
