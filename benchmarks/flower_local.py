@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deploy.processes import BIN, PROJECT, app_source, config_args, flower_env, free_port, start, stop, wait_listening
+from deploy.processes import (
+    BIN, PROJECT, app_source, config_args, flower_env, free_port, sigterm_unwinds, start, stop, wait_listening,
+)
 
 
 @contextmanager
@@ -24,17 +26,18 @@ def simulation_superlink(home: Path) -> Iterator[dict[str, str]]:
     )
     env = flower_env(home)
     log = home / "superlink.log"
-    process = start(
-        [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-         "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation",
-         "--database", ":flwr-in-memory:"],
-        env, log,
-    )
-    try:
-        wait_listening(process, "127.0.0.1", port, log)
-        yield env
-    finally:
-        stop(process)
+    with sigterm_unwinds():
+        process = start(
+            [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+             "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation",
+             "--database", ":flwr-in-memory:"],
+            env, log,
+        )
+        try:
+            wait_listening(process, "127.0.0.1", port, log)
+            yield env
+        finally:
+            stop(process)
 
 
 def federation_config(num_supernodes: int, actors: int = 5) -> str:

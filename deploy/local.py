@@ -20,7 +20,9 @@ from pathlib import Path
 
 from deploy.certs import make_supernode_key, make_tls
 from deploy.network import LOOPBACK, Network
-from deploy.processes import BIN, PROJECT, app_source, config_args, flower_env, free_port, start, stop, wait_listening, wait_log
+from deploy.processes import (
+    BIN, PROJECT, app_source, config_args, flower_env, free_port, sigterm_unwinds, start, stop, wait_listening, wait_log,
+)
 
 CONNECTION = "deploy"
 
@@ -158,6 +160,7 @@ def deployment(work: Path, data_files: list[Path], tls: bool = True, auth: bool 
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{dep.host}:{dep.port}"\n{connection}\n'
     )
     with ExitStack() as cleanup:
+        cleanup.enter_context(sigterm_unwinds())
         cleanup.callback(network.close)
         cleanup.callback(lambda: [stop(p) for p in dep.supernodes.values()])
         cleanup.callback(lambda: [stop(p) for p in dep.superexecs.values()])
