@@ -41,5 +41,10 @@ def test_sigterm_stops_the_private_superlink(tmp_path):
             time.sleep(0.1)
         assert not alive(superlinks[0]), "the SuperLink outlived the SIGTERM'd process that started it"
     finally:
-        child.kill()
-        child.wait()
+        # SIGTERM first, so a failed assertion above still lets the child stop its SuperLink.
+        child.terminate()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
