@@ -172,16 +172,21 @@ class Strategy(FedAvg):
         rng = np.random.default_rng([self.cfg.seed, 60, self.phases.index(phase), server_round])
         return sorted(rng.choice(public_size, size=wanted, replace=False).tolist())
 
+    def distill_budget(self) -> tuple[int, int]:
+        """Steps and patience of server-side distillation: `distill-steps`, `distill-patience`."""
+        return self.cfg.distill_steps, self.cfg.distill_patience
+
     def distil_groups(
         self, phase: str, globals_: Globals, batches: Callable[[str], BatchFn], validation: ValidationFn, into: Round,
     ) -> Globals:
         """Distil every group's model toward an ensemble on the server (FedDF's step), with early stopping."""
         out = {}
         steps = []
+        budget, patience = self.distill_budget()
         for name, arrays in globals_.items():
             model = load_record(build_model(name, self.cfg.dataset), arrays)
             report = distill(
-                model, batches(name), validation, steps=self.cfg.distill_steps, patience=self.cfg.distill_patience,
+                model, batches(name), validation, steps=budget, patience=patience,
                 learning_rate=self.cfg.server_learning_rate, temperature=self.cfg.temperature,
             )
             steps.append(report.steps)

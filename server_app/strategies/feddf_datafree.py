@@ -32,6 +32,10 @@ class FedDFDataFree(FedDF):
         """The generator, trained over the rounds so far."""
         return {"generator": to_record(self.generator)}
 
+    def distill_budget(self) -> tuple[int, int]:
+        """`datafree-steps` and `datafree-patience`."""
+        return self.cfg.datafree_steps, self.cfg.datafree_patience
+
     def restore(self, state: dict[str, ArrayRecord]) -> None:
         """Continue with the checkpointed generator."""
         load_record(self.generator, state["generator"])
@@ -42,7 +46,7 @@ class FedDFDataFree(FedDF):
         """Train the generator this round, then draw distillation batches and a validation set from it."""
         students = [load_record(build_model(name, self.cfg.dataset), arrays) for name, arrays in result.globals.items()]
         result.metrics["generator-loss"] = train_generator(
-            self.generator, teachers, students, steps=self.cfg.distill_steps, batch_size=self.cfg.batch_size,
+            self.generator, teachers, students, steps=self.cfg.datafree_steps, batch_size=self.cfg.batch_size,
             learning_rate=self.cfg.server_learning_rate, temperature=self.cfg.temperature,
             seed=derive_seed(self.cfg.seed, 64, server_round),
         )
