@@ -35,6 +35,7 @@ class DistillReport:
     """How a distillation ended."""
 
     steps: int
+    start_validation_loss: float
     best_validation_loss: float
 
 
@@ -65,7 +66,8 @@ def distill(
     improvement stop it.
     """
     optimizer = Adam(model.parameters(), lr=learning_rate)
-    best, best_state, stale, step = validation(model), _copy(model), 0, 0
+    start = best = validation(model)
+    best_state, stale, step = _copy(model), 0, 0
     while step < steps and stale < patience:
         model.train()
         for _ in range(min(VALIDATE_EVERY, steps - step)):
@@ -80,7 +82,7 @@ def distill(
         else:
             stale += 1
     model.load_state_dict(best_state)
-    return DistillReport(step, best)
+    return DistillReport(step, start, best)
 
 
 def random_batches(x: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int) -> BatchFn:

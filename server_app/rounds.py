@@ -79,6 +79,8 @@ def run_phase(
             "exchange_seconds": sum(ex.seconds for ex in result.exchanges),
             "client_seconds": metrics.get("client-seconds"),
             "distill_steps": metrics.get("distill-steps"),
+            "distill_validation_start": metrics.get("distill-validation-start"),
+            "distill_validation_best": metrics.get("distill-validation-best"),
             "replies": len(result.accepted),
             "clipped": int(metrics.get("clipped-updates", 0)),
             "failures": len(failures),

@@ -77,6 +77,16 @@ def test_server_side_distillation_runs_to_its_strategy_budget(runs):
         assert steps == [budget] * 2, (name, steps)
 
 
+def test_history_shows_server_distillation_never_worsening_its_validation_score(runs):
+    for name in ("feddf", "feddf-datafree", "ensemble-teacher"):
+        student = [r for r in runs[name][1] if r["phase"] == "student"]
+        scores = [(r["distill_validation_start"], r["distill_validation_best"]) for r in student]
+        assert len(scores) == 2 and all(0 <= best <= start for start, best in scores), (name, scores)
+    # FedDF and two-stage score by the error on labelled public samples: a rate.
+    for name in ("feddf", "ensemble-teacher"):
+        assert all(r["distill_validation_start"] <= 1 for r in runs[name][1] if r["phase"] == "student")
+
+
 def test_the_ensemble_teacher_phase_sends_the_teacher_once_and_no_student_weights_up(runs):
     _, history = runs["ensemble-teacher"]
     student = [r for r in history if r["phase"] == "student"]

@@ -181,7 +181,7 @@ class Strategy(FedAvg):
     ) -> Globals:
         """Distil every group's model toward an ensemble on the server (FedDF's step), with early stopping."""
         out = {}
-        steps = []
+        reports = []
         budget, patience = self.distill_budget()
         for name, arrays in globals_.items():
             model = load_record(build_model(name, self.cfg.dataset), arrays)
@@ -189,9 +189,12 @@ class Strategy(FedAvg):
                 model, batches(name), validation, steps=budget, patience=patience,
                 learning_rate=self.cfg.server_learning_rate, temperature=self.cfg.temperature,
             )
-            steps.append(report.steps)
+            reports.append(report)
             out[name] = to_record(model)
-        into.metrics["distill-steps"] = float(np.mean(steps)) if steps else 0.0
+        if reports:
+            into.metrics["distill-steps"] = float(np.mean([r.steps for r in reports]))
+            into.metrics["distill-validation-start"] = float(np.mean([r.start_validation_loss for r in reports]))
+            into.metrics["distill-validation-best"] = float(np.mean([r.best_validation_loss for r in reports]))
         return out
 
     def train_round(

@@ -56,6 +56,7 @@ def test_distillation_pulls_the_student_to_the_ensemble_and_keeps_its_best_weigh
                      steps=400, patience=3, learning_rate=0.05, temperature=1.0)
     after = validation(student)
     assert after < 0.1 * before
+    assert report.start_validation_loss == pytest.approx(before, rel=1e-5)
     assert report.best_validation_loss == pytest.approx(after, rel=1e-5)
     assert report.steps % VALIDATE_EVERY == 0 and 0 < report.steps <= 400
 
@@ -68,7 +69,8 @@ def test_early_stopping_gives_up_after_patience_checks_without_improvement():
     report = distill(student, random_batches(x, torch.tensor([[9.0, -9.0]]).expand(40, 2), 8, seed=0),
                      labelled_error(x[:10], torch.ones(10, dtype=torch.long)), steps=1000, patience=2,
                      learning_rate=0.1, temperature=1.0)
-    assert report.steps == 2 * VALIDATE_EVERY and report.best_validation_loss == 0.0
+    assert report.steps == 2 * VALIDATE_EVERY
+    assert report.start_validation_loss == report.best_validation_loss == 0.0
     assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())  # the best weights: the start
 
 
