@@ -61,6 +61,13 @@ def test_distillation_pulls_the_student_to_the_ensemble_and_keeps_its_best_weigh
     assert report.steps % VALIDATE_EVERY == 0 and 0 < report.steps <= 400
 
 
+def test_labelled_error_is_the_exact_share_of_wrong_predictions():
+    model = linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])  # predicts the larger feature's index
+    x = torch.tensor([[1.0, 0.0]] * 7 + [[0.0, 1.0]] * 3)
+    y = torch.tensor([0] * 6 + [1] * 4)  # one class-0 input labelled 1: 1 wrong of 10
+    assert labelled_error(x, y)(model) == 0.1  # an exact fraction, as history.json shows it
+
+
 def test_early_stopping_gives_up_after_patience_checks_without_improvement():
     x = torch.randn(40, 2)
     student = linear([[0.0, 0.0], [0.0, 0.0]], [0.0, 1.0])  # predicts class 1 everywhere
