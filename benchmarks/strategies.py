@@ -202,7 +202,7 @@ def _targets(rows: list[dict], cells: list[tuple]) -> list[str]:
             best = max(federated, key=federated.get)
             gap = 100 * (central - federated[best])
             lines.append(f"- {where}: best strategy within 2 points of centralised: {_verdict(gap <= 2)} "
-                         f"({best} {federated[best]:.3f}, centralised {central:.3f}, {gap:.1f} points below)")
+                         f"({best} {federated[best]:.3f}, centralised {central:.3f}, {abs(gap):.1f} points {'below' if gap >= 0 else 'above'})")
         if split == "dirichlet-0.1" and {"feddf", "fedavg"} <= federated.keys():
             lines.append(f"- {where}: FedDF at or above FedAvg: {_verdict(federated['feddf'] >= federated['fedavg'])} "
                          f"({federated['feddf']:.3f} against {federated['fedavg']:.3f})")
