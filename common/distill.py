@@ -1,5 +1,6 @@
 """Ensembles of logits and the distillation loop toward them, shared by FedMD, FedDF and two-stage."""
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,17 @@ def consensus(logits: Sequence[torch.Tensor]) -> torch.Tensor:
 def ensemble_logits(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """The ensemble's prediction: the mean of the models' logits on x (FedDF)."""
     return consensus([predict_logits(m, x) for m in models])
+
+
+def ensemble_soft_targets(models: Sequence[nn.Module], x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits whose softmax at `temperature` is the mean of the models' softmax at it (FedDF).
+
+    Distilling toward them has the gradient of averaging the KL losses toward each model, as
+    FedDF's code does by default; a model that never saw a class cannot outvote the others on
+    it with large logits, as it can in a mean of logits.
+    """
+    log_probs = torch.stack([torch.log_softmax(predict_logits(m, x) / temperature, dim=1) for m in models])
+    return temperature * (torch.logsumexp(log_probs, dim=0) - math.log(len(models)))
 
 
 @dataclass(frozen=True)

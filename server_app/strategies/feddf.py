@@ -6,7 +6,7 @@ import torch
 from flwr.serverapp import Grid
 
 from common.data import load_public
-from common.distill import BatchFn, ValidationFn, ensemble_logits, labelled_error, random_batches
+from common.distill import BatchFn, ValidationFn, ensemble_soft_targets, labelled_error, random_batches
 from common.seeds import derive_seed
 from server_app.strategies.base import Globals, Round, Strategy
 
@@ -33,11 +33,11 @@ class FedDF(Strategy):
     def distillation_data(
         self, teachers: list[torch.nn.Module], result: Round, server_round: int
     ) -> tuple[Callable[[str], BatchFn], ValidationFn]:
-        """Mini-batches of the public inputs with the ensemble's logits; early stopping by the error
+        """Mini-batches of the public inputs with the ensemble's soft targets; early stopping by the error
         on a labelled validation split of the public data, as the paper stops on a validation set."""
         public = load_public(self.cfg)
         cut = max(1, int(len(public) * VALIDATION_SHARE))
         x = public.x[cut:][self.public_subset(len(public) - cut, server_round, "student")]
-        targets = ensemble_logits(teachers, x)
+        targets = ensemble_soft_targets(teachers, x, self.cfg.temperature)
         seed = derive_seed(self.cfg.seed, 62, server_round)
         return (lambda name: random_batches(x, targets, self.cfg.batch_size, seed)), labelled_error(public.x[:cut], public.y[:cut])

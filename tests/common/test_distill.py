@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from common.distill import (
-    VALIDATE_EVERY, consensus, distill, ensemble_disagreement, ensemble_logits, labelled_error, random_batches,
+    VALIDATE_EVERY, consensus, distill, ensemble_disagreement, ensemble_logits, ensemble_soft_targets, labelled_error,
+    random_batches,
 )
 from common.generator import Generator, train_generator
 from common.loss import soft_loss
@@ -34,6 +35,20 @@ def test_ensemble_logits_average_the_models_outputs():
     m1 = linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])  # -> (1, 2)
     m2 = linear([[0.0, 1.0], [1.0, 0.0]], [1.0, 1.0])  # -> (3, 2)
     assert torch.allclose(ensemble_logits([m1, m2], x), torch.tensor([[2.0, 2.0]]))
+
+
+def test_ensemble_soft_targets_soften_to_the_mean_of_the_models_probabilities():
+    x = torch.tensor([[1.0, 2.0]])
+    m1 = linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])  # -> (1, 2)
+    m2 = linear([[0.0, 0.0], [0.0, 0.0]], [30.0, 0.0])  # -> (30, 0): sure of class 0
+    t = 2.0
+    p1, p2 = [1 / (1 + math.exp(0.5)), 1 / (1 + math.exp(-0.5))], [1 / (1 + math.exp(-15)), 1 / (1 + math.exp(15))]
+    mean = torch.tensor([[(p1[0] + p2[0]) / 2, (p1[1] + p2[1]) / 2]])
+    targets = ensemble_soft_targets([m1, m2], x, t)
+    assert torch.allclose(torch.softmax(targets / t, dim=1), mean, atol=1e-6)
+    # The mean of logits, (15.5, 1), would soften to about 0.999 for class 0; the mean of probabilities is 0.69.
+    assert float(mean[0, 0]) == pytest.approx(0.6888, abs=1e-4)
+    assert torch.isfinite(ensemble_soft_targets([linear([[0.0, 0.0]] * 2, [1e4, -1e4])], x, 1.0)).all()
 
 
 def test_soft_loss_is_t_squared_kl_of_the_softened_distributions():
