@@ -28,11 +28,56 @@ CONNECTION = "deploy"
 
 
 @dataclass
-class Deployment:
-    """A running SuperLink and its SuperNodes."""
+class Federation:
+    """A SuperLink that the `flwr` CLI reaches through `connection` in the FLWR_HOME of `env`."""
+
+    env: dict[str, str]
+    connection: str
+
+    def _record(self, command: list[str], prefix: list[str] | None = None) -> list[str]:
+        """The command line to run (a hook for subclasses that keep what they ran)."""
+        return [*(prefix or []), *command]
+
+    def flwr(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+        """A `flwr` CLI call against this deployment; raises with its output when it fails."""
+        done = subprocess.run([str(BIN / "flwr"), *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, cwd=PROJECT)
+        if done.returncode != 0:
+            raise RuntimeError(f"flwr {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        return done
+
+    def online(self) -> int:
+        """How many SuperNodes the SuperLink sees online."""
+        listing = json.loads(self.flwr(["supernode", "list", self.connection, "--format", "json"]).stdout)
+        return sum(1 for n in listing.get("nodes", []) if str(n.get("status", "")).lower() == "online")
+
+    def wait_online(self, count: int, timeout: float = 90) -> None:
+        """Wait until `count` SuperNodes are online."""
+        deadline = time.monotonic() + timeout
+        while (seen := self.online()) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {seen} of {count} SuperNodes came online within {timeout:.0f} s")
+            time.sleep(1)
+
+    def run(self, run_config: dict[str, object] | str, app: Path | None = None, capture: bool = True) -> subprocess.Popen:
+        """Start `flwr run <app> <connection> --stream` (app: fedkd); the caller waits for it (or kills nodes meanwhile).
+
+        `run_config` is a dict, or the text of `--run-config` as a user typed it; with `capture`
+        the run's output comes back through the process's stdout, otherwise it goes to the terminal.
+        """
+        command = [str(BIN / "flwr"), "run", str(app or app_source()), self.connection, "--stream"]
+        overrides = config_args(run_config) if isinstance(run_config, dict) else run_config
+        if overrides:
+            command += ["--run-config", overrides]
+        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True} if capture else {}
+        return subprocess.Popen(self._record(command), env=self.env, cwd=PROJECT, **output)
+
+
+@dataclass(kw_only=True)
+class Deployment(Federation):
+    """A running SuperLink and its SuperNodes, started here as processes."""
 
     work: Path
-    env: dict[str, str]
     port: int
     tls: bool
     network: Network
@@ -83,7 +128,7 @@ class Deployment:
     def register(self, index: int) -> Path:
         """Create SuperNode `index`'s key pair and register its public key with the SuperLink."""
         private, public = make_supernode_key(self.certs, f"supernode-{index}")
-        self.flwr(["supernode", "register", str(public), CONNECTION])
+        self.flwr(["supernode", "register", str(public), self.connection])
         return private
 
     def start_supernode(self, index: int, data_path: Path, key: Path | None, **node_config: object) -> None:
@@ -99,47 +144,13 @@ class Deployment:
         log = self.work / f"supernode-{index}.log"
         self.supernodes[index] = start(self._record(command, prefix), self.env, log)
         wait_log(self.supernodes[index], log, f"running on http://{LOOPBACK}:{port}")
-        # The node's Runtime API stays on its own host's loopback (a shared network namespace in compose).
+        # The node's Runtime API stays on its own host's loopback (in compose: a network of the node's own).
         self._start_superexec(f"supernode-{index}", f"{LOOPBACK}:{port}", ["--insecure"], prefix)
 
     def kill_supernode(self, index: int) -> None:
         """Stop SuperNode `index`, its SuperExec and the ClientApp it may be running."""
         stop(self.supernodes.pop(index))
         stop(self.superexecs.pop(f"supernode-{index}"))
-
-    def flwr(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-        """A `flwr` CLI call against this deployment; raises with its output when it fails."""
-        done = subprocess.run([str(BIN / "flwr"), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=PROJECT)
-        if done.returncode != 0:
-            raise RuntimeError(f"flwr {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-        return done
-
-    def online(self) -> int:
-        """How many SuperNodes the SuperLink sees online."""
-        listing = json.loads(self.flwr(["supernode", "list", CONNECTION, "--format", "json"]).stdout)
-        return sum(1 for n in listing.get("nodes", []) if str(n.get("status", "")).lower() == "online")
-
-    def wait_online(self, count: int, timeout: float = 90) -> None:
-        """Wait until `count` SuperNodes are online."""
-        deadline = time.monotonic() + timeout
-        while (seen := self.online()) < count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {seen} of {count} SuperNodes came online within {timeout:.0f} s")
-            time.sleep(1)
-
-    def run(self, run_config: dict[str, object] | str, app: Path | None = None, capture: bool = True) -> subprocess.Popen:
-        """Start `flwr run <app> deploy --stream` (app: fedkd); the caller waits for it (or kills nodes meanwhile).
-
-        `run_config` is a dict, or the text of `--run-config` as a user typed it; with `capture`
-        the run's output comes back through the process's stdout, otherwise it goes to the terminal.
-        """
-        command = [str(BIN / "flwr"), "run", str(app or app_source()), CONNECTION, "--stream"]
-        overrides = config_args(run_config) if isinstance(run_config, dict) else run_config
-        if overrides:
-            command += ["--run-config", overrides]
-        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True} if capture else {}
-        return subprocess.Popen(self._record(command), env=self.env, cwd=PROJECT, **output)
 
 
 @contextmanager
@@ -150,7 +161,7 @@ def deployment(work: Path, data_files: list[Path], tls: bool = True, auth: bool 
     home = work / "flwr-home"
     home.mkdir(exist_ok=True)
     network = Network()
-    dep = Deployment(work=work, env=flower_env(home), port=free_port(), tls=tls, network=network, database=database)
+    dep = Deployment(env=flower_env(home), connection=CONNECTION, work=work, port=free_port(), tls=tls, network=network, database=database)
     if tls:
         make_tls(dep.certs, [dep.host, LOOPBACK, "localhost"])
         connection = f'root-certificates = "{dep.certs / "ca.crt"}"'

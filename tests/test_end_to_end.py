@@ -11,6 +11,8 @@ from common.config import parse_run_config
 from common.models import initial_model, to_record
 from server_app.transport import record_bytes
 
+pytestmark = pytest.mark.e2e
+
 SMALL = {"num-teacher-rounds": 3, "num-student-rounds": 3, "fraction-train": 0.6, "local-epochs": 2}
 NODES = 5
 # Two single-threaded ClientApp workers: on 2 cores more only add start-up time to a test's small rounds.

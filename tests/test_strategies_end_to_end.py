@@ -7,6 +7,8 @@ import torch
 
 from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
 
+pytestmark = pytest.mark.e2e
+
 NODES = 4
 TINY = {"num-student-rounds": 2, "fraction-train": 0.75, "local-epochs": 2, "distill-steps": 40,
         "datafree-steps": 30, "partitioner": "iid", "output-dir": None}

@@ -1,0 +1,96 @@
+"""Round latency of the compose deployment against the one-machine launcher, side by side.
+
+    python -m benchmarks.compose_latency --rounds 4 --repeats 2
+
+The same 3 digits node files (the README's `common.data export`), the same run config, every
+node sampled: once on `docker-compose.yml` (containers, Flower's images or their stand-ins, the
+app image built offline) and once on `deploy.local` (processes on this machine), alternately.
+Both have TLS, SuperNode authentication and process isolation. Writes
+benchmarks/results/compose_latency.{json,md}, with the load average before every run.
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from benchmarks.provenance import load_average, provenance, provenance_line
+from deploy.local import deployment
+from deploy.processes import PROJECT, sigterm_unwinds
+from tests.deploy.compose_stack import compose_stack, docker_unavailable, flower_images
+
+RESULTS = PROJECT / "benchmarks" / "results"
+
+
+def teacher_rounds(federation, run_config: dict, app: Path | None, out: Path) -> list[float]:
+    """Run to the end; the teacher rounds' wall seconds from the run's history."""
+    run = federation.run(run_config, app=app)
+    output = run.communicate(timeout=1800)[0]
+    if run.returncode != 0:
+        raise RuntimeError(output[-6000:])
+    history = json.loads(max(out.glob("*/history.json"), key=lambda p: p.stat().st_mtime).read_text())
+    return [r["seconds"] for r in history if r["phase"] == "teacher"]
+
+
+def main() -> None:
+    """Bring both deployments up, run them alternately, report median rounds and their ratio."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each deployment")
+    args = parser.parse_args()
+    if reason := docker_unavailable():
+        raise SystemExit(f"compose latency needs Docker: {reason}")
+    base = {"num-teacher-rounds": args.rounds, "num-student-rounds": 1, "fraction-train": 1.0,
+            "fraction-evaluate": 1.0, "local-epochs": 3}
+    images = flower_images()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp, sigterm_unwinds():
+        tmp = Path(tmp)
+        stack = compose_stack(tmp / "compose")
+        data = stack.work / "data"
+        try:
+            stack.build()
+            stack.compose("up", "-d")
+            for i in range(3):
+                stack.flwr(["supernode", "register", str(stack.work / "certs" / f"supernode-{i}.pub"), stack.connection])
+            stack.wait_online(3, timeout=180)
+            with deployment(tmp / "local", sorted(data.glob("part-*.npz"))) as dep:
+                for repeat in range(args.repeats):
+                    out = tmp / f"local-{repeat}"
+                    load = load_average()
+                    seconds = teacher_rounds(dep, {**base, "output-dir": str(out),
+                                                   "server-test": str(data / "server-test.npz")}, None, out)
+                    runs.append({"deployment": "deploy.local", "repeat": repeat, "load_average": load, "rounds": seconds})
+                    load = load_average()
+                    seconds = teacher_rounds(stack, {**base, "server-test": "/data/server-test.npz"}, stack.work,
+                                             stack.work / "outputs")
+                    runs.append({"deployment": "compose", "repeat": repeat, "load_average": load, "rounds": seconds})
+                    print(f"repeat {repeat}: {runs[-2]['rounds']} / {runs[-1]['rounds']}", flush=True)
+        finally:
+            stack.down()
+    median = {d: statistics.median(s for r in runs if r["deployment"] == d for s in r["rounds"])
+              for d in ("deploy.local", "compose")}
+    spread = {d: (min(s for r in runs if r["deployment"] == d for s in r["rounds"]),
+                  max(s for r in runs if r["deployment"] == d for s in r["rounds"])) for d in median}
+    loads = {d: [r["load_average"] for r in runs if r["deployment"] == d] for d in median}
+    info = {**provenance(), "flower_images": images}
+    table = "\n".join([
+        f"3 SuperNodes, digits (README's node files), TLS + SuperNode authentication, process isolation, "
+        f"every node sampled, {args.rounds} teacher rounds x {args.repeats} runs per deployment, alternately.", "",
+        "| deployment | median round (s) | fastest-slowest (s) | ratio to deploy.local | load average before each run |",
+        "|---|---|---|---|---|",
+        *(f"| {name} | {median[d]:.2f} | {spread[d][0]:.2f}-{spread[d][1]:.2f} | {median[d] / median['deploy.local']:.2f} "
+          f"| {', '.join(f'{x:.2f}' for x in loads[d])} |"
+          for d, name in (("deploy.local", "`deploy.local` (processes)"), ("compose", "`docker-compose.yml` (containers)"))),
+        "", provenance_line(info),
+        "Flower images: " + ", ".join(f"`{k}` {v}" for k, v in images.items()) + ".",
+    ])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "compose_latency.json").write_text(json.dumps({"provenance": info, "runs": runs}, indent=2))
+    (RESULTS / "compose_latency.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""The compose deployment for tests and benchmarks: images built offline, `docker compose` driven as a user would.
+
+Flower's images cannot be pulled where fedkd is tested. Where `flwr/superlink:1.42.0` and its
+siblings are absent, stand-ins with exactly those names are built from `flower_images/Dockerfile`
+on a local Debian base (debootstrap + `docker import`). Python packages come from a wheel
+directory filled by `pip download`; the base image, the stand-ins and the wheels are cached, so a
+second run on the same machine builds only what changed.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.local import Federation
+from deploy.processes import APP_PARTS, PROJECT, flower_env, free_port
+
+FLOWER_IMAGES = Path(__file__).resolve().parent / "flower_images"
+BASE_IMAGE = "fedkd-test/debian:bookworm"
+STAND_IN_LABEL = "org.fedkd.test.stand-in"
+CACHE = Path(os.environ.get("FEDKD_DOCKER_CACHE", Path.home() / ".cache" / "fedkd-docker"))
+CONNECTION = "fedkd-compose"
+# What the compose project needs besides the app's own parts: the image's build inputs and the file itself.
+PROJECT_FILES = (*APP_PARTS, "deploy", "docker-compose.yml", ".dockerignore")
+
+
+def flwr_version() -> str:
+    """The flwr version pyproject pins, which is also the compose file's image tag."""
+    dependencies = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return next(d.split("==")[1] for d in dependencies if d.startswith("flwr["))
+
+
+def compose_command() -> list[str] | None:
+    """`docker compose` (v2) where the plugin is installed, else `docker-compose` (v1), else None."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+def docker_unavailable() -> str | None:
+    """Why the compose deployment cannot run here, or None when it can."""
+    if not shutil.which("docker"):
+        return "no docker client on PATH"
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    if info.returncode != 0:
+        return f"no Docker engine answers: {info.stderr.strip()[-300:]}"
+    if compose_command() is None:
+        return "neither `docker compose` nor `docker-compose` is installed"
+    return None
+
+
+def _docker(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def image_label(image: str, label: str) -> str | None:
+    """A label of a local image; None when the image is absent ('' when it lacks the label)."""
+    done = subprocess.run(["docker", "image", "inspect", image, "--format", f'{{{{index .Config.Labels "{label}"}}}}'],
+                          capture_output=True, text=True)
+    return done.stdout.strip().replace("<no value>", "") if done.returncode == 0 else None
+
+
+def requirements() -> list[str]:
+    """Every package the app image installs: torch's CPU build, the build backend, pyproject's dependencies."""
+    pyproject = tomllib.loads((PROJECT / "pyproject.toml").read_text())
+    return ["torch==2.13.0", *pyproject["build-system"]["requires"], *pyproject["project"]["dependencies"]]
+
+
+def wheels() -> Path:
+    """A directory with a wheel for every requirement (cached; downloaded again when the list changes)."""
+    folder, stamp = CACHE / "wheels", CACHE / "wheels.requirements"
+    wanted = "\n".join(requirements())
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(folder), *requirements()],
+                       check=True)
+        stamp.write_text(wanted)
+    return folder
+
+
+def base_image() -> str:
+    """A local Debian bookworm image with Python 3.11 (debootstrap + docker import), made once."""
+    if image_label(BASE_IMAGE, STAND_IN_LABEL) is None:
+        with tempfile.TemporaryDirectory(prefix="fedkd-rootfs-") as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+                            "bookworm", str(rootfs)], check=True, capture_output=True)
+            tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+            _docker("import", "-", BASE_IMAGE, stdin=tar.stdout)
+            tar.wait()
+    return BASE_IMAGE
+
+
+def flower_images() -> dict[str, str]:
+    """Flower's images under the compose file's names: 'published' where present, else stand-ins built here."""
+    version, used = flwr_version(), {}
+    digest = hashlib.sha256((FLOWER_IMAGES / "Dockerfile").read_bytes() + version.encode()).hexdigest()[:16]
+    for component in ("superlink", "supernode", "superexec"):
+        name = f"flwr/{component}:{version}"
+        label = image_label(name, STAND_IN_LABEL)
+        if label == "":
+            used[name] = "published"
+            continue
+        if label != digest:
+            with tempfile.TemporaryDirectory(prefix="fedkd-flower-image-") as tmp:
+                context = Path(tmp)
+                shutil.copy(FLOWER_IMAGES / "Dockerfile", context / "Dockerfile")
+                # flwr and what it needs only, from the app's wheel directory.
+                subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-index", "--find-links", str(wheels()),
+                                "-d", str(context / "wheels"), f"flwr=={version}"], check=True)
+                _docker("build", "-q", "--target", component, "--build-arg", f"BASE={base_image()}",
+                        "--build-arg", f"FLWR_VERSION={version}", "--label", f"{STAND_IN_LABEL}={digest}",
+                        "-t", name, str(context))
+        used[name] = "stand-in"
+    return used
+
+
+@dataclass(kw_only=True)
+class ComposeStack(Federation):
+    """The repository's docker-compose.yml, run from a copy of the project in `work` as a user would run it."""
+
+    work: Path
+    project: str
+    port: int
+
+    @property
+    def compose_env(self) -> dict[str, str]:
+        return {**self.env, "FEDKD_SUPERLINK_PORT": str(self.port), "PIP_FIND_LINKS": "wheels"}
+
+    def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        """A compose command on this project; raises with its output when it fails."""
+        done = subprocess.run([*compose_command(), "-p", self.project, *args], cwd=self.work, env=self.compose_env,
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"compose {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return done
+
+    @property
+    def supernode_image(self) -> str:
+        return f"flwr/supernode:{flwr_version()}"
+
+    def down(self) -> None:
+        """Remove the project's containers, networks and volumes (its certificates, keys and state)."""
+        subprocess.run([*compose_command(), "-p", self.project, "down", "-v", "--remove-orphans", "-t", "5"],
+                       cwd=self.work, env=self.compose_env, capture_output=True)
+
+    def container(self, service: str) -> str:
+        """The id of `service`'s container."""
+        return self.compose("ps", "-q", service).stdout.strip()
+
+    def state(self, service: str) -> dict:
+        """Docker's State of `service`'s container, with its RestartCount."""
+        inspected = json.loads(_docker("inspect", self.container(service)).stdout)[0]
+        return {**inspected["State"], "RestartCount": inspected["RestartCount"]}
+
+    def crash(self, service: str) -> None:
+        """SIGKILL the main process of `service`'s container from the host, as a crash would end it."""
+        os.kill(self.state(service)["Pid"], signal.SIGKILL)
+
+    def logs(self, service: str) -> str:
+        return self.compose("logs", "--no-color", service).stdout
+
+    def run_dirs(self) -> list[Path]:
+        """Run directories under the host's ./outputs, oldest first."""
+        return sorted(p for p in (self.work / "outputs").iterdir() if p.is_dir())
+
+    def build(self) -> None:
+        """Build the app image with the wheels cached here (no index), as `--build-arg PIP_FIND_LINKS=wheels`."""
+        link = self.work / "wheels"
+        shutil.copytree(wheels(), link, copy_function=os.link if _same_device(wheels(), self.work) else shutil.copy2)
+        try:
+            self.compose("build", timeout=1800)
+        finally:
+            shutil.rmtree(link)
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def compose_stack(work: Path) -> ComposeStack:
+    """A copy of the project in `work` with node data, certificates and a `flwr` connection, ready for `up`.
+
+    Data and certificates are made by the README's own commands.
+    """
+    for part in (*PROJECT_FILES, ".gitignore"):
+        source = PROJECT / part
+        if source.is_dir():
+            shutil.copytree(source, work / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, work / part)
+    for command in (["common.data", "export", "--dataset", "digits", "--num-partitions", "3", "--out", "data/"],
+                    ["deploy.certs", "--out", "certs", "--host", "superlink", "--host", "localhost",
+                     "--host", "127.0.0.1", "--supernodes", "3"]):
+        subprocess.run([sys.executable, "-m", *command], cwd=work, check=True, capture_output=True)
+    home = work / "flwr-home"
+    home.mkdir()
+    port = free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "127.0.0.1:{port}"\nroot-certificates = "{work / "certs" / "ca.crt"}"\n'
+    )
+    stack = ComposeStack(env=flower_env(home), connection=CONNECTION, work=work, port=port,
+                         project=f"fedkdtest{os.getpid()}{time.monotonic_ns() % 10_000}")
+    return stack
