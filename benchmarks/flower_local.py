@@ -81,7 +81,8 @@ def flower_pids(flwr_home: str, program: str) -> list[int]:
 
 def run_directory(output_dir: Path) -> Path:
     """The single run directory a run wrote under `output_dir`."""
-    runs = [p for p in output_dir.iterdir() if p.is_dir()]
+    # Not the `latest` link to it.
+    runs = [p for p in output_dir.iterdir() if p.is_dir() and not p.is_symlink()]
     if len(runs) != 1:
         raise RuntimeError(f"expected one run directory in {output_dir}, found {runs}")
     return runs[0]

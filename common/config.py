@@ -43,50 +43,138 @@ class RunConfig(BaseModel):
         alias_generator=_kebab, populate_by_name=True, extra="forbid", strict=True, frozen=True
     )
 
-    strategy: Literal["two-stage", "fedavg", "fedmd", "feddf", "feddf-datafree"] = "two-stage"
-    dataset: Literal["digits", "mnist5k", "synthetic"] = "digits"
-    partitioner: Literal["iid", "dirichlet", "pathological"] = "dirichlet"
-    dirichlet_alpha: float = Field(0.5, gt=0)
-    classes_per_partition: int = Field(2, ge=1)
-    samples_per_client: int = Field(200, ge=10)
-    local_test_fraction: float = Field(0.2, gt=0, lt=1)
-    num_teacher_rounds: int = Field(25, ge=1)
-    num_student_rounds: int = Field(25, ge=1)
-    fraction_train: float = Field(0.5, gt=0, le=1)
-    fraction_evaluate: float = Field(1.0, ge=0, le=1)
-    min_train_nodes: int = Field(2, ge=1)
-    min_replies: float = Field(0.5, gt=0, le=1)
-    round_timeout: float = Field(600.0, gt=0)
-    local_epochs: int = Field(3, ge=1)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(0.01, gt=0)
-    temperature: float = Field(3.0, gt=0)
-    alpha: float = Field(0.5, ge=0, le=1)
-    teacher_model: str = "mlp-128x64"
-    model: str = "mlp-32"
-    models: str = ""
-    teacher_finetune_epochs: int = Field(0, ge=0)
-    seed: int = Field(42, ge=0)
-    output_dir: str = "outputs"
-    server_test: str = "builtin"
-    resume_from: str = ""
-    clip_norm: float = Field(0.0, ge=0)
-    max_num_examples: int = Field(1_000_000, ge=1)
-    public_fraction: float = Field(0.1, gt=0, lt=0.5)
-    public_samples_per_round: int = Field(0, ge=0)
-    logits_dtype: Literal["float32", "float16"] = "float32"
-    ensemble_teacher: bool = False
-    transfer_epochs: int = Field(5, ge=0)
-    digest_epochs: int = Field(10, ge=1)
+    # Descriptions (and `allowed` notes for checks no type or bound expresses) are the source of
+    # docs/configuration.md; `python -m common.config_docs` regenerates it, a test fails when it is stale.
+    strategy: Literal["two-stage", "fedavg", "fedmd", "feddf", "feddf-datafree"] = Field(
+        "two-stage", description="the federated method (see the README's Strategies)"
+    )
+    dataset: Literal["digits", "mnist5k", "synthetic"] = Field(
+        "digits", description="the dataset every node and the server build (see the README's Data)"
+    )
+    partitioner: Literal["iid", "dirichlet", "pathological"] = Field(
+        "dirichlet", description="how the training data is split among clients"
+    )
+    dirichlet_alpha: float = Field(
+        0.5, gt=0, description="concentration of the Dirichlet label split (smaller: more skewed)"
+    )
+    classes_per_partition: int = Field(2, ge=1, description="labels per client for `pathological`")
+    samples_per_client: int = Field(200, ge=10, description="training samples per client of `synthetic`")
+    local_test_fraction: float = Field(
+        0.2, gt=0, lt=1,
+        description="share of a client's data kept for local evaluation (`synthetic`: extra samples of that share)",
+    )
+    num_teacher_rounds: int = Field(25, ge=1, description="rounds of phase 1 (two-stage: the teacher)")
+    num_student_rounds: int = Field(
+        25, ge=1, description="rounds of phase 2 (two-stage: the student), and of the one-phase strategies"
+    )
+    fraction_train: float = Field(0.5, gt=0, le=1, description="share of the connected nodes sampled per round")
+    fraction_evaluate: float = Field(
+        1.0, ge=0, le=1, description="share of nodes scoring each phase's final model (0: skip)"
+    )
+    min_train_nodes: int = Field(
+        2, ge=1, description="nodes sampled per round at least; more than there are nodes is an error",
+        json_schema_extra={"allowed": "at most the number of connected nodes"},
+    )
+    min_replies: float = Field(
+        0.5, gt=0, le=1, description="share of the sampled nodes that must reply for a round to count"
+    )
+    round_timeout: float = Field(
+        600.0, gt=0, description="deadline in seconds of every exchange, and for nodes to connect"
+    )
+    local_epochs: int = Field(3, ge=1, description="local training epochs per round")
+    batch_size: int = Field(32, ge=1, description="mini-batch size")
+    learning_rate: float = Field(0.01, gt=0, description="Adam learning rate of local training")
+    temperature: float = Field(3.0, gt=0, description="distillation temperature T")
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="weight of the soft (teacher) loss; 1 − alpha weighs the hard labels"
+    )
+    teacher_model: str = Field(
+        "mlp-128x64", description="the teacher's architecture (two-stage)",
+        json_schema_extra={"allowed": f"a model name: {MODEL_FAMILIES}"},
+    )
+    model: str = Field(
+        "mlp-32", description="the student's architecture of a node whose node config names none",
+        json_schema_extra={"allowed": "a model name, as for `teacher-model`"},
+    )
+    models: str = Field(
+        "",
+        description="simulation: partition i gets entry i mod their number (e.g. `\"mlp-32,mlp-128x64,cnn\"`); "
+        "empty: every node uses `model`",
+        json_schema_extra={"allowed": "comma-separated model names, as for `teacher-model`"},
+    )
+    teacher_finetune_epochs: int = Field(
+        0, ge=0, description="epochs of local fine-tuning of the global teacher before distilling"
+    )
+    seed: int = Field(
+        42, ge=0, description="seed of every random choice: data, partitions, sampling, initialisation, shuffling"
+    )
+    output_dir: str = Field(
+        "~/fedkd-runs", description="where run directories go, on the machine that runs the ServerApp; `~` is the home of its user, "
+        "a relative path is relative to its working directory; `<output-dir>/latest` links to the newest run",
+        json_schema_extra={"allowed": "a non-empty path"},
+    )
+    server_test: str = Field(
+        "builtin",
+        description="the server's test set: the built-in dataset's hold-out, none (`accuracy` is then null and "
+        "`federated_accuracy` carries the evaluation), or an .npz with `x`, `y` on the server",
+        json_schema_extra={"allowed": '`"builtin"`, `"none"`, a path'},
+    )
+    resume_from: str = Field(
+        "", description="continue that run after its last complete round (see the README's Outputs); empty: a new run",
+        json_schema_extra={"allowed": "a run directory, or empty"},
+    )
+    clip_norm: float = Field(
+        0.0, ge=0,
+        description="clip each client's update (its weights minus the global ones) to this L2 norm before "
+        "averaging; 0: off",
+    )
+    max_num_examples: int = Field(
+        1_000_000, ge=1, description="a reply claiming more training examples is rejected as implausible"
+    )
+    public_fraction: float = Field(
+        0.1, gt=0, lt=0.5,
+        description="share of an image dataset held out as public data (FedMD, FedDF, ensemble teacher)",
+    )
+    public_samples_per_round: int = Field(
+        0, ge=0, description="public samples used per round, drawn by (`seed`, round); 0: all"
+    )
+    logits_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="how logits travel; `float16` halves their bytes"
+    )
+    ensemble_teacher: bool = Field(
+        False, description="two-stage: phase 2 on the server, from the ensemble of the local teachers' logits"
+    )
+    transfer_epochs: int = Field(
+        5, ge=0, description="FedMD: epochs on the labelled public data before a node's first private training"
+    )
+    digest_epochs: int = Field(10, ge=1, description="FedMD: epochs toward the consensus per round")
     # 1000 steps, stopping after 500 without improvement: at 300 and 200 a CNN group averaged from
     # one-class clients stayed at chance (mnist5k, Dirichlet 0.1); FedDF's code stops after 2000 of 10^4.
-    distill_steps: int = Field(1000, ge=1)
-    distill_patience: int = Field(50, ge=1)
+    distill_steps: int = Field(
+        1000, ge=1,
+        description="server-side distillation on public data (FedDF, ensemble teacher): at most this many "
+        "Adam steps per group and round",
+    )
+    distill_patience: int = Field(
+        50, ge=1,
+        description="server-side distillation on public data: stop after this many validations (every 10 "
+        "steps) without improvement",
+    )
     # feddf-datafree's own budget: each of its steps also runs the generator, and its validation on
     # generated samples is continuous, so it leaves a plateau sooner.
-    datafree_steps: int = Field(300, ge=1)
-    datafree_patience: int = Field(20, ge=1)
-    server_learning_rate: float = Field(0.001, gt=0)
+    datafree_steps: int = Field(
+        300, ge=1,
+        description="feddf-datafree: generator steps per round, and at most this many distillation steps on "
+        "its samples",
+    )
+    datafree_patience: int = Field(
+        20, ge=1,
+        description="feddf-datafree: stop distilling after this many validations without improvement (the "
+        "validation is the continuous loss toward the ensemble on generated samples, so it sees progress sooner)",
+    )
+    server_learning_rate: float = Field(
+        0.001, gt=0, description="Adam learning rate of server-side distillation and of the generator"
+    )
 
     @field_validator("teacher_model", "model")
     @classmethod

@@ -15,7 +15,7 @@ from common.data import DataError, Split, load_server_testset, load_test_npz
 from common.models import build_model, count_params, load_record
 from common.training import evaluate
 from server_app import checkpoint
-from server_app.outputs import RunDirectory
+from server_app.outputs import RunDirectory, point_latest
 from server_app.rounds import RunAborted, fmt_metric, run_phase
 from server_app.sampling import NodeSampler
 from server_app.strategies import STRATEGIES, Globals, Strategy
@@ -87,6 +87,8 @@ def main(grid: Grid, context: Context) -> None:
 
     if resumed:
         run_dir = RunDirectory.reopen(Path(cfg.resume_from).expanduser().resolve(), resumed.history)
+        # The run going on now is the resumed one: `latest` follows it, as for a new run.
+        point_latest(cfg.output_path(), run_dir.path)
         sampler.rng.setstate(resumed.sampler_state)
         log(INFO, "fedkd: resuming after %s round %d", resumed.phase, resumed.server_round)
     else:

@@ -1,13 +1,27 @@
-"""The run directory: history.json after every round, then summary, weights and plot."""
+"""The run directory: history.json after every round, then summary, weights and plot.
 
+Whether a run succeeded, for scripts (`flwr run --stream` exits 0 even when the ServerApp fails):
+
+    python -m server_app.outputs [RUN_DIR]    # default: ~/fedkd-runs/latest
+
+prints one line and exits 0 when the run's summary.json says `complete`, 1 when it says `aborted`,
+2 when there is no summary.json (the run is still going, or its ServerApp died) or no such directory.
+"""
+
+import argparse
 import json
 import os
+import sys
 from datetime import datetime
+from logging import WARNING
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
+
+# `<output-dir>/latest`: a relative link to the most recently started (or resumed) run.
+LATEST = "latest"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -15,6 +29,23 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
+
+
+def point_latest(root: Path, run_path: Path) -> None:
+    """Make `root/latest` a relative link to `run_path`, replaced atomically so it is never missing."""
+    # Relative, so the link still works where the output directory is mounted at another path.
+    tmp = root / f".{LATEST}-{run_path.name}.tmp"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(run_path, root), tmp)
+        os.replace(tmp, root / LATEST)
+    except OSError as exc:
+        # A convenience link must not stop the run (e.g. a real directory named `latest` is in the way).
+        from flwr.common import log
+
+        tmp.unlink(missing_ok=True)
+        log(WARNING, "fedkd: could not point %s at the run: %s", root / LATEST, exc)
 
 
 class RunDirectory:
@@ -41,6 +72,7 @@ class RunDirectory:
                 continue
         self.path = path
         self.history: list[dict[str, Any]] = []
+        point_latest(root, path)
 
     def append(self, record: dict[str, Any]) -> None:
         """Add a round's record and persist the history."""
@@ -52,8 +84,10 @@ class RunDirectory:
         self.history[index].update(fields)
         write_json(self.path / "history.json", self.history)
 
-    def save_model(self, name: str, model: nn.Module) -> None:
+    def save_model(self, name: str, model: "nn.Module") -> None:
         """Save a state_dict that torch.load reads."""
+        import torch  # here, so that the status command below does not wait seconds for torch
+
         torch.save(model.state_dict(), self.path / f"{name}.pt")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
@@ -90,3 +124,42 @@ class RunDirectory:
         fig.tight_layout()
         fig.savefig(self.path / "history.png", dpi=120)
         plt.close(fig)
+
+
+def _accuracy(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def run_status(run_dir: Path) -> tuple[int, str]:
+    """Exit code and one-line report of `run_dir`: 0 complete, 1 aborted, 2 no summary.json or no directory."""
+    if not run_dir.is_dir():
+        return 2, f"no such run directory: {run_dir}"
+    path = run_dir.resolve()
+    if not (path / "summary.json").is_file():
+        return 2, f"no summary.json: {path} is still running, or its ServerApp died"
+    summary = json.loads((path / "summary.json").read_text())
+    status, strategy = summary.get("status"), summary.get("strategy")
+    if status == "complete":
+        accuracies = [f"{p} accuracy {_accuracy(summary.get(f'{p}_accuracy'))}" for p in ("teacher", "student")
+                      if p == "student" or summary.get("teacher_params") is not None]
+        return 0, f"complete: {strategy} run {path}; {', '.join(accuracies)}"
+    return 1, f"{status}: {strategy} run {path}; reason: {summary.get('reason')}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print a run's status line; the exit code says whether it completed."""
+    from common.config import RunConfig
+
+    parser = argparse.ArgumentParser(
+        prog="python -m server_app.outputs", description="Whether a fedkd run completed (exit 0), aborted (1), "
+        "or has no summary.json yet or no directory (2).")
+    default = RunConfig().output_path() / LATEST
+    parser.add_argument("run_dir", nargs="?", type=Path, default=default, metavar="RUN_DIR",
+                        help=f"a run directory (default: {default}, the most recently started run)")
+    code, line = run_status(parser.parse_args(argv).run_dir.expanduser())
+    print(line)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

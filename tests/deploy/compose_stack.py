@@ -173,7 +173,7 @@ class ComposeStack(Federation):
 
     def run_dirs(self) -> list[Path]:
         """Run directories under the host's ./outputs, oldest first."""
-        return sorted(p for p in (self.work / "outputs").iterdir() if p.is_dir())
+        return sorted(p for p in (self.work / "outputs").iterdir() if p.is_dir() and not p.is_symlink())
 
     def build(self) -> None:
         """Build the app image with the wheels cached here (no index), as `--build-arg PIP_FIND_LINKS=wheels`."""

@@ -79,7 +79,8 @@ def test_both_phases_complete_on_three_nodes_with_outputs_on_the_host(stack):
     assert {"history.json", "summary.json", "teacher.pt", "student.pt", "checkpoint.pt"} <= {p.name for p in run_dir.iterdir()}
     # Written by the container's user (uid 49999), readable on the host.
     assert run_dir.stat().st_uid == 49999 and (run_dir / "student.pt").stat().st_mode & 0o004
-    assert f"outputs in /app/outputs/{run_dir.name}" in output
+    assert f"outputs in /app/fedkd-runs/{run_dir.name}" in output
+    assert (stack.work / "outputs" / "latest").resolve() == run_dir.resolve()
 
 
 def test_restarted_supernode_and_crashed_superexec_rejoin(stack):
@@ -136,7 +137,9 @@ def test_superlink_restart_keeps_registered_keys(stack):
 
 def test_an_unregistered_supernode_is_refused_and_the_others_stay(stack, tmp_path):
     key, _ = make_supernode_key(tmp_path, "stranger")
-    key.chmod(0o644)  # readable by the image's user; this key is thrown away
+    # Readable by the image's user (uid 49999): this key is thrown away.
+    tmp_path.chmod(0o755)
+    key.chmod(0o644)
     name = f"{stack.project}-stranger"
     subprocess.run(["docker", "run", "-d", "--name", name, "--network", f"{stack.project}_federation",
                     "-v", f"{stack.project}_ca:/ca:ro", "-v", f"{tmp_path}:/key:ro", stack.supernode_image,

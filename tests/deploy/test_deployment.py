@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmarks.flower_local import run_directory
 from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.certs import make_supernode_key
@@ -79,7 +80,7 @@ def test_run_survives_a_killed_supernode(deployed, tmp_path):
         if run.poll() is None:
             run.kill()
     assert run.returncode == 0, output[-4000:]
-    (run_dir,) = out.iterdir()
+    run_dir = run_directory(out)
     history = json.loads((run_dir / "history.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [(r["phase"], r["round"]) for r in history] == [("teacher", 1), ("teacher", 2), ("student", 1)]
@@ -201,7 +202,7 @@ def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(deployed, tmp_pa
     finally:
         run.kill()
         run.communicate()
-    (stopped,) = out.iterdir()
+    stopped = run_directory(out)
     assert not (stopped / "summary.json").exists()
     assert len(json.loads((stopped / "history.json").read_text())) == 1
 
@@ -209,7 +210,7 @@ def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(deployed, tmp_pa
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output[-4000:]
     assert "resuming after teacher round 1" in output, output[-4000:]
-    (ref_dir,) = (tmp_path / "reference").iterdir()
+    ref_dir = run_directory(tmp_path / "reference")
     keys = ("phase", "round", "sampled", "accuracy", "loss", "replies")
     want, got = (json.loads((d / "history.json").read_text()) for d in (ref_dir, stopped))
     assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in want]
