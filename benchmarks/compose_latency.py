@@ -5,8 +5,10 @@
 The same 3 digits node files (the README's `common.data export`), the same run config, every
 node sampled: once on `docker-compose.yml` (containers, Flower's images or their stand-ins, the
 app image built offline) and once on `deploy.local` (processes on this machine), alternately.
-Both have TLS, SuperNode authentication and process isolation. Writes
-benchmarks/results/compose_latency.{json,md}, with the load average before every run.
+Both have TLS, SuperNode authentication and process isolation. Before each run it waits for the
+1-minute load average to fall to --quiet-load (default 0.5 per core) and stops if it does not,
+unless --allow-busy. Writes compose_latency.{json,md} to --results (default benchmarks/results),
+with the commit, the machine and the load average before every run.
 """
 
 import argparse
@@ -15,7 +17,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.provenance import load_average, provenance, provenance_line
+from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments, quiet_line
 from deploy.local import deployment
 from deploy.processes import PROJECT, sigterm_unwinds
 from tests.deploy.compose_stack import compose_stack, docker_unavailable, flower_images
@@ -33,11 +35,18 @@ def teacher_rounds(federation, run_config: dict, app: Path | None, out: Path) ->
     return [r["seconds"] for r in history if r["phase"] == "teacher"]
 
 
+def load_cell(before: dict) -> str:
+    """The load average before a run, marked when it started above the quiet threshold."""
+    return f"{before['load_average']:.2f}" + (" (busy)" if before["busy"] else "")
+
+
 def main() -> None:
     """Bring both deployments up, run them alternately, report median rounds and their ratio."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each deployment")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for compose_latency.{json,md}")
+    quiet_arguments(parser)
     args = parser.parse_args()
     if reason := docker_unavailable():
         raise SystemExit(f"compose latency needs Docker: {reason}")
@@ -58,14 +67,14 @@ def main() -> None:
             with deployment(tmp / "local", sorted(data.glob("part-*.npz"))) as dep:
                 for repeat in range(args.repeats):
                     out = tmp / f"local-{repeat}"
-                    load = load_average()
+                    before = before_timing(args)
                     seconds = teacher_rounds(dep, {**base, "output-dir": str(out),
                                                    "server-test": str(data / "server-test.npz")}, None, out)
-                    runs.append({"deployment": "deploy.local", "repeat": repeat, "load_average": load, "rounds": seconds})
-                    load = load_average()
+                    runs.append({"deployment": "deploy.local", "repeat": repeat, "before_run": before, "rounds": seconds})
+                    before = before_timing(args)
                     seconds = teacher_rounds(stack, {**base, "server-test": "/data/server-test.npz"}, stack.work,
                                              stack.work / "outputs")
-                    runs.append({"deployment": "compose", "repeat": repeat, "load_average": load, "rounds": seconds})
+                    runs.append({"deployment": "compose", "repeat": repeat, "before_run": before, "rounds": seconds})
                     print(f"repeat {repeat}: {runs[-2]['rounds']} / {runs[-1]['rounds']}", flush=True)
         finally:
             stack.down()
@@ -73,7 +82,7 @@ def main() -> None:
               for d in ("deploy.local", "compose")}
     spread = {d: (min(s for r in runs if r["deployment"] == d for s in r["rounds"]),
                   max(s for r in runs if r["deployment"] == d for s in r["rounds"])) for d in median}
-    loads = {d: [r["load_average"] for r in runs if r["deployment"] == d] for d in median}
+    loads = {d: [r["before_run"] for r in runs if r["deployment"] == d] for d in median}
     info = {**provenance(), "flower_images": images}
     table = "\n".join([
         f"3 SuperNodes, digits (README's node files), TLS + SuperNode authentication, process isolation, "
@@ -81,14 +90,14 @@ def main() -> None:
         "| deployment | median round (s) | fastest-slowest (s) | ratio to deploy.local | load average before each run |",
         "|---|---|---|---|---|",
         *(f"| {name} | {median[d]:.2f} | {spread[d][0]:.2f}-{spread[d][1]:.2f} | {median[d] / median['deploy.local']:.2f} "
-          f"| {', '.join(f'{x:.2f}' for x in loads[d])} |"
+          f"| {', '.join(load_cell(x) for x in loads[d])} |"
           for d, name in (("deploy.local", "`deploy.local` (processes)"), ("compose", "`docker-compose.yml` (containers)"))),
-        "", provenance_line(info),
+        "", quiet_line([r["before_run"] for r in runs], info["cores"]), "", provenance_line(info),
         "Flower images: " + ", ".join(f"`{k}` {v}" for k, v in images.items()) + ".",
     ])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "compose_latency.json").write_text(json.dumps({"provenance": info, "runs": runs}, indent=2))
-    (RESULTS / "compose_latency.md").write_text(table + "\n")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "compose_latency.json").write_text(json.dumps({"provenance": info, "runs": runs}, indent=2))
+    (args.results / "compose_latency.md").write_text(table + "\n")
     print(table)
 
 

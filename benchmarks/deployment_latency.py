@@ -4,8 +4,10 @@
 
 One SuperLink and 3 SuperNodes on this machine (deploy.local: TLS, SuperNode authentication,
 process isolation, SuperExec poll 0.05 s), digits split in 3 node files, all nodes sampled.
-Both loops run the teacher phase on the same warm deployment, alternately. Writes
-benchmarks/results/deployment_latency.{json,md}.
+Both loops run the teacher phase on the same warm deployment, alternately. Before each run it
+waits for the 1-minute load average to fall to --quiet-load (default 0.5 per core) and stops if it
+does not, unless --allow-busy. Writes deployment_latency.{json,md} to --results (default
+benchmarks/results), with the commit and the machine.
 """
 
 import argparse
@@ -17,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments, quiet_line
 from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.local import deployment
@@ -52,11 +55,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each loop")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for deployment_latency.{json,md}")
+    quiet_arguments(parser)
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    info = provenance()
     base = {"num-teacher-rounds": args.rounds, "num-student-rounds": 1, "fraction-train": 1.0,
             "fraction-evaluate": 1.0, "local-epochs": 3}
-    fedkd, stock, breakdown = [], [], []
+    fedkd, stock, breakdown, loads = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = export_partitions(parse_run_config({"dataset": "digits", "partitioner": "iid"}), 3, tmp / "data")
@@ -64,15 +70,19 @@ def main() -> None:
         with deployment(tmp / "deploy", files) as dep:
             for repeat in range(args.repeats):
                 out = tmp / f"fedkd-{repeat}"
+                loads.append({"loop": "fedkd", "repeat": repeat, **before_timing(args)})
                 submit(dep, PROJECT, {**base, "output-dir": str(out)})
                 history = json.loads(next(out.glob("*/history.json")).read_text())
                 teacher = [r for r in history if r["phase"] == "teacher"]
                 fedkd += [r["seconds"] for r in teacher]
                 breakdown += [(r["seconds"], r["client_seconds"], r["seconds"] - r["exchange_seconds"]) for r in teacher]
                 out = tmp / f"stock-{repeat}"
+                loads.append({"loop": "stock", "repeat": repeat, **before_timing(args)})
                 submit(dep, app, {**base, "output-dir": str(out)})
                 stock += json.loads((out / "stock-rounds.json").read_text())
                 print(f"repeat {repeat}: fedkd {statistics.median(fedkd):.2f} s, stock {statistics.median(stock):.2f} s", flush=True)
+    # The import timing comes right after the deployment stops, so it waits for the machine to settle too.
+    loads.append({"loop": "ClientApp import", "repeat": 0, **before_timing(args)})
     imports = statistics.median(fresh_clientapp_import_seconds() for _ in range(3))
     med = {k: statistics.median(v) for k, v in {"fedkd": fedkd, "stock": stock}.items()}
     client = statistics.median(b[1] for b in breakdown)
@@ -88,11 +98,13 @@ def main() -> None:
         f"- Flower's engine, the rest: {med['fedkd'] - client - server:.2f} s. It holds the SuperNode's fixed 3 s idle "
         "poll (a node that has just replied polls once, finds nothing and sleeps 3 s, so every round waits it out), "
         f"a fresh ClientApp process per message (importing flwr and fedkd's ClientApp alone takes {imports:.2f} s "
-        "here, three nodes importing at once on two cores), the SuperExec poll (0.05 s) and the transfers.",
+        f"here, three nodes importing at once on {info['cores']} cores), the SuperExec poll (0.05 s) and the transfers.", "",
+        quiet_line(loads, info["cores"]), "", provenance_line(info),
     ])
-    (RESULTS / "deployment_latency.json").write_text(json.dumps(
-        {"fedkd_rounds": fedkd, "stock_rounds": stock, "breakdown": breakdown, "clientapp_import_seconds": imports}, indent=2))
-    (RESULTS / "deployment_latency.md").write_text(table + "\n")
+    (args.results / "deployment_latency.json").write_text(json.dumps(
+        {"provenance": info, "fedkd_rounds": fedkd, "stock_rounds": stock, "breakdown": breakdown,
+         "clientapp_import_seconds": imports, "before_runs": loads}, indent=2))
+    (args.results / "deployment_latency.md").write_text(table + "\n")
     print(table)
 
 

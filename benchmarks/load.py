@@ -9,8 +9,11 @@ as many scoring each phase's final model, `--rounds` teacher and student rounds,
 on a fresh private simulation SuperLink per run. Deployment: deploy.local (TLS, SuperNode
 authentication, process isolation), one synthetic partition per SuperNode, every node sampled.
 A background thread reads VmRSS from /proc every 0.2 s; a group's peak is the peak of its
-processes' sum at one instant. Writes benchmarks/results/load.{json,md} after every run; a part
-left out (`--clients` or `--supernodes` with no sizes) keeps its last results there.
+processes' sum at one instant. Before each run it waits for the 1-minute load average to fall to
+--quiet-load (default 0.5 per core) and stops if it does not, unless --allow-busy, which runs anyway
+and marks the run busy. Writes load.{json,md} to --results (default benchmarks/results) after every
+run, with the commit and the machine; a part left out (`--clients` or `--supernodes` with no sizes)
+keeps its last results there.
 """
 
 import argparse
@@ -23,9 +26,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 from benchmarks.flower_local import flower_pids, flwr_run, run_directory, simulation_superlink
+from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments
 from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.local import Deployment, deployment
@@ -35,6 +40,7 @@ RESULTS = PROJECT / "benchmarks" / "results"
 SAMPLE_SECONDS = 0.2
 
 Measure = Callable[[], dict[str, float]]
+Quiet = Callable[[], dict]
 SIM_GROWTH = ("median_round_s", "mean_round_s", "median_client_s", "round_over_client", "serverapp_outside_rounds_s",
               "serverapp_cpu_s", "serverapp_mib", "tree_mib")
 DEPLOY_GROWTH = ("median_round_s", "superlink_mib", "serverapp_mib", "supernode_host_max_mib", "supernodes_sum_mib")
@@ -208,7 +214,7 @@ def round_times(out: Path) -> dict:
     return times
 
 
-def simulation(clients: int, sampled: int, rounds: int, timeout: float, tmp: Path) -> dict:
+def simulation(clients: int, sampled: int, rounds: int, timeout: float, tmp: Path, quiet: Quiet) -> dict:
     """One `flwr run` with `clients` simulated nodes on a fresh SuperLink: round times and peak memory."""
     out, home = tmp / f"sim-out-{clients}", tmp / f"sim-home-{clients}"
     fraction = sampled / clients
@@ -216,14 +222,18 @@ def simulation(clients: int, sampled: int, rounds: int, timeout: float, tmp: Pat
               "num-student-rounds": rounds, "fraction-train": fraction, "fraction-evaluate": fraction,
               "min-train-nodes": sampled, "round-timeout": timeout, "output-dir": str(out)}
     row: dict = {"clients": clients, "status": "complete"}
-    with simulation_superlink(home) as env, PeakMemory(simulation_memory(home)) as memory:
-        start = time.perf_counter()
-        try:
-            done = flwr_run(env, config, clients, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            row["status"] = f"timed out after {timeout:.0f} s"
-        row["wall_s"] = time.perf_counter() - start
-        row["load_average"] = os.getloadavg()[0]
+    with simulation_superlink(home) as env:
+        # Waiting once the SuperLink is up lets its start-up load pass too.
+        row["before_run"] = quiet()
+        row["busy"] = row["before_run"]["busy"]
+        with PeakMemory(simulation_memory(home)) as memory:
+            start = time.perf_counter()
+            try:
+                done = flwr_run(env, config, clients, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                row["status"] = f"timed out after {timeout:.0f} s"
+            row["wall_s"] = time.perf_counter() - start
+            row["load_average_after"] = os.getloadavg()[0]
     # `flwr run --stream` exits 0 even when the ServerApp fails: the run directory tells.
     if row["status"] == "complete" and not any(out.glob("*/summary.json")):
         raise RuntimeError(f"run with {clients} clients failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -241,18 +251,22 @@ def superlink_errors(log: str) -> dict[str, int]:
     return found
 
 
-def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float, tmp: Path, database: str) -> dict:
+def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float, tmp: Path, database: str,
+             quiet: Quiet) -> dict:
     """One run on a fresh deployment of `supernodes` SuperNodes, every node sampled: round times and peak memory."""
     files = export_partitions(parse_run_config({"dataset": "synthetic"}), supernodes, tmp / f"data-{supernodes}")
     out, work = tmp / f"deploy-out-{supernodes}", tmp / f"deploy-{supernodes}"
     config = {"dataset": "synthetic", "num-teacher-rounds": rounds, "num-student-rounds": rounds,
               "fraction-train": 1.0, "fraction-evaluate": 1.0, "round-timeout": round_timeout, "output-dir": str(out)}
-    with deployment(work, files, database=database) as dep, PeakMemory(deployment_memory(dep)) as memory:
-        start = time.perf_counter()
-        run = dep.run(config)
-        output = run.communicate(timeout=timeout)[0]
-        wall = time.perf_counter() - start
-        load = os.getloadavg()[0]
+    with deployment(work, files, database=database) as dep:
+        # Waiting once the deployment is up lets its start-up load pass too.
+        before = quiet()
+        with PeakMemory(deployment_memory(dep)) as memory:
+            start = time.perf_counter()
+            run = dep.run(config)
+            output = run.communicate(timeout=timeout)[0]
+            wall = time.perf_counter() - start
+            after = os.getloadavg()[0]
         superlink_log = (work / "superlink.log").read_text(errors="replace")
     if not list(out.glob("*/history.json")):
         raise RuntimeError(f"run on {supernodes} SuperNodes recorded no round:\n{output[-6000:]}")
@@ -264,7 +278,8 @@ def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float,
         line for line in superlink_log.splitlines() if "Push replies" not in line and "uvicorn.access" not in line)[-3000:]}
     peak = memory.peak
     row = {"supernodes": supernodes, "database": database, "status": "complete" if complete else "stopped early", **ended,
-           "wall_s": wall, "load_average": load, "superlink_mib": peak["superlink_mib"],
+           "wall_s": wall, "before_run": before, "busy": before["busy"], "load_average_after": after,
+           "superlink_mib": peak["superlink_mib"],
            "serverapp_mib": peak["serverapp_mib"], "supernodes_sum_mib": peak["supernodes_sum_mib"],
            "supernode_host_max_mib": max(v for k, v in peak.items() if k.endswith("_host_mib")),
            "supernode_process_max_mib": max(v for k, v in peak.items() if k.endswith("_process_mib")),
@@ -283,16 +298,50 @@ def growth(rows: list[dict], size: str, keys: tuple[str, ...]) -> dict:
     for key in keys:
         fit = statistics.linear_regression([r[size] for r in rows], [r[key] for r in rows])
         first, last = (statistics.mean(r[key] for r in rows if r[size] == n) for n in (sizes[0], sizes[-1]))
+        # How many of the runs behind a line started busy, or with no record of the load before them.
         out[key] = {"ratio": last / first, "from": sizes[0], "to": sizes[-1],
-                    "intercept": fit.intercept, "slope": fit.slope}
+                    "intercept": fit.intercept, "slope": fit.slope, "runs": len(rows),
+                    "busy": sum(r.get("busy") is True for r in rows), "unchecked": sum("busy" not in r for r in rows)}
     return out
 
 
 def growth_lines(fits: dict, unit: int, unit_name: str) -> list[str]:
-    """Markdown bullets: ratio from the smallest to the largest size, and the fitted line."""
+    """Markdown bullets: ratio from the smallest to the largest size, the fitted line, and the busy runs in it."""
+    def runs(f: dict) -> str:
+        if "runs" not in f:
+            return ""
+        unchecked = f", {f['unchecked']} with no load record before the run" if f["unchecked"] else ""
+        return f"; {f['runs']} runs, {f['busy']} busy{unchecked}"
+
     return [f"- {LABELS[key]}: x{f['ratio']:.2f} from {f['from']} to {f['to']} {unit_name} (means); "
-            f"least-squares line {f['intercept']:.4g} {f['slope'] * unit:+.3g} per {unit} {unit_name}"
+            f"least-squares line {f['intercept']:.4g} {f['slope'] * unit:+.3g} per {unit} {unit_name}{runs(f)}"
             for key, f in fits.items()]
+
+
+def load_cell(row: dict) -> str:
+    """The load average before / after the run, the before marked busy; n/a where the row has no record of it."""
+    before = row.get("before_run")
+    first = "n/a" if before is None else f"{before['load_average']:.2f}" + (" **busy**" if before["busy"] else "")
+    # Rows written before the load was read before the run hold the after-run value as `load_average`.
+    after = row.get("load_average_after", row.get("load_average"))
+    return f"{first} / {'n/a' if after is None else format(after, '.1f')}"
+
+
+def load_note(rows: list[dict]) -> str:
+    """What the load column means, with the threshold the runs waited for."""
+    thresholds = sorted({r["before_run"]["threshold"] for r in rows if "before_run" in r})
+    if not thresholds:
+        return "Load: the 1-minute load average right after the run; these runs have no reading from before it."
+    return (f"Load: the 1-minute load average right before the run (after waiting for it to fall to "
+            f"{'/'.join(f'{t:g}' for t in thresholds)}) and right after it; **busy** marks a run that started above "
+            "that, n/a a run with no reading from before it.")
+
+
+def provenance_lines(records: list[dict]) -> list[str]:
+    """The provenance line of each distinct commit and machine in `records`; a note for those without one."""
+    lines = list(dict.fromkeys(provenance_line(r["provenance"]) for r in records if "provenance" in r))
+    missing = sum("provenance" not in r for r in records)
+    return lines + ([f"The commit and machine were not recorded for {missing} of the runs above."] if missing else [])
 
 
 def fmt(row: dict, key: str, spec: str) -> str:
@@ -310,19 +359,21 @@ def simulation_report(part: dict) -> list[str]:
              f"{args['repeats']} runs per size (sizes in alternating order). Peak RSS sampled every 0.2 s.", "",
              "| clients | run | status | median round (s) | mean round (s) | slowest client's handler, median (s) "
              "| round / handler | ServerApp outside rounds (s) | wall (s) | CPU, simulation process (s) "
-             "| peak RSS, simulation process with the ServerApp (MiB) | peak RSS, whole run (MiB) | load average |",
+             "| peak RSS, simulation process with the ServerApp (MiB) | peak RSS, whole run (MiB) | load before / after |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(sim, key=lambda r: (r["clients"], r["repeat"])):
         cells = [str(r["clients"]), str(r["repeat"]), r["status"], fmt(r, "median_round_s", ".3f"),
                  fmt(r, "mean_round_s", ".3f"), fmt(r, "median_client_s", ".3f"), fmt(r, "round_over_client", ".1f"),
                  fmt(r, "serverapp_outside_rounds_s", ".1f"), fmt(r, "wall_s", ".1f"), fmt(r, "serverapp_cpu_s", ".1f"),
-                 fmt(r, "serverapp_mib", ".0f"), fmt(r, "tree_mib", ".0f"), fmt(r, "load_average", ".1f")]
+                 fmt(r, "serverapp_mib", ".0f"), fmt(r, "tree_mib", ".0f"), load_cell(r)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *growth_lines(part["growth"], 1000, "clients")]
+    lines += ["", load_note(sim), "", *growth_lines(part["growth"], 1000, "clients")]
     largest = max(sim, key=lambda r: r["clients"])
     roles = {k[:-4]: v for k, v in largest.items() if k.endswith("_mib") and k not in LABELS}
     return lines + ["", f"Peak RSS by role with {largest['clients']} clients (MiB): "
-                    + ", ".join(f"{name} {value:.0f}" for name, value in roles.items()) + "."]
+                    + ", ".join(f"{name} {value:.0f}" for name, value in roles.items()) + ".",
+                    # The simulation runs share their invocation's record.
+                    "", *provenance_lines([part] * len(sim))]
 
 
 def deployment_report(part: dict) -> list[str]:
@@ -334,20 +385,20 @@ def deployment_report(part: dict) -> list[str]:
              "SuperNode with its SuperExec and the ClientApp processes it starts.", "",
              "| SuperNodes | SuperLink state | rounds done | median round (s) | mean round (s) | wall (s) | SuperLink (MiB) | ServerApp process (MiB) "
              "| SuperNode process, max (MiB) | SuperNode host, max (MiB) | SuperNode hosts, sum (MiB) "
-             "| failed replies | load average |",
+             "| failed replies | load before / after |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in dep:
         done = str(r["rounds"]) + ("" if r["status"] == "complete" else " (stopped early)")
         cells = [str(r["supernodes"]), r["database"], done, f"{r['median_round_s']:.2f}", f"{r['mean_round_s']:.2f}", f"{r['wall_s']:.0f}",
                  f"{r['superlink_mib']:.0f}", f"{r['serverapp_mib']:.0f}", f"{r['supernode_process_max_mib']:.0f}",
                  f"{r['supernode_host_max_mib']:.0f}", f"{r['supernodes_sum_mib']:.0f}", str(r["failures"]),
-                 f"{r['load_average']:.1f}"]
+                 load_cell(r)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *growth_lines(part["growth"], 1, "SuperNode")]
+    lines += ["", load_note(dep), "", *growth_lines(part["growth"], 1, "SuperNode")]
     lines += [f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the run stopped after {r['rounds']} rounds; the end of its output and of "
               "the SuperLink's log are in load.json" for r in dep if r["status"] != "complete"]
     return lines + [f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the SuperLink answered {count} request(s) with HTTP 500, {error}"
-                    for r in dep for error, count in r["superlink_errors"].items()]
+                    for r in dep for error, count in r["superlink_errors"].items()] + ["", *provenance_lines(dep)]
 
 
 def report(results: dict) -> str:
@@ -364,24 +415,25 @@ def code_state() -> dict:
     return {"commit": git("rev-parse", "HEAD").strip(), "uncommitted": git("status", "--porcelain").splitlines()}
 
 
-def write(args: argparse.Namespace, code: dict, sim: list[dict], dep: list[dict]) -> str:
+def write(args: argparse.Namespace, code: dict, info: dict, sim: list[dict], dep: list[dict]) -> str:
     """Write load.json and load.md with this invocation's parts; a part it does not run keeps its last results."""
-    path = RESULTS / "load.json"
+    path = args.results / "load.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    measured = {"args": vars(args), "code": code}
+    measured = {"args": {**vars(args), "results": str(args.results)}, "code": code, "provenance": info}
     if args.clients:
         results["simulation"] = {**measured, "runs": sim, "growth": growth(sim, "clients", SIM_GROWTH)}
     if args.supernodes:
         # A size this invocation does not run keeps its last row, so sizes can be measured in separate sessions.
         kept = [r for r in results.get("deployment", {}).get("runs", [])
                 if r["supernodes"] not in args.supernodes or r["database"] != args.superlink_database]
-        runs = sorted(kept + [{**r, "code": code} for r in dep], key=lambda r: (r["database"] != "file", r["supernodes"]))
+        runs = sorted(kept + [{**r, "code": code, "provenance": info} for r in dep],
+                      key=lambda r: (r["database"] != "file", r["supernodes"]))
         results["deployment"] = {**measured, "runs": runs, "growth": growth(
             [r for r in runs if r["database"] == "file"], "supernodes", DEPLOY_GROWTH)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     table = report(results)
-    (RESULTS / "load.md").write_text(table + "\n")
+    (args.results / "load.md").write_text(table + "\n")
     return table
 
 
@@ -399,24 +451,30 @@ def main() -> None:
     parser.add_argument("--superlink-database", default="file", choices=["file", ":flwr-in-memory:"],
                         help="the deployed SuperLink's state: a SQLite file, or in memory")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for load.{json,md}")
+    quiet_arguments(parser)
     args = parser.parse_args()
-    code = code_state()
+    code, info = code_state(), provenance()
+    # Each run waits for a quiet machine itself, once its SuperLink or deployment is up.
+    quiet: Quiet = partial(before_timing, args)
     sim: list[dict] = []
     dep: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         # Alternating the order of sizes between repeats spreads the shared machine's load drift over all sizes.
         for repeat in range(args.repeats):
             for clients in args.clients[::-1] if repeat % 2 else args.clients:
-                run = simulation(clients, args.sampled, args.rounds, args.timeout, Path(tmp) / f"repeat-{repeat}")
+                run = simulation(clients, args.sampled, args.rounds, args.timeout, Path(tmp) / f"repeat-{repeat}", quiet)
                 sim.append({"repeat": repeat, **run})
-                write(args, code, sim, dep)
+                write(args, code, info, sim, dep)
                 print(f"{clients} clients: {sim[-1]['status']}, {fmt(sim[-1], 'median_round_s', '.3f')} s per round, "
-                      f"{fmt(sim[-1], 'tree_mib', '.0f')} MiB peak", flush=True)
+                      f"{fmt(sim[-1], 'tree_mib', '.0f')} MiB peak{', busy' if run['busy'] else ''}", flush=True)
         for supernodes in args.supernodes:
-            dep.append(deployed(supernodes, args.rounds, args.round_timeout, args.timeout, Path(tmp), args.superlink_database))
-            write(args, code, sim, dep)
-            print(f"{supernodes} SuperNodes: {dep[-1]['median_round_s']:.2f} s per round", flush=True)
-    print(write(args, code, sim, dep))
+            dep.append(deployed(supernodes, args.rounds, args.round_timeout, args.timeout, Path(tmp),
+                                args.superlink_database, quiet))
+            write(args, code, info, sim, dep)
+            print(f"{supernodes} SuperNodes: {dep[-1]['median_round_s']:.2f} s per round"
+                  f"{', busy' if dep[-1]['busy'] else ''}", flush=True)
+    print(write(args, code, info, sim, dep))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.flower_local import flwr_run, simulation_superlink
+from benchmarks.flower_local import run_directory, run_summary, simulation_superlink
 from benchmarks.provenance import load_average, provenance, provenance_line
 from deploy.processes import PROJECT
 
@@ -93,14 +93,6 @@ def run_seed_script(seed: int, test) -> dict:
     }
 
 
-def _run_dir(out: Path) -> Path:
-    """The run directory holding the run's summary.json; a `latest` link to it counts once."""
-    found = {p.parent.resolve() for p in out.glob("*/summary.json")}
-    if len(found) != 1:
-        raise RuntimeError(f"expected one run with a summary.json in {out}, found {sorted(found)}")
-    return found.pop()
-
-
 def run_app(env: dict, seed: int, out: Path, test) -> dict:
     """fedkd through `flwr run` on the seed's config; its saved teacher and student scored on `test` too."""
     import torch
@@ -110,12 +102,9 @@ def run_app(env: dict, seed: int, out: Path, test) -> dict:
 
     load = load_average()
     start = time.perf_counter()
-    done = flwr_run(env, {**APP_CONFIG, "seed": seed, "output-dir": str(out)}, 10)
+    summary = run_summary(env, {**APP_CONFIG, "seed": seed}, 10, out)
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"flwr run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    run_dir = _run_dir(out)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run_dir = run_directory(out)
     if summary["status"] != "complete":
         raise RuntimeError(f"fedkd run {run_dir} {summary['status']}: {summary.get('reason')}")
     common = {}

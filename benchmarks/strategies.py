@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmarks.baselines import centralised, local_only
 from benchmarks.flower_local import run_directory, run_summary, simulation_superlink
+from benchmarks.provenance import load_average, provenance
 from common.config import model_cycle, parse_run_config
 from deploy.processes import PROJECT
 
@@ -99,7 +100,8 @@ def _row(cell: tuple, strategy: str, seed: int, by_model: dict, bytes_total: int
     dataset, split, models, rounds = cell
     return {"dataset": dataset, "split": split, "models": models, "rounds": rounds, "strategy": strategy, "seed": seed,
             "accuracy": statistics.fmean(by_model.values()), "accuracy_by_model": by_model,
-            "bytes_total": bytes_total, "wall_seconds": time.perf_counter() - start, "curve": curve}
+            "bytes_total": bytes_total, "wall_seconds": time.perf_counter() - start, "load_average": load_average(),
+            "provenance": provenance(), "curve": curve}
 
 
 def _cell(row: dict) -> tuple:
@@ -130,7 +132,7 @@ def report(path: Path) -> str:
     order = ["centralised", "local-only", *STRATEGIES]
     lines = ["Student accuracy on the server's test set after the last round, mean (std) over seeds; "
              "heterogeneous: the mean over architectures, then each architecture. Wall time per run on 2 cores.", "",
-             *_overview(rows, cells, order), "", *_targets(rows, cells), ""]
+             *_provenance(rows), "", *_overview(rows, cells, order), "", *_targets(rows, cells), ""]
     for cell in cells:
         picked = [r for r in rows if _cell(r) == cell]
         archs = sorted({a for r in picked for a in r["accuracy_by_model"]})
@@ -149,6 +151,19 @@ def report(path: Path) -> str:
         lines.append("")
     _plot(rows, cells, path.with_suffix(".png"))
     return "\n".join(lines)
+
+
+def _provenance(rows: list[dict]) -> list[str]:
+    """Which commits and machines the rows were measured at, as each row recorded it."""
+    recorded = [r["provenance"] for r in rows if "provenance" in r]
+    machines = sorted({f"{p['cores']}-core {p['machine']} ({p['cpu']}), torch {p['torch']}, flwr {p['flwr']}" for p in recorded})
+    lines = [f"{len(recorded)} rows record their commit and machine: commits "
+             f"{', '.join(sorted({p['commit'] for p in recorded}))}; {'; '.join(machines)}." if recorded else ""]
+    if len(recorded) < len(rows):
+        lines.append(f"{len(rows) - len(recorded)} rows predate that record: they were measured on 2-core x86_64 machines "
+                     "with torch 2.13.0 and flwr 1.42.0, at the commits that added them to `strategies.json` "
+                     "(`git log benchmarks/results/strategies.json`).")
+    return [line for line in lines if line]
 
 
 def _cell_order(cell: tuple) -> tuple:
@@ -184,8 +199,8 @@ def _overview(rows: list[dict], cells: list[tuple], order: list[str]) -> list[st
 
 
 def _targets(rows: list[dict], cells: list[tuple]) -> list[str]:
-    """The issue's targets, checked on the means over the seeds measured."""
-    lines = ["### Targets, on the means over the seeds measured", ""]
+    """fedkd's goals for the strategies, checked on the means over the seeds measured."""
+    lines = ["### Goals, checked on the means over the seeds measured", ""]
     for cell in cells:
         dataset, split, models, rounds = cell
         picked = [r for r in rows if _cell(r) == cell]
