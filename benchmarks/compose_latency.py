@@ -5,8 +5,8 @@
 The same 3 digits node files (the README's `common.data export`), the same run config, every
 node sampled: once on `docker-compose.yml` (containers, Flower's images or their stand-ins, the
 app image built offline) and once on `deploy.local` (processes on this machine), alternately.
-Both have TLS, SuperNode authentication and process isolation. Before each run it waits for the
-1-minute load average to fall to --quiet-load (default 0.5 per core) and stops if it does not,
+Both have TLS, SuperNode authentication and process isolation. Before each run it waits until at
+most --quiet-cpu (default a quarter) of the CPU is in use and stops if that does not happen,
 unless --allow-busy. Writes compose_latency.{json,md} to --results (default benchmarks/results),
 with the commit, the machine and the load average before every run.
 """

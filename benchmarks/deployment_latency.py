@@ -5,8 +5,8 @@
 One SuperLink and 3 SuperNodes on this machine (deploy.local: TLS, SuperNode authentication,
 process isolation, SuperExec poll 0.05 s), digits split in 3 node files, all nodes sampled.
 Both loops run the teacher phase on the same warm deployment, alternately. Before each run it
-waits for the 1-minute load average to fall to --quiet-load (default 0.5 per core) and stops if it
-does not, unless --allow-busy. Writes deployment_latency.{json,md} to --results (default
+waits until at most --quiet-cpu (default a quarter) of the CPU is in use and stops if that does not
+happen, unless --allow-busy. Writes deployment_latency.{json,md} to --results (default
 benchmarks/results), with the commit and the machine.
 """
 

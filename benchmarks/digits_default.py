@@ -4,8 +4,8 @@
 
 The baseline is the same teacher and student trained on the pooled client data (what the
 federation would reach if data could be pooled), measured in the same run. Before each federated
-run it waits for the 1-minute load average to fall to --quiet-load (default 0.5 per core) and
-stops if it does not, unless --allow-busy. Writes digits_default.{json,md} to --results (default
+run it waits until at most --quiet-cpu (default a quarter) of the CPU is in use and stops if that
+does not happen, unless --allow-busy. Writes digits_default.{json,md} to --results (default
 benchmarks/results), with the commit and the machine.
 """
 

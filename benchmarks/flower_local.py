@@ -95,9 +95,3 @@ def run_summary(env: dict[str, str], run_config: dict[str, object], num_supernod
         raise RuntimeError(f"flwr run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return json.loads((run_directory(out) / "summary.json").read_text())
 
-
-def seeds_from_command_line(doc: str) -> list[int]:
-    """The --seeds of a benchmark's command line (default 42 43 44)."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    return parser.parse_args().seeds

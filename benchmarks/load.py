@@ -9,9 +9,9 @@ as many scoring each phase's final model, `--rounds` teacher and student rounds,
 on a fresh private simulation SuperLink per run. Deployment: deploy.local (TLS, SuperNode
 authentication, process isolation), one synthetic partition per SuperNode, every node sampled.
 A background thread reads VmRSS from /proc every 0.2 s; a group's peak is the peak of its
-processes' sum at one instant. Before each run it waits for the 1-minute load average to fall to
---quiet-load (default 0.5 per core) and stops if it does not, unless --allow-busy, which runs anyway
-and marks the run busy. Writes load.{json,md} to --results (default benchmarks/results) after every
+processes' sum at one instant. Before each run it waits until at most --quiet-cpu (default a
+quarter) of the CPU is in use and stops if that does not happen, unless --allow-busy, which runs
+anyway and marks the run busy. Writes load.{json,md} to --results (default benchmarks/results) after every
 run, with the commit and the machine; a part left out (`--clients` or `--supernodes` with no sizes)
 keeps its last results there.
 """
@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 
 from benchmarks.flower_local import flower_pids, flwr_run, run_directory, simulation_superlink
-from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments
+from benchmarks.provenance import before_timing, load_average, provenance, provenance_line, quiet_arguments
 from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.local import Deployment, deployment
@@ -233,7 +233,7 @@ def simulation(clients: int, sampled: int, rounds: int, timeout: float, tmp: Pat
             except subprocess.TimeoutExpired:
                 row["status"] = f"timed out after {timeout:.0f} s"
             row["wall_s"] = time.perf_counter() - start
-            row["load_average_after"] = os.getloadavg()[0]
+            row["load_average_after"] = load_average()
     # `flwr run --stream` exits 0 even when the ServerApp fails: the run directory tells.
     if row["status"] == "complete" and not any(out.glob("*/summary.json")):
         raise RuntimeError(f"run with {clients} clients failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -266,7 +266,7 @@ def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float,
             run = dep.run(config)
             output = run.communicate(timeout=timeout)[0]
             wall = time.perf_counter() - start
-            after = os.getloadavg()[0]
+            after = load_average()
         superlink_log = (work / "superlink.log").read_text(errors="replace")
     if not list(out.glob("*/history.json")):
         raise RuntimeError(f"run on {supernodes} SuperNodes recorded no round:\n{output[-6000:]}")
@@ -328,13 +328,13 @@ def load_cell(row: dict) -> str:
 
 
 def load_note(rows: list[dict]) -> str:
-    """What the load column means, with the threshold the runs waited for."""
+    """What the load column means, with the CPU share the runs waited for."""
     thresholds = sorted({r["before_run"]["threshold"] for r in rows if "before_run" in r})
     if not thresholds:
         return "Load: the 1-minute load average right after the run; these runs have no reading from before it."
-    return (f"Load: the 1-minute load average right before the run (after waiting for it to fall to "
-            f"{'/'.join(f'{t:g}' for t in thresholds)}) and right after it; **busy** marks a run that started above "
-            "that, n/a a run with no reading from before it.")
+    return (f"Load: the 1-minute load average right before the run (after waiting until at most "
+            f"{'/'.join(f'{t:.0%}' for t in thresholds)} of the CPU was in use) and right after it; **busy** marks a "
+            "run that started with more of the CPU in use, n/a a run with no reading from before it.")
 
 
 def provenance_lines(records: list[dict]) -> list[str]:
@@ -367,7 +367,7 @@ def simulation_report(part: dict) -> list[str]:
                  fmt(r, "serverapp_outside_rounds_s", ".1f"), fmt(r, "wall_s", ".1f"), fmt(r, "serverapp_cpu_s", ".1f"),
                  fmt(r, "serverapp_mib", ".0f"), fmt(r, "tree_mib", ".0f"), load_cell(r)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", load_note(sim), "", *growth_lines(part["growth"], 1000, "clients")]
+    lines += ["", load_note(sim), *(["", *growth_lines(part["growth"], 1000, "clients")] if part["growth"] else [])]
     largest = max(sim, key=lambda r: r["clients"])
     roles = {k[:-4]: v for k, v in largest.items() if k.endswith("_mib") and k not in LABELS}
     return lines + ["", f"Peak RSS by role with {largest['clients']} clients (MiB): "
@@ -394,11 +394,12 @@ def deployment_report(part: dict) -> list[str]:
                  f"{r['supernode_host_max_mib']:.0f}", f"{r['supernodes_sum_mib']:.0f}", str(r["failures"]),
                  load_cell(r)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", load_note(dep), "", *growth_lines(part["growth"], 1, "SuperNode")]
-    lines += [f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the run stopped after {r['rounds']} rounds; the end of its output and of "
-              "the SuperLink's log are in load.json" for r in dep if r["status"] != "complete"]
-    return lines + [f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the SuperLink answered {count} request(s) with HTTP 500, {error}"
-                    for r in dep for error, count in r["superlink_errors"].items()] + ["", *provenance_lines(dep)]
+    bullets = growth_lines(part["growth"], 1, "SuperNode")
+    bullets += [f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the run stopped after {r['rounds']} rounds; the end of its output and of "
+                "the SuperLink's log are in load.json" for r in dep if r["status"] != "complete"]
+    bullets += [f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the SuperLink answered {count} request(s) with HTTP 500, {error}"
+                for r in dep for error, count in r["superlink_errors"].items()]
+    return lines + ["", load_note(dep), *(["", *bullets] if bullets else []), "", *provenance_lines(dep)]
 
 
 def report(results: dict) -> str:

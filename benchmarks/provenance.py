@@ -55,51 +55,62 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def quiet_threshold() -> float:
-    """The default load a timed run waits for: half a load per core."""
-    # The benchmarks keep every core busy, so a background load of half a core per core stretches their
-    # timings noticeably; an idle machine sits near 0, so this is reached within a minute or two of the
-    # previous run ending.
-    return 0.5 * (os.cpu_count() or 1)
+QUIET_CPU_SHARE = 0.25
 
 
-def wait_until_quiet(threshold: float | None = None, max_wait: float = 180.0, poll: float = 5.0) -> dict:
-    """Wait until the 1-minute load average is at most `threshold` or `max_wait` seconds have passed."""
-    # The kernel updates the 1-minute average every 5 s and, once the work ends, it decays with a 1-minute
-    # time constant: waiting after a previous run is normal, and 180 s brings ~20x the threshold down to it.
-    limit = quiet_threshold() if threshold is None else threshold
+def cpu_busy_share(window: float = 2.0) -> float:
+    """Share of all cores' time spent busy over the next `window` seconds (/proc/stat): what runs right now."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as stat:
+            ticks = [int(x) for x in stat.readline().split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks)  # idle + iowait, all
+
+    idle, total = sample()
+    time.sleep(window)
+    idle_after, total_after = sample()
+    return round(1 - (idle_after - idle) / max(1, total_after - total), 3)
+
+
+def wait_until_quiet(threshold: float | None = None, max_wait: float = 180.0, window: float = 2.0) -> dict:
+    """Wait until at most `threshold` of the CPU is busy (default a quarter) or `max_wait` seconds have passed.
+
+    The 1-minute load average is recorded beside it, but not waited for: after a previous run it still
+    counts that run's processes for minutes, while the CPU share says whether anything runs now.
+    """
+    limit = QUIET_CPU_SHARE if threshold is None else threshold
     start = time.monotonic()
-    while (load := load_average()) > limit and (left := max_wait - (time.monotonic() - start)) > 0:
-        time.sleep(min(poll, left))
-    return {"load_average": load, "threshold": limit, "waited_seconds": round(time.monotonic() - start, 1),
-            "busy": load > limit}
+    while (busy := cpu_busy_share(window)) > limit and time.monotonic() - start < max_wait:
+        pass
+    return {"cpu_busy": busy, "load_average": load_average(), "threshold": limit,
+            "waited_seconds": round(time.monotonic() - start, 1), "busy": busy > limit}
 
 
 def quiet_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --allow-busy, --quiet-load and --max-wait: how a timed run waits for a quiet machine."""
+    """Add --allow-busy, --quiet-cpu and --max-wait: how a timed run waits for a quiet machine."""
     parser.add_argument("--allow-busy", action="store_true",
-                        help="run even when the load average stays above --quiet-load; such runs are marked busy")
-    parser.add_argument("--quiet-load", type=float, default=None,
-                        help=f"1-minute load average to wait for before each timed run (default: 0.5 per core, "
-                             f"{quiet_threshold():g} here)")
+                        help="run even when the CPU stays busier than --quiet-cpu; such runs are marked busy")
+    parser.add_argument("--quiet-cpu", type=float, default=QUIET_CPU_SHARE,
+                        help="share of the CPU that may be busy when a timed run starts (default %(default)s)")
     parser.add_argument("--max-wait", type=float, default=180.0, help="seconds to wait for it before each timed run")
 
 
 def before_timing(args: argparse.Namespace) -> dict:
     """wait_until_quiet with the command line's settings; stop unless the machine got quiet or --allow-busy."""
-    quiet = wait_until_quiet(args.quiet_load, args.max_wait)
+    quiet = wait_until_quiet(args.quiet_cpu, args.max_wait)
     if quiet["busy"] and not args.allow_busy:
-        raise SystemExit(f"the machine is busy: 1-minute load average {quiet['load_average']:.2f} is above "
-                         f"{quiet['threshold']:g} after {quiet['waited_seconds']:.0f} s; rerun on a quiet machine, "
-                         "or pass --allow-busy to measure anyway (runs marked busy)")
+        raise SystemExit(f"the machine is busy: {quiet['cpu_busy']:.0%} of its CPU in use, above "
+                         f"{quiet['threshold']:.0%}, after {quiet['waited_seconds']:.0f} s (1-minute load average "
+                         f"{quiet['load_average']:.2f}); rerun on a quiet machine, or pass --allow-busy to measure "
+                         "anyway (runs marked busy)")
     return quiet
 
 
 def quiet_line(records: list[dict], cores: object) -> str:
-    """One line for a results page: the load before the timed runs, and how many started busy."""
+    """One line for a results page: how busy the machine was before the timed runs, and how many started busy."""
     loads = [r["load_average"] for r in records]
+    cpu = [r["cpu_busy"] for r in records if "cpu_busy" in r]
     busy = sum(r["busy"] for r in records)
-    return (f"1-minute load average before each timed run: {min(loads):.2f}-{max(loads):.2f} "
-            f"(mean {statistics.mean(loads):.2f}) on {cores} cores, after waiting at most "
-            f"{max(r['waited_seconds'] for r in records):.0f} s for it to fall to {records[0]['threshold']:g}; "
-            f"{busy} of {len(records)} runs started above it (busy).")
+    share = (f"CPU in use before each timed run {min(cpu):.0%}-{max(cpu):.0%} (each waited for at most "
+             f"{records[0]['threshold']:.0%}; {busy} of {len(records)} runs started above it, busy); " if cpu else "")
+    return (f"{share}1-minute load average before each timed run {min(loads):.2f}-{max(loads):.2f} "
+            f"(mean {statistics.mean(loads):.2f}) on {cores} cores.")

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.flower_local import run_directory, run_summary, simulation_superlink
-from benchmarks.provenance import load_average, provenance, provenance_line
+from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments, quiet_line
 from deploy.processes import PROJECT
 
 SEED_SCRIPT = PROJECT.parent / "shared" / "seed" / "tutorial_055.py"
@@ -67,7 +67,6 @@ def run_seed_script(seed: int, test) -> dict:
     spec = importlib.util.spec_from_file_location("tutorial_055", SEED_SCRIPT)
     seed_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seed_module)
-    load = load_average()
     start = time.perf_counter()
     config = seed_module.KDConfig(seed=seed)
     torch.manual_seed(seed)
@@ -89,7 +88,6 @@ def run_seed_script(seed: int, test) -> dict:
         "own_test_samples": len(server.test_data),
         "median_round_seconds": statistics.median(rounds),
         "wall_seconds": wall,
-        "load_average": load,
     }
 
 
@@ -100,7 +98,6 @@ def run_app(env: dict, seed: int, out: Path, test) -> dict:
     from common.data import SYNTHETIC_SERVER_TEST_SIZE
     from common.models import build_model
 
-    load = load_average()
     start = time.perf_counter()
     summary = run_summary(env, {**APP_CONFIG, "seed": seed}, 10, out)
     wall = time.perf_counter() - start
@@ -120,7 +117,6 @@ def run_app(env: dict, seed: int, out: Path, test) -> dict:
         "median_round_seconds": summary["median_round_seconds"],
         "wall_seconds": wall,
         "serverapp_seconds": summary["wall_seconds"],
-        "load_average": load,
     }
 
 
@@ -149,7 +145,6 @@ def report(seed_runs: list[dict], app_runs: list[dict], seeds: list[int], test_s
         lines.append(f"| {label} | {fmt.format(sm)} ({fmt.format(ss)}) | {fmt.format(am)} ({fmt.format(as_)}) | {am / sm:.2f} |")
     seed_p, app_p = _stats(seed_runs, "common_student_accuracy")[0], _stats(app_runs, "common_student_accuracy")[0]
     own_seed_p, own_app_p = _stats(seed_runs, "student_accuracy")[0], _stats(app_runs, "student_accuracy")[0]
-    loads = {name: [r["load_average"] for r in runs] for name, runs in (("seed script", seed_runs), ("fedkd", app_runs))}
     lines += [
         "",
         f"Common test set: {test_samples:,} samples of the task drawn from seed {COMMON_TEST_SEED}, the same array for "
@@ -158,9 +153,7 @@ def report(seed_runs: list[dict], app_runs: list[dict], seeds: list[int], test_s
         f"Own test sets, per run: the seed script's {own_seed:,} samples (standard error "
         f"{_standard_error(own_seed_p, own_seed):.4f}), fedkd's server test set of {own_app:,} "
         f"({_standard_error(own_app_p, own_app):.4f}).",
-        "1-minute load average before each timed run: " + "; ".join(
-            f"{name} {min(v):.2f}-{max(v):.2f} (mean {statistics.mean(v):.2f})" for name, v in loads.items())
-        + f", on {info['cores']} cores.",
+        quiet_line([r["before_run"] for r in seed_runs + app_runs], info["cores"]),
         "",
         provenance_line(info),
     ]
@@ -173,6 +166,7 @@ def command_line() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     parser.add_argument("--test-samples", type=int, default=TEST_SAMPLES, help="size of the common test set")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for seed_comparison.{json,md}")
+    quiet_arguments(parser)
     args = parser.parse_args()
     if args.test_samples < 1:
         parser.error(f"--test-samples = {args.test_samples}; allowed: 1 or more")
@@ -188,8 +182,10 @@ def main() -> None:
     seed_runs, app_runs = [], []
     with tempfile.TemporaryDirectory() as tmp, simulation_superlink(Path(tmp) / "flwr-home") as env:
         for seed in args.seeds:
-            seed_runs.append(run_seed_script(seed, test))
-            app_runs.append(run_app(env, seed, Path(tmp) / f"out-{seed}", test))
+            before = before_timing(args)
+            seed_runs.append({**run_seed_script(seed, test), "before_run": before})
+            before = before_timing(args)
+            app_runs.append({**run_app(env, seed, Path(tmp) / f"out-{seed}", test), "before_run": before})
             print(f"seed {seed}: seed script {seed_runs[-1]}\n         fedkd {app_runs[-1]}", flush=True)
     table = report(seed_runs, app_runs, args.seeds, args.test_samples, info)
     (args.results / "seed_comparison.json").write_text(json.dumps({

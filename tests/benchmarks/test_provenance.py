@@ -32,7 +32,7 @@ def test_provenance_line_names_cores_and_commit():
 
 def test_quiet_machine_returns_at_once():
     start = time.monotonic()
-    quiet = prov.wait_until_quiet(threshold=1e6, max_wait=30, poll=5)
+    quiet = prov.wait_until_quiet(threshold=1.0, max_wait=30, window=0.2)
     assert time.monotonic() - start < 1
     assert quiet["busy"] is False
     assert quiet["waited_seconds"] < 1
@@ -40,43 +40,63 @@ def test_quiet_machine_returns_at_once():
 
 
 def test_busy_machine_gives_up_at_max_wait():
-    # No load average is below a negative threshold, so this can only end by giving up.
+    # No CPU share is below a negative threshold, so this can only end by giving up.
     start = time.monotonic()
-    quiet = prov.wait_until_quiet(threshold=-1, max_wait=0.2, poll=5)
-    assert 0.2 <= time.monotonic() - start < 2
+    quiet = prov.wait_until_quiet(threshold=-1, max_wait=0.5, window=0.2)
+    assert 0.5 <= time.monotonic() - start < 2
     assert quiet["busy"] is True
     assert quiet["threshold"] == -1
 
 
-def test_waits_while_the_load_decays(monkeypatch):
-    loads = iter([3.0, 2.0, 0.9, 0.4])
-    monkeypatch.setattr(prov, "load_average", lambda: next(loads))
-    quiet = prov.wait_until_quiet(threshold=1.0, max_wait=10, poll=0.01)
-    assert quiet["load_average"] == 0.9
+def test_waits_while_something_else_runs(monkeypatch):
+    shares = iter([0.9, 0.6, 0.2, 0.1])
+    monkeypatch.setattr(prov, "cpu_busy_share", lambda window: next(shares))
+    quiet = prov.wait_until_quiet(threshold=0.25, max_wait=10)
+    assert quiet["cpu_busy"] == 0.2
     assert quiet["busy"] is False
 
 
-def test_default_threshold_is_half_a_load_per_core(monkeypatch):
-    monkeypatch.setattr(prov, "load_average", lambda: 0.5 * os.cpu_count())
+def test_default_threshold_is_a_quarter_of_the_cpu(monkeypatch):
+    monkeypatch.setattr(prov, "cpu_busy_share", lambda window: 0.25)
     assert prov.wait_until_quiet(max_wait=0)["busy"] is False
-    monkeypatch.setattr(prov, "load_average", lambda: 0.5 * os.cpu_count() + 0.01)
+    monkeypatch.setattr(prov, "cpu_busy_share", lambda window: 0.26)
     assert prov.wait_until_quiet(max_wait=0)["busy"] is True
+
+
+def test_cpu_busy_share_sees_a_spinning_process():
+    import multiprocessing
+
+    spinner = multiprocessing.Process(target=_spin, args=(3.0,))
+    spinner.start()
+    try:
+        time.sleep(0.3)
+        share = prov.cpu_busy_share(1.0)
+    finally:
+        spinner.terminate()
+    # One core of os.cpu_count() spinning.
+    assert share >= 0.9 / os.cpu_count()
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
 
 
 def test_busy_machine_stops_a_timed_run_unless_allowed():
     parser = argparse.ArgumentParser()
     prov.quiet_arguments(parser)
     with pytest.raises(SystemExit, match="--allow-busy"):
-        prov.before_timing(parser.parse_args(["--quiet-load", "-1", "--max-wait", "0"]))
-    allowed = prov.before_timing(parser.parse_args(["--quiet-load", "-1", "--max-wait", "0", "--allow-busy"]))
+        prov.before_timing(parser.parse_args(["--quiet-cpu", "-1", "--max-wait", "0"]))
+    allowed = prov.before_timing(parser.parse_args(["--quiet-cpu", "-1", "--max-wait", "0", "--allow-busy"]))
     assert allowed["busy"] is True
 
 
 def test_quiet_line_counts_busy_runs():
-    records = [{"load_average": 0.2, "threshold": 1.0, "waited_seconds": 0.0, "busy": False},
-               {"load_average": 1.5, "threshold": 1.0, "waited_seconds": 180.0, "busy": True}]
+    records = [{"cpu_busy": 0.05, "load_average": 0.2, "threshold": 0.25, "waited_seconds": 0.0, "busy": False},
+               {"cpu_busy": 0.6, "load_average": 1.5, "threshold": 0.25, "waited_seconds": 180.0, "busy": True}]
     line = prov.quiet_line(records, 2)
-    assert "0.20-1.50" in line and "2 cores" in line and "1 of 2 runs" in line
+    assert "5%-60%" in line and "0.20-1.50" in line and "2 cores" in line and "1 of 2 runs" in line
 
 
 def test_load_table_marks_busy_rows_and_summaries_count_them():
