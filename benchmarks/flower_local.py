@@ -4,7 +4,6 @@ Used by the end-to-end tests and the benchmarks, so that neither touches a user'
 or a SuperLink that another session started.
 """
 
-import argparse
 import json
 import subprocess
 from collections.abc import Iterator
