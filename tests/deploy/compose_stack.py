@@ -194,6 +194,7 @@ def compose_stack(work: Path) -> ComposeStack:
 
     Data and certificates are made by the README's own commands.
     """
+    work.mkdir(parents=True, exist_ok=True)
     for part in (*PROJECT_FILES, ".gitignore"):
         source = PROJECT / part
         if source.is_dir():
