@@ -4,9 +4,10 @@
 
 One SuperLink and 3 SuperNodes on this machine (deploy.local: TLS, SuperNode authentication,
 process isolation, SuperExec poll 0.05 s), digits split in 3 node files, all nodes sampled.
-Both loops run the teacher phase on the same warm deployment, alternately. Before each run it
-waits until at most --quiet-cpu (default a quarter) of the CPU is in use and stops if that does not
-happen, unless --allow-busy. Writes deployment_latency.{json,md} to --results (default
+Both loops run the teacher phase on the same warm deployment, alternately. Before the deployment
+comes up, and before the import timing, it waits until at most --quiet-cpu (default a quarter) of
+the CPU is in use and stops if that does not happen, unless --allow-busy; before each run it records
+the CPU share and the load average. Writes deployment_latency.{json,md} to --results (default
 benchmarks/results), with the commit and the machine.
 """
 
@@ -19,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments, quiet_line
+from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments, quiet_line, reading
 from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.local import deployment
@@ -67,17 +68,19 @@ def main() -> None:
         tmp = Path(tmp)
         files = export_partitions(parse_run_config({"dataset": "digits", "partitioner": "iid"}), 3, tmp / "data")
         app = stock_app(tmp)
+        # Checked before the deployment is up: its own idle polling is part of what is measured.
+        loads.append({"loop": "before the deployment", "repeat": 0, **before_timing(args)})
         with deployment(tmp / "deploy", files) as dep:
             for repeat in range(args.repeats):
                 out = tmp / f"fedkd-{repeat}"
-                loads.append({"loop": "fedkd", "repeat": repeat, **before_timing(args)})
+                loads.append({"loop": "fedkd", "repeat": repeat, **reading()})
                 submit(dep, PROJECT, {**base, "output-dir": str(out)})
                 history = json.loads(next(out.glob("*/history.json")).read_text())
                 teacher = [r for r in history if r["phase"] == "teacher"]
                 fedkd += [r["seconds"] for r in teacher]
                 breakdown += [(r["seconds"], r["client_seconds"], r["seconds"] - r["exchange_seconds"]) for r in teacher]
                 out = tmp / f"stock-{repeat}"
-                loads.append({"loop": "stock", "repeat": repeat, **before_timing(args)})
+                loads.append({"loop": "stock", "repeat": repeat, **reading()})
                 submit(dep, app, {**base, "output-dir": str(out)})
                 stock += json.loads((out / "stock-rounds.json").read_text())
                 print(f"repeat {repeat}: fedkd {statistics.median(fedkd):.2f} s, stock {statistics.median(stock):.2f} s", flush=True)

@@ -71,6 +71,11 @@ def cpu_busy_share(window: float = 2.0) -> float:
     return round(1 - (idle_after - idle) / max(1, total_after - total), 3)
 
 
+def reading(window: float = 2.0) -> dict:
+    """The CPU share in use and the 1-minute load average now, recorded beside a timing without waiting."""
+    return {"cpu_busy": cpu_busy_share(window), "load_average": load_average()}
+
+
 def wait_until_quiet(threshold: float | None = None, max_wait: float = 180.0, window: float = 2.0) -> dict:
     """Wait until at most `threshold` of the CPU is busy (default a quarter) or `max_wait` seconds have passed.
 
@@ -109,8 +114,9 @@ def quiet_line(records: list[dict], cores: object) -> str:
     """One line for a results page: how busy the machine was before the timed runs, and how many started busy."""
     loads = [r["load_average"] for r in records]
     cpu = [r["cpu_busy"] for r in records if "cpu_busy" in r]
-    busy = sum(r["busy"] for r in records)
-    share = (f"CPU in use before each timed run {min(cpu):.0%}-{max(cpu):.0%} (each waited for at most "
-             f"{records[0]['threshold']:.0%}; {busy} of {len(records)} runs started above it, busy); " if cpu else "")
+    waited = [r for r in records if "busy" in r]
+    share = f"CPU in use before each timed run {min(cpu):.0%}-{max(cpu):.0%}; " if cpu else ""
+    checked = (f"; {sum(r['busy'] for r in waited)} of {len(waited)} quiet checks (at most "
+               f"{waited[0]['threshold']:.0%} of the CPU in use) found the machine busy" if waited else "")
     return (f"{share}1-minute load average before each timed run {min(loads):.2f}-{max(loads):.2f} "
-            f"(mean {statistics.mean(loads):.2f}) on {cores} cores.")
+            f"(mean {statistics.mean(loads):.2f}) on {cores} cores{checked}.")
