@@ -25,8 +25,9 @@ def _commit() -> str:
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT, capture_output=True, text=True)
     if done.returncode != 0:
         return "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT,
-                           capture_output=True, text=True).stdout.strip()
+    # Results files are what benchmarks write, not code: they do not make the commit's code differ.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)benchmarks/results"], cwd=PROJECT, capture_output=True, text=True).stdout.strip()
     return done.stdout.strip() + ("+changes" if dirty else "")
 
 
