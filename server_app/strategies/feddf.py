@@ -7,6 +7,7 @@ from flwr.serverapp import Grid
 
 from common.data import load_public
 from common.distill import BatchFn, ValidationFn, ensemble_soft_targets, labelled_error, random_batches
+from common.protocol import Action
 from common.seeds import derive_seed
 from server_app.strategies.base import Globals, Round, Strategy
 
@@ -22,7 +23,7 @@ class FedDF(Strategy):
 
     def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
         """Grouped FedAvg of `train.supervised`, then server-side ensemble distillation."""
-        result, replies = self.train_round(phase, server_round, globals_, grid, "supervised")
+        result, replies = self.train_round(phase, server_round, globals_, grid, Action.SUPERVISED)
         if not replies:
             return result
         teachers = self.models_of(replies, phase)
