@@ -18,7 +18,7 @@ from common.protocol import (
     INDICES, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE, SOURCE_TEACHER,
     SPLIT, TEACHER, TEST_LOGITS, TRAIN_LOSS, Action,
 )
-from common.seeds import derive_seed
+from common.seeds import Stream, derive_seed
 from common.training import evaluate, predict_logits, train
 
 # Several ClientApps share the cores in simulation; one thread each avoids oversubscription.
@@ -85,7 +85,7 @@ def _fit(msg: Message, cfg: RunConfig, stream: int, data: ClientData, **train_kw
     name = str(config[MODEL])
     model = load_record(build_model(name, cfg.dataset), msg.content[ARRAYS])
     metrics = _eval_metrics(model, data.test) if config.get(EVALUATE_INCOMING, False) else {}
-    seed = derive_seed(cfg.seed, 20, zlib.crc32(name.encode()), int(config[SERVER_ROUND]), stream)
+    seed = derive_seed(cfg.seed, Stream.LOCAL_TRAINING, zlib.crc32(name.encode()), int(config[SERVER_ROUND]), stream)
     metrics[TRAIN_LOSS] = train(model, data.train.x, **_train_kwargs(cfg, seed), **train_kwargs)
     metrics[NUM_EXAMPLES] = len(data.train)
     metrics[CLIENT_SECONDS] = time.perf_counter() - start
@@ -127,7 +127,7 @@ def _local_teacher(cfg: RunConfig, msg: Message, context: Context, stream: int, 
     if TEACHER in msg.content.array_records:
         load_record(teacher, msg.content[TEACHER])
         if cfg.teacher_finetune_epochs > 0:
-            seed = derive_seed(cfg.seed, 30, stream)
+            seed = derive_seed(cfg.seed, Stream.TEACHER_FINETUNE, stream)
             train(teacher, data.train.x, (data.train.y,), **_train_kwargs(cfg, seed, cfg.teacher_finetune_epochs))
         _keep(context, LOCAL_TEACHER, teacher)
     elif not _restore(context, LOCAL_TEACHER, teacher):
@@ -145,11 +145,11 @@ def _own_model(cfg: RunConfig, context: Context, stream: int, data: ClientData) 
     model = build_model(name, cfg.dataset)
     if _restore(context, OWN_MODEL, model):
         return model
-    model = initial_model(name, cfg.dataset, derive_seed(cfg.seed, 50, stream))
+    model = initial_model(name, cfg.dataset, derive_seed(cfg.seed, Stream.OWN_MODEL, stream))
     if cfg.transfer_epochs > 0:
         public = load_public(cfg)
-        train(model, public.x, (public.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, 51, stream), cfg.transfer_epochs))
-    train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, 52, stream)))
+        train(model, public.x, (public.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.TRANSFER, stream), cfg.transfer_epochs))
+    train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.OWN_TRAINING, stream)))
     _keep(context, OWN_MODEL, model)
     return model
 
@@ -192,8 +192,8 @@ def train_digest(msg: Message, context: Context) -> Message:
     server_round = int(config[SERVER_ROUND])
     consensus = logits_from_record(msg.content[CONSENSUS])
     digest = train(model, _inputs(cfg, config), (consensus,), loss_fn=partial(soft_loss, temperature=cfg.temperature),
-                   **_train_kwargs(cfg, derive_seed(cfg.seed, 53, server_round, stream), cfg.digest_epochs))
-    revisit = train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, 54, server_round, stream)))
+                   **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.DIGEST, server_round, stream), cfg.digest_epochs))
+    revisit = train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.REVISIT, server_round, stream)))
     _keep(context, OWN_MODEL, model)
     metrics = {**_eval_metrics(model, data.test), NUM_EXAMPLES: len(data.train), TRAIN_LOSS: revisit,
                DIGEST_LOSS: digest, CLIENT_SECONDS: time.perf_counter() - start}

@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord
 from common.config import check_model_name, mlp_widths
 from common.data import dataset_shape, image_shape
 from common.protocol import LOGITS_ARRAY
-from common.seeds import derive_seed
+from common.seeds import Stream, derive_seed
 
 
 def build_mlp(num_features: int, hidden: Sequence[int], num_classes: int) -> nn.Sequential:
@@ -53,7 +53,7 @@ def build_model(name: str, dataset: str) -> nn.Sequential:
 def initial_model(name: str, dataset: str, seed: int) -> nn.Sequential:
     """build_model with weights drawn from (`seed`, `name`), leaving torch's global generator as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, 10, zlib.crc32(name.encode())))
+        torch.manual_seed(derive_seed(seed, Stream.INITIAL_WEIGHTS, zlib.crc32(name.encode())))
         return build_model(name, dataset)
 
 

@@ -7,7 +7,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from common.protocol import CONFIG, MODEL, NAME, NODE, QUERY_IDENTIFY
-from common.seeds import derive_seed
+from common.seeds import Stream, derive_seed
 from server_app.transport import exchange, retrying
 
 WAIT_POLL_SECONDS = 1.0
@@ -18,7 +18,7 @@ class NodeSampler:
     """Samples nodes with its own generator; names nodes by what they report, not by their random ids."""
 
     def __init__(self, seed: int, timeout: float, default_model: str = "mlp-32") -> None:
-        self.rng = random.Random(derive_seed(seed, 40))
+        self.rng = random.Random(derive_seed(seed, Stream.SAMPLING))
         self.default_model = default_model
         self.timeout = timeout
         self.names: dict[int, str] = {}

@@ -18,6 +18,7 @@ from common.protocol import (
     ARRAYS, CLIENT_SECONDS, CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE, EVALUATE_INCOMING, LOGITS,
     LOGITS_ARRAY, METRICS, MODEL, NUM_EXAMPLES, QUERY_LOGITS, SERVER_ROUND, TRAIN_LOSS, Action, message_type,
 )
+from common.seeds import Stream, stream_rng
 from server_app.sampling import NodeSampler
 from server_app.screening import screen_reply
 from server_app.transport import Exchange, exchange
@@ -175,7 +176,7 @@ class Strategy(FedAvg):
         wanted = self.cfg.public_samples_per_round
         if wanted == 0 or wanted >= public_size:
             return list(range(public_size))
-        rng = np.random.default_rng([self.cfg.seed, 60, self.phases.index(phase), server_round])
+        rng = stream_rng(self.cfg.seed, Stream.PUBLIC_SUBSET, self.phases.index(phase), server_round)
         return sorted(rng.choice(public_size, size=wanted, replace=False).tolist())
 
     def distill_budget(self) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from flwr.serverapp import Grid
 from common.data import load_public
 from common.distill import BatchFn, ValidationFn, ensemble_soft_targets, labelled_error, random_batches
 from common.protocol import Action
-from common.seeds import derive_seed
+from common.seeds import Stream, derive_seed
 from server_app.strategies.base import Globals, Round, Strategy
 
 # Share of the public inputs held out for early stopping.
@@ -40,5 +40,5 @@ class FedDF(Strategy):
         cut = max(1, int(len(public) * VALIDATION_SHARE))
         x = public.x[cut:][self.public_subset(len(public) - cut, server_round, "student")]
         targets = ensemble_soft_targets(teachers, x, self.cfg.temperature)
-        seed = derive_seed(self.cfg.seed, 62, server_round)
+        seed = derive_seed(self.cfg.seed, Stream.FEDDF_BATCHES, server_round)
         return (lambda name: random_batches(x, targets, self.cfg.batch_size, seed)), labelled_error(public.x[:cut], public.y[:cut])

@@ -7,7 +7,7 @@ from common.data import load_public
 from common.distill import consensus, labelled_error, random_batches
 from common.models import logits_from_record
 from common.protocol import INDICES, LOGITS, PUBLIC, SERVER_ROUND, SOURCE, SOURCE_TEACHER, SPLIT, TEACHER, Action
-from common.seeds import derive_seed
+from common.seeds import Stream, derive_seed
 from server_app.strategies.base import Globals, Round, Strategy
 
 
@@ -62,7 +62,7 @@ class TwoStage(Strategy):
         ensemble = consensus([logits_from_record(m.content[LOGITS]) for m in replies])
         x, y = public.x[indices], public.y[indices]
         cut = max(1, len(x) // 5)  # a labelled fifth for early stopping
-        seed = derive_seed(self.cfg.seed, 61, server_round)
+        seed = derive_seed(self.cfg.seed, Stream.ENSEMBLE_BATCHES, server_round)
         result.globals = self.distil_groups(
             phase, globals_, lambda name: random_batches(x[cut:], ensemble[cut:], self.cfg.batch_size, seed),
             labelled_error(x[:cut], y[:cut]), result,
