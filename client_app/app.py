@@ -15,8 +15,8 @@ from common.loss import distillation_loss, soft_loss
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
 from common.protocol import (
     ARRAYS, CLIENT_SECONDS, CONFIG, CONSENSUS, DIGEST_LOSS, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING,
-    INDICES, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE, SOURCE_TEACHER,
-    SPLIT, TEACHER, TEST_LOGITS, TRAIN_LOSS, Action,
+    INDICES, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE,
+    SOURCE_TEACHER, SPLIT, TEACHER, TEST_LOGITS, TRAIN_LOSS, Action,
 )
 from common.seeds import Stream, derive_seed
 from common.training import evaluate, predict_logits, train
@@ -155,9 +155,9 @@ def _own_model(cfg: RunConfig, context: Context, stream: int, data: ClientData) 
 
 
 def _inputs(cfg: RunConfig, config: ConfigRecord) -> torch.Tensor:
-    """The inputs a query names: rows of the public data, or the built-in server test set."""
-    if config[SPLIT] == "server-test":
-        return load_server_testset(cfg).x
+    """The inputs a message names: rows of the public data."""
+    if config[SPLIT] != PUBLIC:
+        raise ValueError(f"message config '{SPLIT}' = {config[SPLIT]!r}; allowed: {PUBLIC!r}")
     return load_public(cfg).x[torch.as_tensor(list(config[INDICES]), dtype=torch.long)]
 
 

@@ -248,3 +248,9 @@ def test_malformed_node_config_is_refused_with_what_is_allowed(context, config, 
     context.node_config.update(config)
     with pytest.raises(Exception, match=expected.replace("(", r"\(").replace(")", r"\)")):
         app(message(TRAIN_SUPERVISED, to_record(initial_model(TEACHER, "synthetic", 42))), context)
+
+
+def test_a_query_for_inputs_other_than_the_public_data_is_refused(context):
+    teacher = to_record(initial_model(TEACHER, "synthetic", 42))
+    with pytest.raises(Exception, match="message config 'split' = 'server-test'; allowed: 'public'"):
+        app(query({SOURCE: SOURCE_TEACHER, SPLIT: "server-test", INDICES: [1, 2], SERVER_ROUND: 1}, teacher=teacher), context)
