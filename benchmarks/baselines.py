@@ -7,7 +7,7 @@ import torch
 from common.config import RunConfig
 from common.data import Split, load_client_data, load_server_testset
 from common.models import initial_model
-from common.seeds import derive_seed
+from common.seeds import Stream, derive_seed
 from common.training import evaluate, train
 
 
@@ -15,7 +15,7 @@ def _accuracy(cfg: RunConfig, name: str, data: Split, epochs: int, stream: int) 
     """Train architecture `name` on `data` from the run's initial weights; its server-test accuracy."""
     model = initial_model(name, cfg.dataset, cfg.seed)
     train(model, data.x, (data.y,), epochs=epochs, batch_size=cfg.batch_size,
-          learning_rate=cfg.learning_rate, seed=derive_seed(cfg.seed, 90, stream))
+          learning_rate=cfg.learning_rate, seed=derive_seed(cfg.seed, Stream.BASELINE_TRAINING, stream))
     test = load_server_testset(cfg)
     return evaluate(model, test.x, test.y)[1] / len(test)
 

@@ -29,8 +29,8 @@ SEED_SCRIPT = PROJECT.parent / "shared" / "seed" / "tutorial_055.py"
 RESULTS = PROJECT / "benchmarks" / "results"
 SEEDS = [42, 43, 44, 45, 46]
 TEST_SAMPLES = 20_000
-# Its own stream: fedkd draws from default_rng([seed, ...]) and the seed script from torch's
-# global generator seeded with the run's seed, so neither ever draws this array.
+# Its own stream: fedkd keys its generators by (seed, stream) (common/seeds.py) and the seed script
+# seeds torch's global generator with the run's seed, so neither ever draws this array.
 COMMON_TEST_SEED = 20_250_055
 FEATURES, CLASSES = 32, 10
 APP_CONFIG = {"dataset": "synthetic", "partitioner": "iid", "num-teacher-rounds": 25, "num-student-rounds": 25,

@@ -16,6 +16,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from common.config import parse_run_config
 from common.models import initial_model, to_record
+from common.protocol import ARRAYS, CONFIG, MODEL, NUM_EXAMPLES, TRAIN_SUPERVISED
 from server_app.outputs import write_json
 
 app = ServerApp()
@@ -25,12 +26,13 @@ class StockFedAvg(FedAvg):
     """Flower's FedAvg, its train messages addressed to fedkd's `train.supervised` handler for `model`."""
 
     def __init__(self, model: str, **kwargs) -> None:
-        super().__init__(**kwargs)
+        # The record and metric names of fedkd's ClientApp.
+        super().__init__(arrayrecord_key=ARRAYS, configrecord_key=CONFIG, weighted_by_key=NUM_EXAMPLES, **kwargs)
         self.model = model
 
     def _construct_messages(self, record: RecordDict, node_ids: list[int], message_type: str) -> Iterable[Message]:
-        record[self.configrecord_key]["model"] = self.model
-        action = "train.supervised" if message_type == MessageType.TRAIN else message_type
+        record[self.configrecord_key][MODEL] = self.model
+        action = TRAIN_SUPERVISED if message_type == MessageType.TRAIN else message_type
         return super()._construct_messages(record, node_ids, action)
 
 

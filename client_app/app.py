@@ -13,7 +13,12 @@ from common.config import RunConfig, parse_run_config
 from common.data import ClientData, Split, load_client_data, load_npz, load_public, load_server_testset
 from common.loss import distillation_loss, soft_loss
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
-from common.seeds import derive_seed
+from common.protocol import (
+    ARRAYS, CLIENT_SECONDS, CONFIG, CONSENSUS, DIGEST_LOSS, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING,
+    INDICES, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE,
+    SOURCE_TEACHER, SPLIT, TEACHER, TEST_LOGITS, TRAIN_LOSS, Action,
+)
+from common.seeds import Stream, derive_seed
 from common.training import evaluate, predict_logits, train
 
 # Several ClientApps share the cores in simulation; one thread each avoids oversubscription.
@@ -65,7 +70,7 @@ def _whole(config: dict, key: str) -> int:
 
 def _eval_metrics(model: torch.nn.Module, test: Split) -> dict[str, float]:
     loss, correct = evaluate(model, test.x, test.y)
-    return {"eval-examples": len(test), "eval-correct": correct, "eval-loss-sum": loss * len(test)}
+    return {EVAL_EXAMPLES: len(test), EVAL_CORRECT: correct, EVAL_LOSS_SUM: loss * len(test)}
 
 
 def _train_kwargs(cfg: RunConfig, seed: int, epochs: int | None = None) -> dict:
@@ -76,15 +81,15 @@ def _train_kwargs(cfg: RunConfig, seed: int, epochs: int | None = None) -> dict:
 def _fit(msg: Message, cfg: RunConfig, stream: int, data: ClientData, **train_kwargs) -> Message:
     """Shared body of the weight-training handlers: score the incoming global model, train, reply."""
     start = time.perf_counter()
-    config = msg.content["config"]
-    name = str(config["model"])
-    model = load_record(build_model(name, cfg.dataset), msg.content["arrays"])
-    metrics = _eval_metrics(model, data.test) if config.get("evaluate-incoming", False) else {}
-    seed = derive_seed(cfg.seed, 20, zlib.crc32(name.encode()), int(config["server-round"]), stream)
-    metrics["train-loss"] = train(model, data.train.x, **_train_kwargs(cfg, seed), **train_kwargs)
-    metrics["num-examples"] = len(data.train)
-    metrics["client-seconds"] = time.perf_counter() - start
-    return Message(RecordDict({"arrays": to_record(model), "metrics": MetricRecord(metrics)}), reply_to=msg)
+    config = msg.content[CONFIG]
+    name = str(config[MODEL])
+    model = load_record(build_model(name, cfg.dataset), msg.content[ARRAYS])
+    metrics = _eval_metrics(model, data.test) if config.get(EVALUATE_INCOMING, False) else {}
+    seed = derive_seed(cfg.seed, Stream.LOCAL_TRAINING, zlib.crc32(name.encode()), int(config[SERVER_ROUND]), stream)
+    metrics[TRAIN_LOSS] = train(model, data.train.x, **_train_kwargs(cfg, seed), **train_kwargs)
+    metrics[NUM_EXAMPLES] = len(data.train)
+    metrics[CLIENT_SECONDS] = time.perf_counter() - start
+    return Message(RecordDict({ARRAYS: to_record(model), METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
 def _saved_path(context: Context, what: str) -> Path | None:
@@ -119,10 +124,10 @@ def _restore(context: Context, what: str, model: torch.nn.Module) -> bool:
 def _local_teacher(cfg: RunConfig, msg: Message, context: Context, stream: int, data: ClientData) -> torch.nn.Module:
     """The node's teacher: the global teacher the server sent once, optionally fine-tuned here."""
     teacher = build_model(cfg.teacher_model, cfg.dataset)
-    if "teacher" in msg.content.array_records:
-        load_record(teacher, msg.content["teacher"])
+    if TEACHER in msg.content.array_records:
+        load_record(teacher, msg.content[TEACHER])
         if cfg.teacher_finetune_epochs > 0:
-            seed = derive_seed(cfg.seed, 30, stream)
+            seed = derive_seed(cfg.seed, Stream.TEACHER_FINETUNE, stream)
             train(teacher, data.train.x, (data.train.y,), **_train_kwargs(cfg, seed, cfg.teacher_finetune_epochs))
         _keep(context, LOCAL_TEACHER, teacher)
     elif not _restore(context, LOCAL_TEACHER, teacher):
@@ -140,23 +145,23 @@ def _own_model(cfg: RunConfig, context: Context, stream: int, data: ClientData) 
     model = build_model(name, cfg.dataset)
     if _restore(context, OWN_MODEL, model):
         return model
-    model = initial_model(name, cfg.dataset, derive_seed(cfg.seed, 50, stream))
+    model = initial_model(name, cfg.dataset, derive_seed(cfg.seed, Stream.OWN_MODEL, stream))
     if cfg.transfer_epochs > 0:
         public = load_public(cfg)
-        train(model, public.x, (public.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, 51, stream), cfg.transfer_epochs))
-    train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, 52, stream)))
+        train(model, public.x, (public.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.TRANSFER, stream), cfg.transfer_epochs))
+    train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.OWN_TRAINING, stream)))
     _keep(context, OWN_MODEL, model)
     return model
 
 
 def _inputs(cfg: RunConfig, config: ConfigRecord) -> torch.Tensor:
-    """The inputs a query names: rows of the public data, or the built-in server test set."""
-    if config["split"] == "server-test":
-        return load_server_testset(cfg).x
-    return load_public(cfg).x[torch.as_tensor(list(config["indices"]), dtype=torch.long)]
+    """The inputs a message names: rows of the public data."""
+    if config[SPLIT] != PUBLIC:
+        raise ValueError(f"message config '{SPLIT}' = {config[SPLIT]!r}; allowed: {PUBLIC!r}")
+    return load_public(cfg).x[torch.as_tensor(list(config[INDICES]), dtype=torch.long)]
 
 
-@app.train("supervised")
+@app.train(Action.SUPERVISED)
 def train_supervised(msg: Message, context: Context) -> Message:
     """Train the global model of the message's architecture on local labels (teacher phase, FedAvg, FedDF)."""
     cfg = parse_run_config(context.run_config)
@@ -164,7 +169,7 @@ def train_supervised(msg: Message, context: Context) -> Message:
     return _fit(msg, cfg, stream, data, targets=(data.train.y,))
 
 
-@app.train("distil")
+@app.train(Action.DISTIL)
 def train_distil(msg: Message, context: Context) -> Message:
     """Two-stage phase 2: distil the global student from the local teacher on local data."""
     cfg = parse_run_config(context.run_config)
@@ -176,41 +181,41 @@ def train_distil(msg: Message, context: Context) -> Message:
     return _fit(msg, cfg, stream, data, targets=(soft, data.train.y), loss_fn=loss)
 
 
-@app.train("digest")
+@app.train(Action.DIGEST)
 def train_digest(msg: Message, context: Context) -> Message:
     """FedMD: digest (distil toward the consensus on its public inputs), then revisit (train on local data)."""
     start = time.perf_counter()
     cfg = parse_run_config(context.run_config)
     stream, data = _node_data(cfg, context)
-    config = msg.content["config"]
+    config = msg.content[CONFIG]
     model = _own_model(cfg, context, stream, data)
-    server_round = int(config["server-round"])
-    consensus = logits_from_record(msg.content["consensus"])
+    server_round = int(config[SERVER_ROUND])
+    consensus = logits_from_record(msg.content[CONSENSUS])
     digest = train(model, _inputs(cfg, config), (consensus,), loss_fn=partial(soft_loss, temperature=cfg.temperature),
-                   **_train_kwargs(cfg, derive_seed(cfg.seed, 53, server_round, stream), cfg.digest_epochs))
-    revisit = train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, 54, server_round, stream)))
+                   **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.DIGEST, server_round, stream), cfg.digest_epochs))
+    revisit = train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.REVISIT, server_round, stream)))
     _keep(context, OWN_MODEL, model)
-    metrics = {**_eval_metrics(model, data.test), "num-examples": len(data.train), "train-loss": revisit,
-               "digest-loss": digest, "client-seconds": time.perf_counter() - start}
-    content = RecordDict({"metrics": MetricRecord(metrics)})
-    if config.get("report-test-logits", False):
-        content["test-logits"] = logits_to_record(predict_logits(model, load_server_testset(cfg).x), cfg.logits_dtype)
+    metrics = {**_eval_metrics(model, data.test), NUM_EXAMPLES: len(data.train), TRAIN_LOSS: revisit,
+               DIGEST_LOSS: digest, CLIENT_SECONDS: time.perf_counter() - start}
+    content = RecordDict({METRICS: MetricRecord(metrics)})
+    if config.get(REPORT_TEST_LOGITS, False):
+        content[TEST_LOGITS] = logits_to_record(predict_logits(model, load_server_testset(cfg).x), cfg.logits_dtype)
     return Message(content, reply_to=msg)
 
 
-@app.query("logits")
+@app.query(Action.LOGITS)
 def query_logits(msg: Message, context: Context) -> Message:
     """Logits on the inputs the query names, of the local teacher (ensemble teacher) or the node's own model (FedMD)."""
     cfg = parse_run_config(context.run_config)
     stream, data = _node_data(cfg, context)
-    config = msg.content["config"]
-    if config["source"] == "teacher":
+    config = msg.content[CONFIG]
+    if config[SOURCE] == SOURCE_TEACHER:
         model = _local_teacher(cfg, msg, context, stream, data)
     else:
         model = _own_model(cfg, context, stream, data)
     logits = predict_logits(model, _inputs(cfg, config))
-    metrics = MetricRecord({"num-examples": len(data.train)})
-    return Message(RecordDict({"logits": logits_to_record(logits, cfg.logits_dtype), "metrics": metrics}), reply_to=msg)
+    metrics = MetricRecord({NUM_EXAMPLES: len(data.train)})
+    return Message(RecordDict({LOGITS: logits_to_record(logits, cfg.logits_dtype), METRICS: metrics}), reply_to=msg)
 
 
 @app.evaluate()
@@ -218,15 +223,15 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate a global model of the message's architecture on the local test split."""
     cfg = parse_run_config(context.run_config)
     test = _node_data(cfg, context)[1].test
-    model = load_record(build_model(str(msg.content["config"]["model"]), cfg.dataset), msg.content["arrays"])
+    model = load_record(build_model(str(msg.content[CONFIG][MODEL]), cfg.dataset), msg.content[ARRAYS])
     metrics = _eval_metrics(model, test)
-    metrics["num-examples"] = len(test)
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    metrics[NUM_EXAMPLES] = len(test)
+    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
-@app.query("identify")
+@app.query(Action.IDENTIFY)
 def identify(msg: Message, context: Context) -> Message:
     """Report a stable name, for the server's seeded sampling, and this node's architecture."""
     cfg = parse_run_config(context.run_config)
-    info = {"name": node_name(context), "model": cfg.node_model(context.node_config)}
-    return Message(RecordDict({"node": ConfigRecord(info)}), reply_to=msg)
+    info = {NAME: node_name(context), MODEL: cfg.node_model(context.node_config)}
+    return Message(RecordDict({NODE: ConfigRecord(info)}), reply_to=msg)

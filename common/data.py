@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from common.config import RunConfig
+from common.seeds import Stream, stream_rng
 
 SYNTHETIC_FEATURES = 32
 SYNTHETIC_CLASSES = 10
@@ -89,7 +90,7 @@ def _synthetic_uniform(rng: np.random.Generator, n: int) -> Split:
 
 
 def _synthetic_client(cfg: RunConfig, partition_id: int) -> ClientData:
-    rng = np.random.default_rng([cfg.seed, 1, partition_id])
+    rng = stream_rng(cfg.seed, Stream.SYNTHETIC_CLIENT, partition_id)
     probs = _synthetic_label_probs(cfg, rng)
     n_test = max(1, round(cfg.samples_per_client * cfg.local_test_fraction))
     train = _synthetic(rng, cfg.samples_per_client, probs)
@@ -189,7 +190,7 @@ def _image_client(cfg: RunConfig, partition_id: int, num_partitions: int) -> Cli
         cfg.dataset, cfg.seed, cfg.public_fraction, cfg.partitioner, num_partitions,
         cfg.dirichlet_alpha, cfg.classes_per_partition,
     )[partition_id]
-    order = np.random.default_rng([cfg.seed, 2, partition_id]).permutation(idx)
+    order = stream_rng(cfg.seed, Stream.PARTITION_SPLIT, partition_id).permutation(idx)
     n_test = int(round(len(order) * cfg.local_test_fraction)) if len(order) > 1 else 0
     return ClientData(_image_split(cfg.dataset, order[n_test:]), _image_split(cfg.dataset, order[:n_test]))
 
@@ -209,14 +210,14 @@ def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> 
 def load_server_testset(cfg: RunConfig) -> Split:
     """The held-out test set the server evaluates global models on."""
     if cfg.dataset == "synthetic":
-        return _synthetic_uniform(np.random.default_rng([cfg.seed, 0]), SYNTHETIC_SERVER_TEST_SIZE)
+        return _synthetic_uniform(stream_rng(cfg.seed, Stream.SERVER_TEST), SYNTHETIC_SERVER_TEST_SIZE)
     return _image_split(cfg.dataset, _image_slices(cfg.dataset, cfg.seed, cfg.public_fraction).test)
 
 
 def load_public(cfg: RunConfig) -> Split:
     """The public slice with its labels, disjoint from every client's data and the server's test set."""
     if cfg.dataset == "synthetic":
-        return _synthetic_uniform(np.random.default_rng([cfg.seed, 4]), SYNTHETIC_PUBLIC_SIZE)
+        return _synthetic_uniform(stream_rng(cfg.seed, Stream.PUBLIC), SYNTHETIC_PUBLIC_SIZE)
     return _image_split(cfg.dataset, _image_slices(cfg.dataset, cfg.seed, cfg.public_fraction).public)
 
 
@@ -294,7 +295,7 @@ def load_npz(path: str, cfg: RunConfig, stream: int) -> ClientData:
         raise DataError(f"{where} has only one of 'x_test', 'y_test'; expected both (a local test set) or neither")
     if "x_test" in arrays:
         return ClientData(train, _checked(arrays["x_test"], arrays["y_test"], ("x_test", "y_test"), features, classes, where))
-    order = np.random.default_rng([cfg.seed, 3, stream]).permutation(len(train))
+    order = stream_rng(cfg.seed, Stream.FILE_SPLIT, stream).permutation(len(train))
     n_test = int(round(len(order) * cfg.local_test_fraction)) if len(order) > 1 else 0
     test, rest = torch.as_tensor(order[:n_test]), torch.as_tensor(order[n_test:])
     return ClientData(Split(train.x[rest], train.y[rest]), Split(train.x[test], train.y[test]))

@@ -11,7 +11,8 @@ from flwr.app import Array, ArrayRecord
 
 from common.config import check_model_name, mlp_widths
 from common.data import dataset_shape, image_shape
-from common.seeds import derive_seed
+from common.protocol import LOGITS_ARRAY
+from common.seeds import Stream, derive_seed
 
 
 def build_mlp(num_features: int, hidden: Sequence[int], num_classes: int) -> nn.Sequential:
@@ -52,7 +53,7 @@ def build_model(name: str, dataset: str) -> nn.Sequential:
 def initial_model(name: str, dataset: str, seed: int) -> nn.Sequential:
     """build_model with weights drawn from (`seed`, `name`), leaving torch's global generator as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, 10, zlib.crc32(name.encode())))
+        torch.manual_seed(derive_seed(seed, Stream.INITIAL_WEIGHTS, zlib.crc32(name.encode())))
         return build_model(name, dataset)
 
 
@@ -74,9 +75,9 @@ def load_record(model: nn.Module, record: ArrayRecord) -> nn.Module:
 
 def logits_to_record(logits: torch.Tensor, dtype: str) -> ArrayRecord:
     """Logits as they travel: float32, or float16 (run config `logits-dtype`) for half the bytes."""
-    return ArrayRecord({"logits": Array(logits.numpy().astype(np.dtype(dtype)))})
+    return ArrayRecord({LOGITS_ARRAY: Array(logits.numpy().astype(np.dtype(dtype)))})
 
 
 def logits_from_record(record: ArrayRecord) -> torch.Tensor:
     """Logits received in either dtype, as float32."""
-    return torch.as_tensor(record["logits"].numpy().astype(np.float32))
+    return torch.as_tensor(record[LOGITS_ARRAY].numpy().astype(np.float32))

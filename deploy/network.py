@@ -49,10 +49,6 @@ class Network:
             _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
         return ["ip", "netns", "exec", name]
 
-    def node_address(self, index: int) -> str:
-        """The address SuperNode `index` has on the bridge (or loopback)."""
-        return f"{self.subnet}.{10 + index}" if self.isolated else LOOPBACK
-
     def close(self) -> None:
         """Remove the namespaces (their veth pairs go with them) and the bridge."""
         for name in self.namespaces:

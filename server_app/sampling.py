@@ -6,7 +6,8 @@ import time
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from common.seeds import derive_seed
+from common.protocol import CONFIG, MODEL, NAME, NODE, QUERY_IDENTIFY
+from common.seeds import Stream, derive_seed
 from server_app.transport import exchange, retrying
 
 WAIT_POLL_SECONDS = 1.0
@@ -17,7 +18,7 @@ class NodeSampler:
     """Samples nodes with its own generator; names nodes by what they report, not by their random ids."""
 
     def __init__(self, seed: int, timeout: float, default_model: str = "mlp-32") -> None:
-        self.rng = random.Random(derive_seed(seed, 40))
+        self.rng = random.Random(derive_seed(seed, Stream.SAMPLING))
         self.default_model = default_model
         self.timeout = timeout
         self.names: dict[int, str] = {}
@@ -31,12 +32,12 @@ class NodeSampler:
         after that it keeps its id as name, so a dead node costs at most two waits.
         """
         messages = [
-            Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type="query.identify")
+            Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=n, message_type=QUERY_IDENTIFY)
             for n in node_ids
         ]
         for reply in exchange(grid, messages, self.timeout).ok():
-            self.names[reply.metadata.src_node_id] = str(reply.content["node"]["name"])
-            self.models[reply.metadata.src_node_id] = str(reply.content["node"]["model"])
+            self.names[reply.metadata.src_node_id] = str(reply.content[NODE][NAME])
+            self.models[reply.metadata.src_node_id] = str(reply.content[NODE][MODEL])
 
     def nodes(self, grid: Grid, minimum: int, wait: float | None = None) -> list[int]:
         """Connected nodes sorted by name, waiting up to `wait` (default: the timeout) for `minimum`."""

@@ -5,7 +5,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
-WEIGHT_KEY = "num-examples"
+from common.protocol import NUM_EXAMPLES
 
 
 def screen_reply(content: RecordDict, expected: ArrayRecord | None, max_num_examples: int) -> str | None:
@@ -16,7 +16,7 @@ def screen_reply(content: RecordDict, expected: ArrayRecord | None, max_num_exam
     `max-num-examples`).
     """
     try:
-        validate_message_reply_consistency([content], WEIGHT_KEY, expected is not None)
+        validate_message_reply_consistency([content], NUM_EXAMPLES, expected is not None)
     except InconsistentMessageReplies as exc:
         return f"{exc} (reply holds {_layout(content)})"
     if expected is not None:
@@ -50,10 +50,10 @@ def _check_arrays(got: ArrayRecord, expected: ArrayRecord) -> str | None:
 
 def _check_num_examples(metrics: MetricRecord, max_num_examples: int) -> str | None:
     """None if `num-examples` is a whole number from 1 to `max_num_examples`, else why not."""
-    value = metrics[WEIGHT_KEY]
+    value = metrics[NUM_EXAMPLES]
     allowed = f"allowed: 1 to {max_num_examples}"
     if isinstance(value, float) and not value.is_integer():
-        return f"{WEIGHT_KEY} = {value!r} is not a whole number; {allowed}"
+        return f"{NUM_EXAMPLES} = {value!r} is not a whole number; {allowed}"
     if not 1 <= value <= max_num_examples:
-        return f"{WEIGHT_KEY} = {value!r}; {allowed}"
+        return f"{NUM_EXAMPLES} = {value!r}; {allowed}"
     return None

@@ -9,6 +9,7 @@ from flwr.app import RecordDict
 from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
 from common.config import parse_run_config
 from common.models import initial_model, to_record
+from common.protocol import ARRAYS, CONFIG, EVALUATE_INCOMING, MODEL, SERVER_ROUND, TRAIN_SUPERVISED
 from server_app.transport import record_bytes
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +69,7 @@ def test_bytes_are_the_records_sent_and_the_teacher_travels_once_per_node(runs):
     run_dir, _ = runs[0]
     history = json.loads((run_dir / "history.json").read_text())
     teacher_bytes, student_bytes = (
-        record_bytes(RecordDict({"arrays": to_record(initial_model(name, "digits", 42))})) for name in ("mlp-128x64", "mlp-32")
+        record_bytes(RecordDict({ARRAYS: to_record(initial_model(name, "digits", 42))})) for name in ("mlp-128x64", "mlp-32")
     )
     assert history[1]["bytes_up"] == pytest.approx(3 * teacher_bytes, rel=0.01)
     student = [r for r in history if r["phase"] == "student"]
@@ -124,9 +125,9 @@ def test_bad_replies_are_rejected_with_their_reason_and_the_run_goes_on(flower, 
     summary = json.loads((run_dir / "summary.json").read_text())
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 10},
                       state=RecordDict(), run_config=summary["config"])
-    sent = Message(RecordDict({"arrays": to_record(initial_model("mlp-32", "digits", 42)), "config": ConfigRecord(
-        {"server-round": 1, "evaluate-incoming": False, "model": "mlp-32"})}), dst_node_id=1, message_type="train.supervised")
+    sent = Message(RecordDict({ARRAYS: to_record(initial_model("mlp-32", "digits", 42)), CONFIG: ConfigRecord(
+        {SERVER_ROUND: 1, EVALUATE_INCOMING: False, MODEL: "mlp-32"})}), dst_node_id=1, message_type=TRAIN_SUPERVISED)
     sent.metadata.__dict__["_message_id"] = "good"
-    good = app(sent, context).content["arrays"].to_torch_state_dict()
+    good = app(sent, context).content[ARRAYS].to_torch_state_dict()
     saved = torch.load(run_dir / "student.pt", weights_only=True)
     assert saved.keys() == good.keys() and all(torch.allclose(saved[k], good[k], rtol=1e-5, atol=1e-7) for k in good)

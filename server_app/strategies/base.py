@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
@@ -14,6 +14,11 @@ from common.config import RunConfig
 from common.data import dataset_shape
 from common.distill import BatchFn, ValidationFn, distill
 from common.models import build_model, initial_model, load_record, to_record
+from common.protocol import (
+    ARRAYS, CLIENT_SECONDS, CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE, EVALUATE_INCOMING, LOGITS,
+    LOGITS_ARRAY, METRICS, MODEL, NUM_EXAMPLES, QUERY_LOGITS, SERVER_ROUND, TRAIN_LOSS, Action, message_type,
+)
+from common.seeds import Stream, stream_rng
 from server_app.sampling import NodeSampler
 from server_app.screening import screen_reply
 from server_app.transport import Exchange, exchange
@@ -46,17 +51,18 @@ class Round:
 def sum_eval_counts(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Federated accuracy and loss weighted by local test examples; train loss by train examples;
     the slowest client's handler time."""
-    metrics = [r["metrics"] for r in records]
-    examples = sum(float(m.get("eval-examples", 0)) for m in metrics)
+    metrics = [r[METRICS] for r in records]
+    examples = sum(float(m.get(EVAL_EXAMPLES, 0)) for m in metrics)
+    # The keys of `out` are the round's metrics that rounds.py records, not wire keys.
     out = {}
-    if metrics and all("train-loss" in m for m in metrics):
+    if metrics and all(TRAIN_LOSS in m for m in metrics):
         trained = sum(float(m[weight_key]) for m in metrics)
-        out["train-loss"] = sum(float(m["train-loss"]) * float(m[weight_key]) for m in metrics) / trained
-    if metrics and all("client-seconds" in m for m in metrics):
-        out["client-seconds"] = max(float(m["client-seconds"]) for m in metrics)
+        out["train-loss"] = sum(float(m[TRAIN_LOSS]) * float(m[weight_key]) for m in metrics) / trained
+    if metrics and all(CLIENT_SECONDS in m for m in metrics):
+        out["client-seconds"] = max(float(m[CLIENT_SECONDS]) for m in metrics)
     if examples:
-        out["federated-accuracy"] = sum(float(m["eval-correct"]) for m in metrics) / examples
-        out["federated-loss"] = sum(float(m["eval-loss-sum"]) for m in metrics) / examples
+        out["federated-accuracy"] = sum(float(m[EVAL_CORRECT]) for m in metrics) / examples
+        out["federated-loss"] = sum(float(m[EVAL_LOSS_SUM]) for m in metrics) / examples
     return MetricRecord(out)
 
 
@@ -87,6 +93,7 @@ class Strategy(FedAvg):
             fraction_evaluate=cfg.fraction_evaluate,
             min_train_nodes=cfg.min_train_nodes,
             min_available_nodes=cfg.min_train_nodes,
+            weighted_by_key=NUM_EXAMPLES,
             train_metrics_aggr_fn=sum_eval_counts,
             evaluate_metrics_aggr_fn=sum_eval_counts,
         )
@@ -119,7 +126,7 @@ class Strategy(FedAvg):
 
     def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
         """One round of `phase`; the default is grouped FedAvg of `train.supervised`."""
-        return self.train_round(phase, server_round, globals_, grid, "supervised")[0]
+        return self.train_round(phase, server_round, globals_, grid, Action.SUPERVISED)[0]
 
     # --- primitives the strategies build on -------------------------------------------
 
@@ -148,14 +155,14 @@ class Strategy(FedAvg):
         into.accepted = [m.metadata.src_node_id for m in accepted]
         return accepted
 
-    def screen_logits(self, ex: Exchange, rows: int, into: Round, key: str = "logits") -> list[Message]:
+    def screen_logits(self, ex: Exchange, rows: int, into: Round, key: str = LOGITS) -> list[Message]:
         """`screen` for logit replies: a finite (rows, classes) array under `key` is also required."""
         classes = dataset_shape(self.cfg.dataset)[1]
 
         def check(content: RecordDict) -> str | None:
-            if key not in content.array_records or "logits" not in content[key]:
+            if key not in content.array_records or LOGITS_ARRAY not in content[key]:
                 return f"no '{key}' logits in the reply"
-            logits = content[key]["logits"].numpy()
+            logits = content[key][LOGITS_ARRAY].numpy()
             if logits.shape != (rows, classes) or not np.issubdtype(logits.dtype, np.floating):
                 return f"logits are {logits.dtype}{list(logits.shape)}, expected float[{rows}, {classes}]"
             if not np.isfinite(logits).all():
@@ -169,7 +176,7 @@ class Strategy(FedAvg):
         wanted = self.cfg.public_samples_per_round
         if wanted == 0 or wanted >= public_size:
             return list(range(public_size))
-        rng = np.random.default_rng([self.cfg.seed, 60, self.phases.index(phase), server_round])
+        rng = stream_rng(self.cfg.seed, Stream.PUBLIC_SUBSET, self.phases.index(phase), server_round)
         return sorted(rng.choice(public_size, size=wanted, replace=False).tolist())
 
     def distill_budget(self) -> tuple[int, int]:
@@ -207,13 +214,13 @@ class Strategy(FedAvg):
         # A node that joined after the start may bring an architecture without a group yet.
         missing = {self.architecture(n, phase) for n in nodes} - globals_.keys()
         globals_ = {**globals_, **{name: self._initial_weights(name) for name in sorted(missing)}}
-        config = {"server-round": server_round, "evaluate-incoming": server_round > 1}
+        config = {SERVER_ROUND: server_round, EVALUATE_INCOMING: server_round > 1}
         messages = [
             Message(RecordDict({
-                "arrays": globals_[self.architecture(n, phase)],
-                "config": ConfigRecord({**config, "model": self.architecture(n, phase)}),
+                ARRAYS: globals_[self.architecture(n, phase)],
+                CONFIG: ConfigRecord({**config, MODEL: self.architecture(n, phase)}),
                 **extra(n),
-            }), dst_node_id=n, message_type=f"train.{action}")
+            }), dst_node_id=n, message_type=message_type(MessageType.TRAIN, action))
             for n in nodes
         ]
         result = Round(dict(globals_), nodes, [self.send(grid, messages)])
@@ -232,7 +239,7 @@ class Strategy(FedAvg):
             if not contents:
                 continue
             if self.cfg.clip_norm > 0:
-                clipped += sum(clip_update(c["arrays"], globals_[name], self.cfg.clip_norm) for c in contents)
+                clipped += sum(clip_update(c[ARRAYS], globals_[name], self.cfg.clip_norm) for c in contents)
             out[name] = aggregate_arrayrecords(contents, self.weighted_by_key)
         into.metrics["clipped-updates"] = clipped
         return out
@@ -242,7 +249,7 @@ class Strategy(FedAvg):
     ) -> Exchange:
         """Send `query.logits` to `nodes`; the exchange."""
         messages = [
-            Message(RecordDict({"config": ConfigRecord(config), **extra(n)}), dst_node_id=n, message_type="query.logits")
+            Message(RecordDict({CONFIG: ConfigRecord(config), **extra(n)}), dst_node_id=n, message_type=QUERY_LOGITS)
             for n in nodes
         ]
         return self.send(grid, messages)
@@ -254,22 +261,22 @@ class Strategy(FedAvg):
         nodes = self.sampler.sample(grid, self.fraction_evaluate, 1)
         return [
             Message(RecordDict({
-                "arrays": globals_[self.architecture(n, phase)],
-                "config": ConfigRecord({"model": self.architecture(n, phase)}),
-            }), dst_node_id=n, message_type="evaluate")
+                ARRAYS: globals_[self.architecture(n, phase)],
+                CONFIG: ConfigRecord({MODEL: self.architecture(n, phase)}),
+            }), dst_node_id=n, message_type=EVALUATE)
             for n in nodes
             if self.architecture(n, phase) in globals_
         ]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Federated accuracy and loss over the evaluation replies that carry their counts."""
-        contents = [m.content for m in replies if not m.has_error() and "metrics" in m.content.metric_records]
+        contents = [m.content for m in replies if not m.has_error() and METRICS in m.content.metric_records]
         return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
 
     def models_of(self, replies: list[Message], phase: str) -> list[torch.nn.Module]:
         """The client models in `replies`, each built as its node's architecture."""
         return [
-            load_record(build_model(self.architecture(m.metadata.src_node_id, phase), self.cfg.dataset), m.content["arrays"])
+            load_record(build_model(self.architecture(m.metadata.src_node_id, phase), self.cfg.dataset), m.content[ARRAYS])
             for m in replies
         ]
 

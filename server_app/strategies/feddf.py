@@ -7,7 +7,8 @@ from flwr.serverapp import Grid
 
 from common.data import load_public
 from common.distill import BatchFn, ValidationFn, ensemble_soft_targets, labelled_error, random_batches
-from common.seeds import derive_seed
+from common.protocol import Action
+from common.seeds import Stream, derive_seed
 from server_app.strategies.base import Globals, Round, Strategy
 
 # Share of the public inputs held out for early stopping.
@@ -22,7 +23,7 @@ class FedDF(Strategy):
 
     def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
         """Grouped FedAvg of `train.supervised`, then server-side ensemble distillation."""
-        result, replies = self.train_round(phase, server_round, globals_, grid, "supervised")
+        result, replies = self.train_round(phase, server_round, globals_, grid, Action.SUPERVISED)
         if not replies:
             return result
         teachers = self.models_of(replies, phase)
@@ -39,5 +40,5 @@ class FedDF(Strategy):
         cut = max(1, int(len(public) * VALIDATION_SHARE))
         x = public.x[cut:][self.public_subset(len(public) - cut, server_round, "student")]
         targets = ensemble_soft_targets(teachers, x, self.cfg.temperature)
-        seed = derive_seed(self.cfg.seed, 62, server_round)
+        seed = derive_seed(self.cfg.seed, Stream.FEDDF_BATCHES, server_round)
         return (lambda name: random_batches(x, targets, self.cfg.batch_size, seed)), labelled_error(public.x[:cut], public.y[:cut])

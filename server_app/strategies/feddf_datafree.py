@@ -9,7 +9,7 @@ from common.data import dataset_shape, image_shape
 from common.distill import BatchFn, ValidationFn, ensemble_disagreement, ensemble_logits
 from common.generator import Generator, generated_batches, train_generator
 from common.models import build_model, load_record, to_record
-from common.seeds import derive_seed
+from common.seeds import Stream, derive_seed
 from server_app.strategies.base import Round
 from server_app.strategies.feddf import FedDF
 
@@ -25,7 +25,7 @@ class FedDFDataFree(FedDF):
         super().__init__(*args, **kwargs)
         features, classes = dataset_shape(self.cfg.dataset)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.cfg.seed, 63))
+            torch.manual_seed(derive_seed(self.cfg.seed, Stream.GENERATOR_INIT))
             self.generator = Generator(features, classes, bounded=image_shape(self.cfg.dataset) is not None)
 
     def state(self) -> dict[str, ArrayRecord]:
@@ -48,10 +48,10 @@ class FedDFDataFree(FedDF):
         result.metrics["generator-loss"] = train_generator(
             self.generator, teachers, students, steps=self.cfg.datafree_steps, batch_size=self.cfg.batch_size,
             learning_rate=self.cfg.server_learning_rate, temperature=self.cfg.temperature,
-            seed=derive_seed(self.cfg.seed, 64, server_round),
+            seed=derive_seed(self.cfg.seed, Stream.GENERATOR_TRAINING, server_round),
         )
         with torch.no_grad():
-            x_val, _ = self.generator.sample(VALIDATION_SAMPLES, torch.Generator().manual_seed(derive_seed(self.cfg.seed, 65, server_round)))
+            x_val, _ = self.generator.sample(VALIDATION_SAMPLES, torch.Generator().manual_seed(derive_seed(self.cfg.seed, Stream.GENERATOR_VALIDATION, server_round)))
             validation = ensemble_disagreement(x_val, ensemble_logits(teachers, x_val), self.cfg.temperature)
-        seed = derive_seed(self.cfg.seed, 66, server_round)
+        seed = derive_seed(self.cfg.seed, Stream.GENERATED_BATCHES, server_round)
         return (lambda name: generated_batches(self.generator, teachers, self.cfg.batch_size, seed)), validation

@@ -6,6 +6,10 @@ from flwr.serverapp import Grid
 from common.data import load_public, load_server_testset
 from common.distill import consensus
 from common.models import logits_from_record, logits_to_record
+from common.protocol import (
+    CONFIG, CONSENSUS, INDICES, LOGITS, PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE, SOURCE_OWN, SPLIT, TEST_LOGITS,
+    TRAIN_DIGEST,
+)
 from server_app.strategies.base import Globals, Round, Strategy
 
 
@@ -27,21 +31,21 @@ class FedMD(Strategy):
         """Communicate, aggregate, distribute, digest, revisit."""
         indices = self.public_subset(len(load_public(self.cfg)), server_round, phase)
         nodes = self.sample(grid)
-        config = {"split": "public", "indices": indices, "server-round": server_round}
-        result = Round({}, nodes, [self.query_logits(grid, nodes, {**config, "source": "own"})], scores_previous=False)
+        config = {SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: server_round}
+        result = Round({}, nodes, [self.query_logits(grid, nodes, {**config, SOURCE: SOURCE_OWN})], scores_previous=False)
         replies = self.screen_logits(result.exchanges[0], len(indices), result)
         if not replies:
             return result
-        agreed = logits_to_record(consensus([logits_from_record(m.content["logits"]) for m in replies]), self.cfg.logits_dtype)
+        agreed = logits_to_record(consensus([logits_from_record(m.content[LOGITS]) for m in replies]), self.cfg.logits_dtype)
         report = self.cfg.server_test == "builtin"
         messages = [
-            Message(RecordDict({"consensus": agreed, "config": ConfigRecord({**config, "report-test-logits": report})}),
-                    dst_node_id=m.metadata.src_node_id, message_type="train.digest")
+            Message(RecordDict({CONSENSUS: agreed, CONFIG: ConfigRecord({**config, REPORT_TEST_LOGITS: report})}),
+                    dst_node_id=m.metadata.src_node_id, message_type=TRAIN_DIGEST)
             for m in replies
         ]
         result.exchanges.append(self.send(grid, messages))
         if report:
-            digested = self.screen_logits(result.exchanges[1], len(load_server_testset(self.cfg)), result, "test-logits")
+            digested = self.screen_logits(result.exchanges[1], len(load_server_testset(self.cfg)), result, TEST_LOGITS)
         else:
             digested = self.screen(result.exchanges[1], lambda node: None, result)
         if digested:
@@ -50,5 +54,5 @@ class FedMD(Strategy):
             result.test_logits = {}
             for m in digested:
                 name = self.architecture(m.metadata.src_node_id, phase)
-                result.test_logits.setdefault(name, []).append(logits_from_record(m.content["test-logits"]))
+                result.test_logits.setdefault(name, []).append(logits_from_record(m.content[TEST_LOGITS]))
         return result

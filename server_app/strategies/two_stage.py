@@ -6,7 +6,8 @@ from flwr.serverapp import Grid
 from common.data import load_public
 from common.distill import consensus, labelled_error, random_batches
 from common.models import logits_from_record
-from common.seeds import derive_seed
+from common.protocol import INDICES, LOGITS, PUBLIC, SERVER_ROUND, SOURCE, SOURCE_TEACHER, SPLIT, TEACHER, Action
+from common.seeds import Stream, derive_seed
 from server_app.strategies.base import Globals, Round, Strategy
 
 
@@ -31,7 +32,7 @@ class TwoStage(Strategy):
         return super().initial(phase, grid, previous)
 
     def _teacher_for(self, node: int) -> dict[str, ArrayRecord]:
-        return {} if node in self.holds_teacher else {"teacher": self.final_teacher}
+        return {} if node in self.holds_teacher else {TEACHER: self.final_teacher}
 
     def _track_teacher(self, result: Round) -> None:
         answered = set(result.accepted)
@@ -40,10 +41,10 @@ class TwoStage(Strategy):
     def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
         """Teacher: grouped FedAvg. Student: local distillation (`train.distil`), or the ensemble-teacher round."""
         if phase == "teacher":
-            return self.train_round(phase, server_round, globals_, grid, "supervised")[0]
+            return self.train_round(phase, server_round, globals_, grid, Action.SUPERVISED)[0]
         if self.cfg.ensemble_teacher:
             return self._ensemble_round(phase, server_round, globals_, grid)
-        result, _ = self.train_round(phase, server_round, globals_, grid, "distil", self._teacher_for)
+        result, _ = self.train_round(phase, server_round, globals_, grid, Action.DISTIL, self._teacher_for)
         self._track_teacher(result)
         return result
 
@@ -52,16 +53,16 @@ class TwoStage(Strategy):
         public = load_public(self.cfg)
         indices = self.public_subset(len(public), server_round, phase)
         nodes = self.sample(grid)
-        config = {"source": "teacher", "split": "public", "indices": indices, "server-round": server_round}
+        config = {SOURCE: SOURCE_TEACHER, SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: server_round}
         result = Round(dict(globals_), nodes, [self.query_logits(grid, nodes, config, self._teacher_for)], scores_previous=False)
         replies = self.screen_logits(result.exchanges[0], len(indices), result)
         self._track_teacher(result)
         if not replies:
             return result
-        ensemble = consensus([logits_from_record(m.content["logits"]) for m in replies])
+        ensemble = consensus([logits_from_record(m.content[LOGITS]) for m in replies])
         x, y = public.x[indices], public.y[indices]
         cut = max(1, len(x) // 5)  # a labelled fifth for early stopping
-        seed = derive_seed(self.cfg.seed, 61, server_round)
+        seed = derive_seed(self.cfg.seed, Stream.ENSEMBLE_BATCHES, server_round)
         result.globals = self.distil_groups(
             phase, globals_, lambda name: random_batches(x[cut:], ensemble[cut:], self.cfg.batch_size, seed),
             labelled_error(x[:cut], y[:cut]), result,

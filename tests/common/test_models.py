@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from common.models import build_model, count_params, initial_model, load_record, logits_from_record, logits_to_record, to_record
+from common.protocol import LOGITS, LOGITS_ARRAY
 
 
 def test_seed_architectures_match_the_seed_scripts_parameter_counts():
@@ -58,8 +59,8 @@ def test_float16_logits_take_half_the_bytes_on_the_wire_and_come_back_as_float32
 
     logits = torch.tensor([[1.5, -2.25], [0.0, 3.0]]).repeat(250, 5)  # 500 x 10
     half, full = logits_to_record(logits, "float16"), logits_to_record(logits, "float32")
-    assert half["logits"].dtype == "float16" and half["logits"].numpy().nbytes == 500 * 10 * 2
-    sizes = [record_bytes(RecordDict({"logits": r})) for r in (half, full)]
+    assert half[LOGITS_ARRAY].dtype == "float16" and half[LOGITS_ARRAY].numpy().nbytes == 500 * 10 * 2
+    sizes = [record_bytes(RecordDict({LOGITS: r})) for r in (half, full)]
     assert sizes[1] - sizes[0] == pytest.approx(500 * 10 * 2, abs=16)  # the payload, plus a few header bytes
     back = logits_from_record(half)
     assert back.dtype == torch.float32 and torch.equal(back, logits)

@@ -1,14 +1,15 @@
 """fedkd's ClientApp, except that partition i answers `train` messages with bad reply BEHAVIOURS[i]."""
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord
 from flwr.clientapp import ClientApp
 
 from client_app.app import app as fedkd_app
+from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
 
 
 def _arrays(reply: Message) -> ArrayRecord:
-    return reply.content["arrays"]
+    return reply.content[ARRAYS]
 
 
 def _nan(reply: Message) -> None:
@@ -35,12 +36,12 @@ def _keys(reply: Message) -> None:
 
 def _examples(value: float | None):
     def corrupt(reply: Message) -> None:
-        metrics = dict(reply.content["metrics"])
+        metrics = dict(reply.content[METRICS])
         if value is None:
-            del metrics["num-examples"]
+            del metrics[NUM_EXAMPLES]
         else:
-            metrics["num-examples"] = value
-        reply.content["metrics"] = MetricRecord(metrics)
+            metrics[NUM_EXAMPLES] = value
+        reply.content[METRICS] = MetricRecord(metrics)
     return corrupt
 
 
@@ -60,7 +61,7 @@ class Misbehaving(ClientApp):
     def __call__(self, message: Message, context: Context) -> Message:
         reply = fedkd_app(message, context)
         behaviour = BEHAVIOURS.get(int(context.node_config.get("partition-id", 0)))
-        if behaviour and message.metadata.message_type.startswith("train"):
+        if behaviour and message.metadata.message_type.startswith(MessageType.TRAIN):
             behaviour(reply)
         return reply
 

@@ -1,5 +1,7 @@
 import json
+import threading
 
+import pytest
 import torch
 
 from server_app.outputs import RunDirectory, write_json
@@ -39,8 +41,34 @@ def test_weights_and_plot(tmp_path):
     assert (run.path / "history.png").stat().st_size > 10_000
 
 
-def test_write_json_replaces_atomically(tmp_path):
-    target = tmp_path / "s.json"
-    write_json(target, {"a": 1})
-    write_json(target, {"a": 2})
-    assert json.loads(target.read_text()) == {"a": 2}
+def test_a_reader_never_sees_a_partly_written_json_file(tmp_path):
+    target = tmp_path / "history.json"
+    rows = [{"round": i, "failed": [{"node": f"partition-{j}", "reason": "no reply"} for j in range(10)]} for i in range(500)]
+    write_json(target, {"version": 0, "rows": rows})
+    written = threading.Event()
+
+    def rewrite() -> None:
+        try:
+            for version in range(1, 31):
+                write_json(target, {"version": version, "rows": rows})
+        finally:
+            written.set()
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    versions = []
+    while not written.is_set():
+        # A file read while being written would be cut short and fail to parse.
+        versions.append(json.loads(target.read_text())["version"])
+    writer.join()
+    assert len(versions) > 10 and versions == sorted(versions)
+    assert json.loads(target.read_text())["version"] == 30
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_file(tmp_path):
+    target = tmp_path / "summary.json"
+    write_json(target, {"status": "complete"})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        # Serialisation fails only after the many rows before the bad value.
+        write_json(target, {"rows": list(range(100_000)), "bad": object()})
+    assert json.loads(target.read_text()) == {"status": "complete"}

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES, TRAIN_LOSS
 from server_app.screening import screen_reply
 
 MAX = 1_000_000
@@ -17,9 +18,9 @@ GLOBAL = arrays(w=np.zeros((2, 3), dtype=np.float32), b=np.zeros(2, dtype=np.flo
 
 
 def reply(record=None, num_examples=10, **extra) -> RecordDict:
-    content = RecordDict({"metrics": MetricRecord({"num-examples": num_examples, "train-loss": 0.5})})
+    content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: num_examples, TRAIN_LOSS: 0.5})})
     if record is not None:
-        content["arrays"] = record
+        content[ARRAYS] = record
     for name, value in extra.items():
         content[name] = value
     return content
@@ -86,7 +87,7 @@ def test_two_array_records_are_refused():
 
 
 def test_missing_num_examples_is_refused():
-    content = RecordDict({"arrays": good_arrays(), "metrics": MetricRecord({"train-loss": 0.5})})
+    content = RecordDict({ARRAYS: good_arrays(), METRICS: MetricRecord({TRAIN_LOSS: 0.5})})
     assert screen_reply(content, GLOBAL, MAX) == (
         "Missing required key `num-examples` in the MetricRecord of reply messages. Cannot average "
         "ArrayRecords and MetricRecords. Skipping aggregation. (reply holds 'arrays': ArrayRecord, 'metrics': MetricRecord)"
@@ -95,7 +96,7 @@ def test_missing_num_examples_is_refused():
 
 def test_num_examples_as_a_string_is_refused():
     # A MetricRecord only holds numbers, so a string count can only come in another kind of record.
-    content = RecordDict({"arrays": good_arrays(), "metrics": ConfigRecord({"num-examples": "10"})})
+    content = RecordDict({ARRAYS: good_arrays(), METRICS: ConfigRecord({NUM_EXAMPLES: "10"})})
     assert screen_reply(content, GLOBAL, MAX) == (
         "Expected exactly one MetricRecord in replies, but found more. Skipping aggregation. "
         "(reply holds 'arrays': ArrayRecord, 'metrics': ConfigRecord)"

@@ -5,6 +5,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from common.config import parse_run_config
+from common.protocol import (
+    ARRAYS, CLIENT_SECONDS, CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, LOGITS, LOGITS_ARRAY, METRICS, NUM_EXAMPLES,
+    TEACHER, TRAIN_LOSS, TRAIN_SUPERVISED,
+)
 from server_app.sampling import NodeSampler
 from server_app.strategies import STRATEGIES
 from server_app.strategies.base import Round, Strategy, sum_eval_counts
@@ -13,13 +17,13 @@ from server_app.transport import Exchange
 
 
 def reply_from(node, arrays=None, error=None, **metrics):
-    sent = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="train.supervised")
+    sent = Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=node, message_type=TRAIN_SUPERVISED)
     sent.metadata.__dict__["_message_id"] = f"m{node}"
     if error:
         return Message(Error(code=1, reason=error), reply_to=sent)
-    content = RecordDict({"metrics": MetricRecord({"train-loss": 0.1, **metrics})})
+    content = RecordDict({METRICS: MetricRecord({TRAIN_LOSS: 0.1, **metrics})})
     if arrays is not None:
-        content["arrays"] = ArrayRecord({"w": Array(np.asarray(arrays, dtype=np.float32))})
+        content[ARRAYS] = ArrayRecord({"w": Array(np.asarray(arrays, dtype=np.float32))})
     return Message(content, reply_to=sent)
 
 
@@ -48,11 +52,11 @@ def test_weights_are_averaged_only_within_an_architecture(task_identity):
     strategy = strategy_with({1: ("a", "mlp-32"), 2: ("b", "mlp-32"), 3: ("c", "cnn")})
     start = {"mlp-32": weights(0, 0), "cnn": weights(9, 9, 9), "mlp-8": weights(5)}
     replies = [
-        reply_from(1, [1.0, 2.0], **{"num-examples": 100}).content,
-        reply_from(2, [3.0, 6.0], **{"num-examples": 300}).content,
-        reply_from(3, [1.0, 1.0, 1.0], **{"num-examples": 7}).content,
+        reply_from(1, [1.0, 2.0], **{NUM_EXAMPLES: 100}).content,
+        reply_from(2, [3.0, 6.0], **{NUM_EXAMPLES: 300}).content,
+        reply_from(3, [1.0, 1.0, 1.0], **{NUM_EXAMPLES: 7}).content,
     ]
-    messages = [Message(c, dst_node_id=0, message_type="train.supervised") for c in replies]
+    messages = [Message(c, dst_node_id=0, message_type=TRAIN_SUPERVISED) for c in replies]
     for node, m in zip((1, 2, 3), messages):
         m.metadata.__dict__["_src_node_id"] = node
     out = strategy.group_average("student", start, messages, Round(start, [1, 2, 3]))
@@ -64,9 +68,9 @@ def test_weights_are_averaged_only_within_an_architecture(task_identity):
 def test_screen_rejects_bad_replies_with_reasons_and_orders_the_rest_by_name(task_identity):
     strategy = strategy_with({1: ("zeta", "mlp-32"), 2: ("alpha", "mlp-32"), 3: ("beta", "mlp-32"), 4: ("gamma", "mlp-32")})
     ex = Exchange(replies=[
-        reply_from(1, [1.0, 1.0], **{"num-examples": 10}),
-        reply_from(2, [2.0, 2.0], **{"num-examples": 10}),
-        reply_from(3, [np.nan, 1.0], **{"num-examples": 10}),
+        reply_from(1, [1.0, 1.0], **{NUM_EXAMPLES: 10}),
+        reply_from(2, [2.0, 2.0], **{NUM_EXAMPLES: 10}),
+        reply_from(3, [np.nan, 1.0], **{NUM_EXAMPLES: 10}),
         reply_from(4, error="crashed"),
     ])
     result = Round({}, [1, 2, 3, 4], [ex])
@@ -81,8 +85,8 @@ def test_logit_replies_must_be_finite_rows_by_classes(task_identity):
     strategy = strategy_with({1: ("a", "mlp-32"), 2: ("b", "mlp-32"), 3: ("c", "mlp-32")})
 
     def logits_reply(node, logits):
-        msg = reply_from(node, **{"num-examples": 5})
-        msg.content["logits"] = ArrayRecord({"logits": Array(np.asarray(logits))})
+        msg = reply_from(node, **{NUM_EXAMPLES: 5})
+        msg.content[LOGITS] = ArrayRecord({LOGITS_ARRAY: Array(np.asarray(logits))})
         return msg
 
     ex = Exchange(replies=[
@@ -100,7 +104,7 @@ def test_logit_replies_must_be_finite_rows_by_classes(task_identity):
 
 def test_clip_norm_bounds_each_update_before_averaging(task_identity):
     strategy = strategy_with({1: ("a", "mlp-32"), 2: ("b", "mlp-32")}, **{"clip-norm": 1.0})
-    messages = [reply_from(1, [3.0, 4.0], **{"num-examples": 10}), reply_from(2, [0.6, 0.0], **{"num-examples": 10})]
+    messages = [reply_from(1, [3.0, 4.0], **{NUM_EXAMPLES: 10}), reply_from(2, [0.6, 0.0], **{NUM_EXAMPLES: 10})]
     result = Round({}, [1, 2])
     out = strategy.group_average("student", {"mlp-32": weights(0, 0)}, messages, result)
     # (3, 4) has norm 5 and is scaled to (0.6, 0.8); (0.6, 0) is within the bound.
@@ -110,10 +114,10 @@ def test_clip_norm_bounds_each_update_before_averaging(task_identity):
 
 def test_sum_eval_counts_is_sample_weighted():
     records = [
-        RecordDict({"metrics": MetricRecord({"num-examples": 100, "train-loss": 1.0, "eval-examples": 10, "eval-correct": 9, "eval-loss-sum": 2.0, "client-seconds": 0.2})}),
-        RecordDict({"metrics": MetricRecord({"num-examples": 300, "train-loss": 2.0, "eval-examples": 30, "eval-correct": 15, "eval-loss-sum": 6.0, "client-seconds": 0.5})}),
+        RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 100, TRAIN_LOSS: 1.0, EVAL_EXAMPLES: 10, EVAL_CORRECT: 9, EVAL_LOSS_SUM: 2.0, CLIENT_SECONDS: 0.2})}),
+        RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 300, TRAIN_LOSS: 2.0, EVAL_EXAMPLES: 30, EVAL_CORRECT: 15, EVAL_LOSS_SUM: 6.0, CLIENT_SECONDS: 0.5})}),
     ]
-    out = sum_eval_counts(records, "num-examples")
+    out = sum_eval_counts(records, NUM_EXAMPLES)
     assert out["federated-accuracy"] == pytest.approx(24 / 40)
     assert out["federated-loss"] == pytest.approx(8 / 40)
     assert out["train-loss"] == pytest.approx((100 * 1.0 + 300 * 2.0) / 400)
@@ -127,7 +131,7 @@ def test_the_teacher_is_resent_only_to_nodes_that_may_have_lost_it():
     strategy._track_teacher(Round({}, sent=[1, 2, 3], accepted=[1, 2]))
     # 1 and 2 now hold the teacher; 3 failed and may have lost it; 4 was not asked.
     assert strategy.holds_teacher == {1, 2, 4}
-    assert strategy._teacher_for(4) == {} and strategy._teacher_for(3) == {"teacher": strategy.final_teacher}
+    assert strategy._teacher_for(4) == {} and strategy._teacher_for(3) == {TEACHER: strategy.final_teacher}
 
 
 def test_public_subsets_follow_seed_phase_and_round():

@@ -1,0 +1,70 @@
+"""The messages between fedkd's ServerApp and ClientApp: message types, record names, keys.
+
+Both apps import these names. The strings are what travels, so changing one breaks the exchange
+with nodes that run another version of the app.
+"""
+
+from flwr.app import MessageType
+
+
+class Action:
+    """The actions of the ClientApp's handlers, registered as `@app.<kind>(Action.X)`."""
+
+    SUPERVISED = "supervised"  # train: the sent global model on local labels
+    DISTIL = "distil"  # train: the sent global student, distilled from the node's local teacher
+    DIGEST = "digest"  # train: FedMD's own model toward the consensus, then on local labels
+    LOGITS = "logits"  # query: a model's logits on public inputs
+    IDENTIFY = "identify"  # query: the node's stable name and architecture
+
+
+def message_type(kind: str, action: str) -> str:
+    """The type Flower routes to the handler registered as `@app.<kind>(action)`."""
+    return f"{kind}.{action}"
+
+
+# --- what most messages carry ---------------------------------------------------------------
+ARRAYS = "arrays"  # model weights (ArrayRecord), sent and returned
+CONFIG = "config"  # the server's instructions (ConfigRecord)
+METRICS = "metrics"  # a reply's counts, losses and time (MetricRecord)
+SERVER_ROUND = "server-round"  # CONFIG: the round number; the node seeds its shuffles with it
+MODEL = "model"  # CONFIG: the architecture of the sent ARRAYS; NODE: the node's own architecture
+# METRICS: the reply's weight in the server's averages (local training examples; evaluate: test examples).
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"  # METRICS: the mean batch loss of local training
+CLIENT_SECONDS = "client-seconds"  # METRICS: the handler's wall time
+# METRICS: a model scored on the local test split, as sums, so that the server weights nodes by their test sizes.
+EVAL_EXAMPLES = "eval-examples"
+EVAL_CORRECT = "eval-correct"
+EVAL_LOSS_SUM = "eval-loss-sum"
+
+# --- train.supervised, train.distil: a global model to train, returned in ARRAYS ---------------
+TRAIN_SUPERVISED = message_type(MessageType.TRAIN, Action.SUPERVISED)
+TRAIN_DISTIL = message_type(MessageType.TRAIN, Action.DISTIL)
+# CONFIG: score the sent model on the local test split before training (evaluation fused into training).
+EVALUATE_INCOMING = "evaluate-incoming"
+# The final global teacher (ArrayRecord), sent only to nodes that may not hold it yet (also with query.logits).
+TEACHER = "teacher"
+
+# --- query.logits, train.digest: logits on public inputs (FedMD, the ensemble teacher) -------
+QUERY_LOGITS = message_type(MessageType.QUERY, Action.LOGITS)
+TRAIN_DIGEST = message_type(MessageType.TRAIN, Action.DIGEST)
+SPLIT = "split"  # CONFIG: the data INDICES point into; PUBLIC is the only one
+PUBLIC = "public"
+INDICES = "indices"  # CONFIG: rows of the public data
+SOURCE = "source"  # CONFIG of query.logits: whose logits, SOURCE_TEACHER or SOURCE_OWN
+SOURCE_TEACHER = "teacher"  # the node's local teacher
+SOURCE_OWN = "own"  # the node's own model (FedMD)
+LOGITS = "logits"  # query.logits reply: the logits record
+CONSENSUS = "consensus"  # train.digest: the logits record the node's model digests
+REPORT_TEST_LOGITS = "report-test-logits"  # CONFIG of train.digest: also reply with TEST_LOGITS
+TEST_LOGITS = "test-logits"  # train.digest reply: logits on the server's test inputs, which the server scores
+DIGEST_LOSS = "digest-loss"  # METRICS of train.digest
+LOGITS_ARRAY = "logits"  # the one array of a logits record (LOGITS, CONSENSUS, TEST_LOGITS)
+
+# --- query.identify: a name that stays the same across runs, for seeded sampling -------------
+QUERY_IDENTIFY = message_type(MessageType.QUERY, Action.IDENTIFY)
+NODE = "node"  # reply (ConfigRecord): NAME and MODEL
+NAME = "name"
+
+# --- evaluate: the sent ARRAYS of architecture MODEL scored on the local test split (EVAL_* METRICS)
+EVALUATE = MessageType.EVALUATE
