@@ -56,7 +56,8 @@ def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
 
     try:
         raw = torch.load(path, weights_only=True)
-    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
+    # torch's zip reader raises OSError on some truncations.
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
         raw = None
     if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
         raise ConfigError(f"run config 'resume-from' = {str(run_dir)!r}: {str(path)!r} cannot be read as a fedkd checkpoint "

@@ -1,6 +1,8 @@
 """checkpoint.load refuses a checkpoint of another model or config, and a damaged file, by name."""
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,8 @@ from common.config import ConfigError, parse_run_config
 from server_app import checkpoint
 
 CFG = parse_run_config({"teacher-model": "mlp-128x64", "local-epochs": 2})
-HISTORY = [{"phase": "teacher", "round": i, "accuracy": 0.5 + i / 10, "failed": []} for i in (1, 2, 3)]
+# A history as the round loop writes it: cut in half, its checkpoint fails otherwise than a toy one's.
+HISTORY = json.loads((Path(__file__).parent / "fixtures" / "history.json").read_text())
 ONLY = "only ['min-replies', 'output-dir', 'resume-from', 'round-timeout'] may change"
 
 
@@ -45,8 +48,6 @@ def test_the_same_config_resumes_and_resumable_keys_may_change(run_dir, tmp_path
 
 def test_a_crash_between_checkpoint_and_history_loses_no_round(run_dir):
     """The server writes the checkpoint first; history.json one round behind is restored from it."""
-    import json
-
     from server_app.outputs import RunDirectory
 
     (run_dir / "history.json").write_text(json.dumps(HISTORY[:2]))
