@@ -94,6 +94,5 @@ def test_summary_json_is_written_as_before(stubbed_run):
 
 def test_an_aborted_summary_is_written_as_before(stubbed_run):
     run, strategy = stubbed_run
-    # As main writes it when a round aborts the run.
-    run.write_summary({**app._summary(CFG, strategy, run, 100.0), "status": "aborted", "reason": "student round 2: too few replies"})
+    run.write_summary(app._summary(CFG, strategy, run, 100.0, reason="student round 2: too few replies"))
     assert written(run, "summary.json") == (FIXTURES / "summary-aborted.json").read_text()
