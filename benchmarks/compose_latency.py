@@ -20,6 +20,7 @@ from pathlib import Path
 from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments, quiet_line, reading
 from deploy.local import deployment
 from deploy.processes import PROJECT, sigterm_unwinds
+from server_app.records import read_history
 from tests.deploy.compose_stack import compose_stack, docker_unavailable, flower_images
 
 RESULTS = PROJECT / "benchmarks" / "results"
@@ -31,8 +32,8 @@ def teacher_rounds(federation, run_config: dict, app: Path | None, out: Path) ->
     output = run.communicate(timeout=1800)[0]
     if run.returncode != 0:
         raise RuntimeError(output[-6000:])
-    history = json.loads(max(out.glob("*/history.json"), key=lambda p: p.stat().st_mtime).read_text())
-    return [r["seconds"] for r in history if r["phase"] == "teacher"]
+    history = read_history(max(out.glob("*/history.json"), key=lambda p: p.stat().st_mtime))
+    return [r.seconds for r in history if r.phase == "teacher"]
 
 
 def load_cell(before: dict) -> str:

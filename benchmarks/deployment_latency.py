@@ -25,6 +25,7 @@ from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.local import deployment
 from deploy.processes import APP_PARTS, PROJECT, app_copy
+from server_app.records import read_history
 
 RESULTS = PROJECT / "benchmarks" / "results"
 
@@ -75,10 +76,9 @@ def main() -> None:
                 out = tmp / f"fedkd-{repeat}"
                 loads.append({"loop": "fedkd", "repeat": repeat, **reading()})
                 submit(dep, PROJECT, {**base, "output-dir": str(out)})
-                history = json.loads(next(out.glob("*/history.json")).read_text())
-                teacher = [r for r in history if r["phase"] == "teacher"]
-                fedkd += [r["seconds"] for r in teacher]
-                breakdown += [(r["seconds"], r["client_seconds"], r["seconds"] - r["exchange_seconds"]) for r in teacher]
+                teacher = [r for r in read_history(next(out.glob("*/history.json"))) if r.phase == "teacher"]
+                fedkd += [r.seconds for r in teacher]
+                breakdown += [(r.seconds, r.client_seconds, r.seconds - r.exchange_seconds) for r in teacher]
                 out = tmp / f"stock-{repeat}"
                 loads.append({"loop": "stock", "repeat": repeat, **reading()})
                 submit(dep, app, {**base, "output-dir": str(out)})

@@ -48,7 +48,7 @@ def main() -> None:
             # The previous seed's centralised training is the load this waits out.
             before = before_timing(args)
             summary = run_summary(env, {"seed": seed}, 10, Path(tmp) / f"out-{seed}")
-            fed.append({k: summary[k] for k in ("teacher_accuracy", "student_accuracy", "student_federated_accuracy",
+            fed.append({k: getattr(summary, k) for k in ("teacher_accuracy", "student_accuracy", "student_federated_accuracy",
                                                 "median_round_seconds", "bytes_total", "wall_seconds")})
             fed[-1]["before_run"] = before
             central.append(centralised_models(seed))

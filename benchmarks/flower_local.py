@@ -4,7 +4,6 @@ Used by the end-to-end tests and the benchmarks, so that neither touches a user'
 or a SuperLink that another session started.
 """
 
-import json
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from pathlib import Path
 from deploy.processes import (
     BIN, PROJECT, app_source, config_args, flower_env, free_port, sigterm_unwinds, start, stop, wait_listening,
 )
+from server_app.records import Summary, read_summary
 
 
 @contextmanager
@@ -87,10 +87,10 @@ def run_directory(output_dir: Path) -> Path:
     return runs[0]
 
 
-def run_summary(env: dict[str, str], run_config: dict[str, object], num_supernodes: int, out: Path) -> dict:
+def run_summary(env: dict[str, str], run_config: dict[str, object], num_supernodes: int, out: Path) -> Summary:
     """`flwr_run` with output-dir `out`; the run's summary.json, or an error carrying the run's output."""
     done = flwr_run(env, {**run_config, "output-dir": str(out)}, num_supernodes)
     if done.returncode != 0:
         raise RuntimeError(f"flwr run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return json.loads((run_directory(out) / "summary.json").read_text())
+    return read_summary(run_directory(out) / "summary.json")
 

@@ -35,6 +35,7 @@ from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.local import Deployment, deployment
 from deploy.processes import PROJECT
+from server_app.records import read_history, read_summary
 
 RESULTS = PROJECT / "benchmarks" / "results"
 SAMPLE_SECONDS = 0.2
@@ -188,26 +189,26 @@ def deployment_memory(dep: Deployment) -> Measure:
 def round_times(out: Path) -> dict:
     """Round count, clients per round, time per round and where the rest of the ServerApp's time went."""
     run_dir = run_directory(out)
-    history = json.loads((run_dir / "history.json").read_text())
-    seconds = [r["seconds"] for r in history]
-    evaluation = sum(r.get("evaluation_seconds", 0.0) for r in history)
+    history = read_history(run_dir / "history.json")
+    seconds = [r.seconds for r in history]
+    evaluation = sum(r.evaluation_seconds or 0.0 for r in history)
     times = {
         "rounds": len(history),
-        "sampled_per_round": max(len(r["sampled"]) for r in history),
-        "evaluated_per_phase": [r["evaluation_replies"] for r in history if "evaluation_replies" in r],
+        "sampled_per_round": max(len(r.sampled) for r in history),
+        "evaluated_per_phase": [r.evaluation_replies for r in history if r.evaluation_replies is not None],
         "median_round_s": statistics.median(seconds),
         "mean_round_s": statistics.mean(seconds),
-        "median_exchange_s": statistics.median(r["exchange_seconds"] for r in history),
-        "median_client_s": statistics.median(r["client_seconds"] for r in history),
+        "median_exchange_s": statistics.median(r.exchange_seconds for r in history),
+        "median_client_s": statistics.median(r.client_seconds for r in history),
         # A round's time follows its clients' handler time, which the shared machine's load stretches;
         # the ratio takes that out.
-        "round_over_client": statistics.median(seconds) / statistics.median(r["client_seconds"] for r in history),
+        "round_over_client": statistics.median(seconds) / statistics.median(r.client_seconds for r in history),
         "final_evaluations_s": evaluation,
-        "failures": sum(r["failures"] + r.get("evaluation_failures", 0) for r in history),
+        "failures": sum(r.failures + (r.evaluation_failures or 0) for r in history),
         "round_seconds": seconds,
     }
     if (run_dir / "summary.json").exists():
-        serverapp = json.loads((run_dir / "summary.json").read_text())["wall_seconds"]
+        serverapp = read_summary(run_dir / "summary.json").wall_seconds
         # The ServerApp starts with the engine: this holds Ray's start, the ClientApps' first import,
         # and the exchange that asks every node for its name (query.identify) before round 1.
         times["serverapp_outside_rounds_s"] = serverapp - sum(seconds) - evaluation
@@ -273,7 +274,7 @@ def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float,
     summaries = list(out.glob("*/summary.json"))
     # `flwr run` exits 0 even when the ServerApp failed: only a complete summary counts as complete, and a
     # run that stopped early keeps what it measured, with the end of its output and of the SuperLink's log.
-    complete = bool(summaries) and json.loads(summaries[0].read_text()).get("status") == "complete"
+    complete = bool(summaries) and read_summary(summaries[0]).status == "complete"
     ended = {} if complete else {"output_tail": output[-3000:], "superlink_log_tail": "\n".join(
         line for line in superlink_log.splitlines() if "Push replies" not in line and "uvicorn.access" not in line)[-3000:]}
     peak = memory.peak

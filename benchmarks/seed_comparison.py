@@ -102,8 +102,8 @@ def run_app(env: dict, seed: int, out: Path, test) -> dict:
     summary = run_summary(env, {**APP_CONFIG, "seed": seed}, 10, out)
     wall = time.perf_counter() - start
     run_dir = run_directory(out)
-    if summary["status"] != "complete":
-        raise RuntimeError(f"fedkd run {run_dir} {summary['status']}: {summary.get('reason')}")
+    if summary.status != "complete":
+        raise RuntimeError(f"fedkd run {run_dir} {summary.status}: {summary.reason}")
     common = {}
     for role, name in (("teacher", APP_CONFIG["teacher-model"]), ("student", APP_CONFIG["model"])):
         model = build_model(name, APP_CONFIG["dataset"])
@@ -111,12 +111,12 @@ def run_app(env: dict, seed: int, out: Path, test) -> dict:
         common[f"common_{role}_accuracy"] = accuracy(model, test)
     return {
         **common,
-        "teacher_accuracy": summary["teacher_accuracy"],
-        "student_accuracy": summary["student_accuracy"],
+        "teacher_accuracy": summary.teacher_accuracy,
+        "student_accuracy": summary.student_accuracy,
         "own_test_samples": SYNTHETIC_SERVER_TEST_SIZE,
-        "median_round_seconds": summary["median_round_seconds"],
+        "median_round_seconds": summary.median_round_seconds,
         "wall_seconds": wall,
-        "serverapp_seconds": summary["wall_seconds"],
+        "serverapp_seconds": summary.wall_seconds,
     }
 
 

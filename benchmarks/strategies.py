@@ -24,6 +24,7 @@ from benchmarks.flower_local import run_directory, run_summary, simulation_super
 from benchmarks.provenance import load_average, provenance
 from common.config import model_cycle, parse_run_config
 from deploy.processes import PROJECT
+from server_app.records import read_history
 
 RESULTS = PROJECT / "benchmarks" / "results"
 DATASETS = ["digits", "mnist5k"]
@@ -61,10 +62,10 @@ def architectures(config: dict) -> list[str]:
 def _curve(run_dir: Path) -> list[tuple[float, float]]:
     """(cumulative MB, accuracy) after every student round."""
     sent, points = 0, []
-    for r in json.loads((run_dir / "history.json").read_text()):
-        sent += r["bytes_down"] + r["bytes_up"]
-        if r["phase"] == "student" and r["accuracy"] is not None:
-            points.append((sent / 1e6, r["accuracy"]))
+    for r in read_history(run_dir / "history.json"):
+        sent += r.bytes_down + r.bytes_up
+        if r.phase == "student" and r.accuracy is not None:
+            points.append((sent / 1e6, r.accuracy))
     return points
 
 
@@ -90,8 +91,8 @@ def measure(args: argparse.Namespace, path: Path) -> None:
                             out = Path(tmp) / f"{'-'.join(map(str, cell))}-{strategy}-{seed}"
                             start = time.perf_counter()
                             summary = run_summary(env, run_config(dataset, split, models, strategy, seed, args.rounds), CLIENTS, out)
-                            row = _row(cell, strategy, seed, summary["student_accuracy_by_model"],
-                                       summary["bytes_total"], start, _curve(run_directory(out)))
+                            row = _row(cell, strategy, seed, summary.student_accuracy_by_model,
+                                       summary.bytes_total, start, _curve(run_directory(out)))
                             _append(path, row)
                             print(f"{cell} {strategy} seed {seed}: {row['accuracy']:.3f} {row['accuracy_by_model']}", flush=True)
 

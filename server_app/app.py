@@ -16,6 +16,7 @@ from common.models import build_model, count_params, load_record
 from common.training import evaluate
 from server_app import checkpoint
 from server_app.outputs import RunDirectory, point_latest
+from server_app.records import Summary
 from server_app.rounds import RunAborted, fmt_metric, run_phase
 from server_app.sampling import NodeSampler
 from server_app.strategies import STRATEGIES, Globals, Strategy
@@ -26,31 +27,35 @@ NODE_GRACE_SECONDS = 10.0
 app = ServerApp()
 
 
-def _summary(cfg: RunConfig, strategy: Strategy, run_dir: RunDirectory, started: float) -> dict:
+def _summary(
+    cfg: RunConfig, strategy: Strategy, run_dir: RunDirectory, started: float, reason: str | None = None
+) -> Summary:
+    """The run's outcome: complete, or aborted for `reason`."""
     history = run_dir.history
-    final = {p: next((r for r in reversed(history) if r["phase"] == p), {}) for p in ("teacher", "student")}
+    teacher, student = (next((r for r in reversed(history) if r.phase == p), None) for p in ("teacher", "student"))
     params = {name: count_params(build_model(name, cfg.dataset)) for name in {cfg.teacher_model, cfg.model}}
-    params.update({name: count_params(build_model(name, cfg.dataset)) for name in final["student"].get("accuracy_by_model", {})})
+    params.update({name: count_params(build_model(name, cfg.dataset)) for name in (student.accuracy_by_model if student else {})})
     two_stage = "teacher" in strategy.phases
-    return {
-        "status": "complete",
-        "strategy": cfg.strategy,
-        "teacher_accuracy": final["teacher"].get("accuracy"),
-        "student_accuracy": final["student"].get("accuracy"),
-        "student_accuracy_by_model": final["student"].get("accuracy_by_model"),
-        "teacher_federated_accuracy": final["teacher"].get("federated_accuracy"),
-        "student_federated_accuracy": final["student"].get("federated_accuracy"),
-        "teacher_params": params[cfg.teacher_model] if two_stage else None,
-        "student_params": params[cfg.model],
-        "params_by_model": params,
-        "compression": params[cfg.teacher_model] / params[cfg.model] if two_stage else None,
-        "bytes_total": sum(r["bytes_down"] + r["bytes_up"] for r in history),
-        "rounds": len(history),
-        "median_round_seconds": statistics.median(r["seconds"] for r in history) if history else None,
-        "wall_seconds": time.perf_counter() - started,
-        "run_dir": str(run_dir.path),
-        "config": cfg.model_dump(mode="json", by_alias=True),
-    }
+    return Summary(
+        status="complete" if reason is None else "aborted",
+        strategy=cfg.strategy,
+        teacher_accuracy=teacher.accuracy if teacher else None,
+        student_accuracy=student.accuracy if student else None,
+        student_accuracy_by_model=student.accuracy_by_model if student else None,
+        teacher_federated_accuracy=teacher.federated_accuracy if teacher else None,
+        student_federated_accuracy=student.federated_accuracy if student else None,
+        teacher_params=params[cfg.teacher_model] if two_stage else None,
+        student_params=params[cfg.model],
+        params_by_model=params,
+        compression=params[cfg.teacher_model] / params[cfg.model] if two_stage else None,
+        bytes_total=sum(r.bytes_down + r.bytes_up for r in history),
+        rounds=len(history),
+        median_round_seconds=statistics.median(r.seconds for r in history) if history else None,
+        wall_seconds=time.perf_counter() - started,
+        run_dir=str(run_dir.path),
+        config=cfg.model_dump(mode="json", by_alias=True),
+        reason=reason,
+    )
 
 
 def _server_testset(cfg: RunConfig) -> Split | None:
@@ -124,16 +129,16 @@ def main(grid: Grid, context: Context) -> None:
                 label = phase if len(previous) == 1 else f"{phase}-{name}"
                 run_dir.save_model(label, load_record(build_model(name, cfg.dataset), arrays))
     except (RunAborted, TimeoutError) as exc:
-        run_dir.write_summary({**_summary(cfg, strategy, run_dir, started), "status": "aborted", "reason": str(exc)})
+        run_dir.write_summary(_summary(cfg, strategy, run_dir, started, reason=str(exc)))
         log(ERROR, "fedkd: run aborted: %s. Finished rounds are in %s", exc, run_dir.path)
         raise
     summary = _summary(cfg, strategy, run_dir, started)
     run_dir.write_summary(summary)
     run_dir.plot()
     log(
-        INFO, "fedkd: %s: student %s%s, %.2f MB in %.1f s", cfg.strategy, fmt_metric(summary["student_accuracy"]),
-        f" (teacher {fmt_metric(summary['teacher_accuracy'])}, {summary['compression']:.1f}x smaller)"
-        if summary["compression"] else "", summary["bytes_total"] / 1e6, summary["wall_seconds"],
+        INFO, "fedkd: %s: student %s%s, %.2f MB in %.1f s", cfg.strategy, fmt_metric(summary.student_accuracy),
+        f" (teacher {fmt_metric(summary.teacher_accuracy)}, {summary.compression:.1f}x smaller)"
+        if summary.compression else "", summary.bytes_total / 1e6, summary.wall_seconds,
     )
     log(INFO, "fedkd: run directory: %s", run_dir.path)
 

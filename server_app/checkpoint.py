@@ -8,6 +8,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from common.config import ConfigError, RunConfig
+from server_app.records import HISTORY, RoundRecord
 
 CHECKPOINT = "checkpoint.pt"
 # Keys that may change between a run and its resumption; every other key shapes the result.
@@ -21,7 +22,7 @@ class Checkpoint:
     phase: str
     server_round: int
     # The run's history up to and including this round.
-    history: list[dict]
+    history: list[RoundRecord]
     globals: dict[str, ArrayRecord]
     final_teacher: ArrayRecord | None
     sampler_state: tuple
@@ -38,7 +39,8 @@ def save(run_dir: Path, ckpt: Checkpoint) -> None:
     """Write the checkpoint atomically (write, then rename)."""
     tmp = run_dir / (CHECKPOINT + ".tmp")
     torch.save({
-        "phase": ckpt.phase, "round": ckpt.server_round, "history": ckpt.history,
+        # The history as JSON data: weights_only loading takes plain containers only.
+        "phase": ckpt.phase, "round": ckpt.server_round, "history": HISTORY.dump_python(ckpt.history),
         "globals": {name: _tensors(arrays) for name, arrays in ckpt.globals.items()},
         "final_teacher": _tensors(ckpt.final_teacher),
         "sampler_state": ckpt.sampler_state, "config": ckpt.config,
@@ -56,7 +58,8 @@ def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
 
     try:
         raw = torch.load(path, weights_only=True)
-    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
+    # torch's zip reader raises OSError on some truncations.
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
         raw = None
     if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
         raise ConfigError(f"run config 'resume-from' = {str(run_dir)!r}: {str(path)!r} cannot be read as a fedkd checkpoint "
@@ -70,7 +73,8 @@ def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
                           f"only {sorted(RESUMABLE_CHANGES)} may change")
     teacher = raw["final_teacher"]
     return Checkpoint(
-        phase=raw["phase"], server_round=raw["round"], history=raw["history"], globals={name: ArrayRecord(t) for name, t in raw["globals"].items()},
+        phase=raw["phase"], server_round=raw["round"], history=HISTORY.validate_python(raw["history"]),
+        globals={name: ArrayRecord(t) for name, t in raw["globals"].items()},
         final_teacher=None if teacher is None else ArrayRecord(teacher),
         strategy_state={name: ArrayRecord(t) for name, t in raw.get("strategy_state", {}).items()},
         sampler_state=raw["sampler_state"], config=raw["config"],

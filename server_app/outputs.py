@@ -17,6 +17,8 @@ from logging import WARNING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server_app.records import HISTORY, RoundRecord, Summary, read_summary
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -52,12 +54,12 @@ class RunDirectory:
     """One run's output directory under `output-dir`."""
 
     @classmethod
-    def reopen(cls, path: Path, history: list[dict[str, Any]]) -> "RunDirectory":
+    def reopen(cls, path: Path, history: list[RoundRecord]) -> "RunDirectory":
         """An existing run directory, its history set back to `history` (the checkpoint's)."""
         run = cls.__new__(cls)
         run.path = path
         run.history = history
-        write_json(path / "history.json", run.history)
+        run._write_history()
         return run
 
     def __init__(self, root: Path, label: str) -> None:
@@ -71,18 +73,22 @@ class RunDirectory:
             except FileExistsError:
                 continue
         self.path = path
-        self.history: list[dict[str, Any]] = []
+        self.history: list[RoundRecord] = []
         point_latest(root, path)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def _write_history(self) -> None:
+        write_json(self.path / "history.json", HISTORY.dump_python(self.history))
+
+    def append(self, record: RoundRecord) -> None:
         """Add a round's record and persist the history."""
         self.history.append(record)
-        write_json(self.path / "history.json", self.history)
+        self._write_history()
 
     def update(self, index: int, **fields: Any) -> None:
         """Amend an earlier round's record (e.g. its federated accuracy, known one round later)."""
-        self.history[index].update(fields)
-        write_json(self.path / "history.json", self.history)
+        for name, value in fields.items():
+            setattr(self.history[index], name, value)
+        self._write_history()
 
     def save_model(self, name: str, model: "nn.Module") -> None:
         """Save a state_dict that torch.load reads."""
@@ -90,9 +96,9 @@ class RunDirectory:
 
         torch.save(model.state_dict(), self.path / f"{name}.pt")
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    def write_summary(self, summary: Summary) -> None:
         """Write summary.json."""
-        write_json(self.path / "summary.json", summary)
+        write_json(self.path / "summary.json", summary.model_dump())
 
     def plot(self) -> None:
         """history.png: accuracy per round for each phase, and against cumulative bytes."""
@@ -103,18 +109,18 @@ class RunDirectory:
 
         fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(11, 4))
         sent = 0
-        for phase in dict.fromkeys(r["phase"] for r in self.history):
-            rows = [r for r in self.history if r["phase"] == phase]
+        for phase in dict.fromkeys(r.phase for r in self.history):
+            rows = [r for r in self.history if r.phase == phase]
             for key, style in (("accuracy", "-"), ("federated_accuracy", "--")):
-                points = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+                points = [(r.round, getattr(r, key)) for r in rows if getattr(r, key) is not None]
                 if points:
                     by_round.plot(*zip(*points), style, label=f"{phase} ({key.replace('_', ' ')})")
             xs, ys = [], []
             for r in rows:
-                sent += r["bytes_down"] + r["bytes_up"]
-                if r.get("accuracy") is not None:
+                sent += r.bytes_down + r.bytes_up
+                if r.accuracy is not None:
                     xs.append(sent / 1e6)
-                    ys.append(r["accuracy"])
+                    ys.append(r.accuracy)
             by_bytes.plot(xs, ys, marker=".", label=phase)
         by_round.set(xlabel="round", ylabel="accuracy", title="Accuracy per round")
         by_bytes.set(xlabel="cumulative MB sent and received", ylabel="accuracy", title="Accuracy against bytes")
@@ -137,13 +143,12 @@ def run_status(run_dir: Path) -> tuple[int, str]:
     path = run_dir.resolve()
     if not (path / "summary.json").is_file():
         return 2, f"no summary.json: {path} is still running, or its ServerApp died"
-    summary = json.loads((path / "summary.json").read_text())
-    status, strategy = summary.get("status"), summary.get("strategy")
-    if status == "complete":
-        accuracies = [f"{p} accuracy {_accuracy(summary.get(f'{p}_accuracy'))}" for p in ("teacher", "student")
-                      if p == "student" or summary.get("teacher_params") is not None]
-        return 0, f"complete: {strategy} run {path}; {', '.join(accuracies)}"
-    return 1, f"{status}: {strategy} run {path}; reason: {summary.get('reason')}"
+    summary = read_summary(path / "summary.json")
+    if summary.status == "complete":
+        accuracies = [f"{p} accuracy {_accuracy(getattr(summary, f'{p}_accuracy'))}" for p in ("teacher", "student")
+                      if p == "student" or summary.teacher_params is not None]
+        return 0, f"complete: {summary.strategy} run {path}; {', '.join(accuracies)}"
+    return 1, f"{summary.status}: {summary.strategy} run {path}; reason: {summary.reason}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from flwr.serverapp import Grid
 from common.config import RunConfig
 from server_app import checkpoint
 from server_app.outputs import RunDirectory
+from server_app.records import Failure, RoundRecord, metric_fields
 from server_app.strategies import Globals, Strategy
 
 # (global models, or nodes' logits on the test set) -> {architecture: (loss, accuracy)} on the server's test set
@@ -58,35 +59,29 @@ def run_phase(
         _check_replies(cfg, phase, server_round, len(result.sent), len(result.accepted), failures)
         globals_ = result.globals
         scores = score(globals_, result.test_logits)
-        metrics = result.metrics
-        federated = {"federated_accuracy": metrics.get("federated-accuracy"), "federated_loss": metrics.get("federated-loss")}
+        measured = metric_fields(result.metrics)
         if result.scores_previous:
             # Fused evaluation: this round's replies scored the previous round's global models.
+            federated = {name: measured[name] for name in ("federated_accuracy", "federated_loss")}
             if server_round > 1 and federated["federated_accuracy"] is not None:
                 run_dir.update(len(run_dir.history) - 1, **federated)
-            federated = {"federated_accuracy": None, "federated_loss": None}
-        record = {
-            "phase": phase,
-            "round": server_round,
-            "accuracy": _mean([acc for _, acc in scores.values()]),
-            "loss": _mean([loss for loss, _ in scores.values()]),
-            "accuracy_by_model": {name: acc for name, (_, acc) in scores.items()},
-            **federated,
-            "train_loss": metrics.get("train-loss"),
-            "bytes_down": sum(ex.bytes_down for ex in result.exchanges),
-            "bytes_up": sum(ex.bytes_up for ex in result.exchanges),
-            "seconds": time.perf_counter() - start,
-            "exchange_seconds": sum(ex.seconds for ex in result.exchanges),
-            "client_seconds": metrics.get("client-seconds"),
-            "distill_steps": metrics.get("distill-steps"),
-            "distill_validation_start": metrics.get("distill-validation-start"),
-            "distill_validation_best": metrics.get("distill-validation-best"),
-            "replies": len(result.accepted),
-            "clipped": int(metrics.get("clipped-updates", 0)),
-            "failures": len(failures),
-            "failed": [{**f, "node": strategy.sampler.name(f["node"])} for f in failures],
-            "sampled": sorted(strategy.sampler.name(n) for n in result.sent),
-        }
+            measured.update(federated_accuracy=None, federated_loss=None)
+        record = RoundRecord(
+            phase=phase,
+            round=server_round,
+            accuracy=_mean([acc for _, acc in scores.values()]),
+            loss=_mean([loss for loss, _ in scores.values()]),
+            accuracy_by_model={name: acc for name, (_, acc) in scores.items()},
+            bytes_down=sum(ex.bytes_down for ex in result.exchanges),
+            bytes_up=sum(ex.bytes_up for ex in result.exchanges),
+            seconds=time.perf_counter() - start,
+            exchange_seconds=sum(ex.seconds for ex in result.exchanges),
+            replies=len(result.accepted),
+            failures=len(failures),
+            failed=[Failure(node=strategy.sampler.name(f["node"]), reason=f["reason"]) for f in failures],
+            sampled=sorted(strategy.sampler.name(n) for n in result.sent),
+            **measured,
+        )
         # The checkpoint, which carries the history, goes first: a crash between the two writes
         # never leaves a round in history.json that a resumed run cannot continue from.
         checkpoint.save(run_dir.path, checkpoint.Checkpoint(
@@ -94,9 +89,9 @@ def run_phase(
             strategy.sampler.rng.getstate(), cfg.model_dump(mode="json", by_alias=True), strategy.state(),
         ))
         run_dir.append(record)
-        _log_round(run_dir.history[-1], num_rounds)
-        for failure in run_dir.history[-1]["failed"]:
-            log(WARNING, "  %s round %d: node %s failed: %s", phase, server_round, failure["node"], failure["reason"])
+        _log_round(record, num_rounds)
+        for failure in record.failed:
+            log(WARNING, "  %s round %d: node %s failed: %s", phase, server_round, failure.node, failure.reason)
     _final_evaluation(strategy, phase, grid, cfg, globals_, run_dir)
     return globals_
 
@@ -110,21 +105,21 @@ def _final_evaluation(
         return
     start = time.perf_counter()
     ex = strategy.send(grid, messages)
-    metrics = strategy.aggregate_evaluate(strategy.num_rounds(phase), ex.ok())
+    measured = metric_fields(strategy.aggregate_evaluate(strategy.num_rounds(phase), ex.ok()) or {})
     last = run_dir.history[-1]
     run_dir.update(
         len(run_dir.history) - 1,
-        federated_accuracy=metrics.get("federated-accuracy") if metrics else None,
-        federated_loss=metrics.get("federated-loss") if metrics else None,
-        bytes_down=last["bytes_down"] + ex.bytes_down,
-        bytes_up=last["bytes_up"] + ex.bytes_up,
+        federated_accuracy=measured["federated_accuracy"],
+        federated_loss=measured["federated_loss"],
+        bytes_down=last.bytes_down + ex.bytes_down,
+        bytes_up=last.bytes_up + ex.bytes_up,
         evaluation_seconds=time.perf_counter() - start,
         evaluation_replies=len(ex.ok()),
         evaluation_failures=len(ex.failures()),
     )
     log(
         INFO, "%s: federated accuracy %s over %d nodes (%d failed)", phase,
-        fmt_metric(run_dir.history[-1]["federated_accuracy"]), len(ex.ok()), len(ex.failures()),
+        fmt_metric(last.federated_accuracy), len(ex.ok()), len(ex.failures()),
     )
 
 
@@ -133,12 +128,12 @@ def fmt_metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _log_round(r: dict, total: int) -> None:
-    by_model = " ".join(f"{k} {fmt_metric(v)}" for k, v in r["accuracy_by_model"].items())
+def _log_round(r: RoundRecord, total: int) -> None:
+    by_model = " ".join(f"{k} {fmt_metric(v)}" for k, v in r.accuracy_by_model.items())
     log(
         INFO,
         "[%s %d/%d] acc %s%s loss %s | down %.1f kB up %.1f kB | %.3f s | %d ok %d failed",
-        r["phase"], r["round"], total, fmt_metric(r["accuracy"]),
-        f" ({by_model})" if len(r["accuracy_by_model"]) > 1 else "", fmt_metric(r["loss"]),
-        r["bytes_down"] / 1e3, r["bytes_up"] / 1e3, r["seconds"], r["replies"], r["failures"],
+        r.phase, r.round, total, fmt_metric(r.accuracy),
+        f" ({by_model})" if len(r.accuracy_by_model) > 1 else "", fmt_metric(r.loss),
+        r.bytes_down / 1e3, r.bytes_up / 1e3, r.seconds, r.replies, r.failures,
     )

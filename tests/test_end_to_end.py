@@ -10,6 +10,7 @@ from benchmarks.flower_local import flwr_run, run_directory, simulation_superlin
 from common.config import parse_run_config
 from common.models import initial_model, to_record
 from common.protocol import ARRAYS, CONFIG, EVALUATE_INCOMING, MODEL, SERVER_ROUND, TRAIN_SUPERVISED
+from server_app.records import read_history
 from server_app.transport import record_bytes
 
 pytestmark = pytest.mark.e2e
@@ -89,7 +90,7 @@ def test_resuming_with_another_config_is_refused(runs, tmp_path):
     same = checkpoint.load(run_dir, parse_run_config({**SMALL, "output-dir": "elsewhere", "round-timeout": 5}))
     assert (same.phase, same.server_round) == ("student", 3)
     # The last round's federated accuracy arrives with the final evaluation, after the last checkpoint.
-    assert same.history[:5] == json.loads((run_dir / "history.json").read_text())[:5] and len(same.history) == 6
+    assert same.history[:5] == read_history(run_dir / "history.json")[:5] and len(same.history) == 6
     with pytest.raises(ConfigError, match=r"was made with another config: 'local-epochs' = 5 \(checkpoint: 2\)"):
         checkpoint.load(run_dir, parse_run_config({**SMALL, "local-epochs": 5}))
     with pytest.raises(ConfigError, match="no checkpoint.pt there"):

@@ -1,6 +1,8 @@
 """checkpoint.load refuses a checkpoint of another model or config, and a damaged file, by name."""
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +11,12 @@ from flwr.app import Array, ArrayRecord
 
 from common.config import ConfigError, parse_run_config
 from server_app import checkpoint
+from server_app.records import read_history
 
 CFG = parse_run_config({"teacher-model": "mlp-128x64", "local-epochs": 2})
-HISTORY = [{"phase": "teacher", "round": i, "accuracy": 0.5 + i / 10, "failed": []} for i in (1, 2, 3)]
+# A history as the round loop writes it: cut in half, its checkpoint fails otherwise than a toy one's.
+HISTORY_JSON = Path(__file__).parent / "fixtures" / "history.json"
+HISTORY = read_history(HISTORY_JSON)
 ONLY = "only ['min-replies', 'output-dir', 'resume-from', 'round-timeout'] may change"
 
 
@@ -44,14 +49,12 @@ def test_the_same_config_resumes_and_resumable_keys_may_change(run_dir, tmp_path
 
 
 def test_a_crash_between_checkpoint_and_history_loses_no_round(run_dir):
-    """The server writes the checkpoint first; history.json one round behind is restored from it."""
-    import json
-
+    """The server writes the checkpoint first; history.json one round behind is restored from it, byte for byte."""
     from server_app.outputs import RunDirectory
 
-    (run_dir / "history.json").write_text(json.dumps(HISTORY[:2]))
+    (run_dir / "history.json").write_text(json.dumps(json.loads(HISTORY_JSON.read_text())[:-1]))
     RunDirectory.reopen(run_dir, checkpoint.load(run_dir, CFG).history)
-    assert json.loads((run_dir / "history.json").read_text()) == HISTORY
+    assert (run_dir / "history.json").read_text() == HISTORY_JSON.read_text()
 
 
 def test_a_checkpoint_of_another_model_is_refused(run_dir):

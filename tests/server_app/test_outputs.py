@@ -1,15 +1,18 @@
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 from server_app.outputs import RunDirectory, write_json
+from server_app.records import read_history
+
+EXAMPLE = read_history(Path(__file__).parent / "fixtures" / "history.json")[0]
 
 
 def record(phase, rnd, acc):
-    return {"phase": phase, "round": rnd, "accuracy": acc, "federated_accuracy": acc - 0.1,
-            "bytes_down": 1000, "bytes_up": 500}
+    return EXAMPLE.model_copy(update={"phase": phase, "round": rnd, "accuracy": acc, "federated_accuracy": acc - 0.1})
 
 
 def test_history_is_on_disk_after_every_round_and_amendable(tmp_path):

@@ -1,0 +1,123 @@
+"""What a run writes and its readers read back: one RoundRecord per round (history.json) and the Summary (summary.json).
+
+The fields, in the files' order, are those that docs/outputs.md explains.
+"""
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, model_serializer
+
+# The round metrics a strategy reports (Round.metrics, kebab-case), each with the record field it fills.
+METRIC_FIELDS = {
+    "federated-accuracy": "federated_accuracy",
+    "federated-loss": "federated_loss",
+    "train-loss": "train_loss",
+    "client-seconds": "client_seconds",
+    "distill-steps": "distill_steps",
+    "distill-validation-start": "distill_validation_start",
+    "distill-validation-best": "distill_validation_best",
+    "clipped-updates": "clipped",
+}
+
+
+def metric_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The record fields that a round's `metrics` fill: None where it measured nothing, and 0 clipped."""
+    fields = {name: metrics.get(key) for key, name in METRIC_FIELDS.items()}
+    return {**fields, "clipped": int(fields["clipped"] or 0)}
+
+
+class _Record(BaseModel):
+    """A JSON object of a run's outputs: dumped in field order, validated when built or read back."""
+
+    # Pydantic rather than dataclasses: a file read back is validated, and the error names the field.
+    # Strict: a number written as text is refused too, not converted.
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+    # Fields that only some objects have: left out of the JSON while None.
+    omitted_when_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: Any) -> dict[str, Any]:
+        """The fields in order, less those of `omitted_when_none` that are None."""
+        return {k: v for k, v in handler(self).items() if v is not None or k not in self.omitted_when_none}
+
+
+class Failure(_Record):
+    """A sampled node that failed a round, and why."""
+
+    node: str
+    reason: str
+
+
+class RoundRecord(_Record):
+    """One round: a record of history.json."""
+
+    phase: Literal["teacher", "student"]
+    round: int
+    accuracy: float | None
+    loss: float | None
+    accuracy_by_model: dict[str, float]
+    federated_accuracy: float | None
+    federated_loss: float | None
+    train_loss: float | None
+    bytes_down: int
+    bytes_up: int
+    seconds: float
+    exchange_seconds: float
+    client_seconds: float | None
+    distill_steps: float | None
+    distill_validation_start: float | None
+    distill_validation_best: float | None
+    replies: int
+    clipped: int
+    failures: int
+    failed: list[Failure]
+    sampled: list[str]
+    # The phase's final evaluate exchange: its last record only.
+    evaluation_seconds: float | None = None
+    evaluation_replies: int | None = None
+    evaluation_failures: int | None = None
+
+    omitted_when_none = ("evaluation_seconds", "evaluation_replies", "evaluation_failures")
+
+
+class Summary(_Record):
+    """A run's outcome: summary.json."""
+
+    status: Literal["complete", "aborted"]
+    strategy: str
+    teacher_accuracy: float | None
+    student_accuracy: float | None
+    student_accuracy_by_model: dict[str, float] | None
+    teacher_federated_accuracy: float | None
+    student_federated_accuracy: float | None
+    teacher_params: int | None
+    student_params: int
+    params_by_model: dict[str, int]
+    compression: float | None
+    bytes_total: int
+    rounds: int
+    median_round_seconds: float | None
+    wall_seconds: float
+    run_dir: str
+    config: dict[str, Any]
+    # Why an aborted run stopped.
+    reason: str | None = None
+
+    omitted_when_none = ("reason",)
+
+
+# A history as JSON data: `HISTORY.dump_python(records)` and `HISTORY.validate_python(data)`.
+HISTORY = TypeAdapter(list[RoundRecord])
+
+
+def read_history(path: Path) -> list[RoundRecord]:
+    """The records of a history.json; a ValidationError naming the record and field if one is malformed."""
+    return HISTORY.validate_python(json.loads(path.read_text()))
+
+
+def read_summary(path: Path) -> Summary:
+    """A summary.json; a ValidationError naming the field if it is malformed."""
+    return Summary.model_validate(json.loads(path.read_text()))

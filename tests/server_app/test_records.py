@@ -1,0 +1,82 @@
+"""RoundRecord and Summary: JSON round trips, files of the untyped writer, refusals by field, and the docs page."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from server_app.records import HISTORY, METRIC_FIELDS, RoundRecord, Summary, read_history, read_summary
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DOCS = Path(__file__).parents[2] / "docs" / "outputs.md"
+
+
+def test_a_round_record_round_trips_through_json_unchanged():
+    # The second record closes its phase, so it has the evaluation fields; the first has not.
+    for record in read_history(FIXTURES / "history.json")[:2]:
+        changed = record.model_copy(update={"accuracy": None, "accuracy_by_model": {"cnn": 0.25, "mlp-32": 1 / 3}})
+        for r in (record, changed):
+            assert RoundRecord.model_validate(json.loads(json.dumps(r.model_dump()))) == r
+
+
+def test_a_summary_round_trips_through_json_unchanged():
+    for name in ("summary.json", "summary-aborted.json"):
+        summary = read_summary(FIXTURES / name)
+        assert Summary.model_validate(json.loads(json.dumps(summary.model_dump()))) == summary
+
+
+@pytest.mark.parametrize("name", ["history.json", "summary.json", "summary-aborted.json"])
+def test_files_of_the_untyped_writer_read_back_as_the_same_records(name):
+    """The fixtures were written from plain dicts, before the records were typed."""
+    text = (FIXTURES / name).read_text()
+    data = HISTORY.dump_python(read_history(FIXTURES / name)) if name == "history.json" else read_summary(FIXTURES / name).model_dump()
+    assert data == json.loads(text) and json.dumps(data, indent=2) == text
+
+
+def test_fields_that_only_some_records_have_are_absent_while_none():
+    first, last = read_history(FIXTURES / "history.json")[:2]
+    assert "evaluation_seconds" not in first.model_dump() and last.model_dump()["evaluation_replies"] == 0
+    assert "reason" not in read_summary(FIXTURES / "summary.json").model_dump()
+    assert read_summary(FIXTURES / "summary-aborted.json").model_dump()["reason"] == "student round 2: too few replies"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda r: r.update(seconds="0.1"), "1.seconds"),
+    (lambda r: r.pop("sampled"), "1.sampled"),
+    (lambda r: r.update(phase="warm-up"), "1.phase"),
+    (lambda r: r["failed"][0].update(node=3), "1.failed.0.node"),
+    (lambda r: r.update(evaluation_replies=1.5), "1.evaluation_replies"),
+    (lambda r: r.update(acuracy=0.5), "1.acuracy"),
+], ids=["number-as-text", "missing", "unknown-phase", "failed-node", "fraction-of-replies", "unknown-field"])
+def test_a_malformed_record_is_refused_naming_the_field(tmp_path, change, field):
+    history = json.loads((FIXTURES / "history.json").read_text())
+    change(history[1])
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    with pytest.raises(ValidationError) as err:
+        read_history(tmp_path / "history.json")
+    assert err.value.error_count() == 1 and re.search(rf"^{re.escape(field)}$", str(err.value), re.M)
+
+
+def test_a_malformed_summary_is_refused_naming_the_field(tmp_path):
+    summary = json.loads((FIXTURES / "summary.json").read_text())
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "status": "done"}))
+    with pytest.raises(ValidationError, match=r"(?m)^status$"):
+        read_summary(tmp_path / "summary.json")
+
+
+def test_every_renamed_metric_fills_a_record_field():
+    assert set(METRIC_FIELDS.values()) <= set(RoundRecord.model_fields)
+
+
+def documented(file: str) -> set[str]:
+    """The backquoted names in the first column of docs/outputs.md's table about `file`."""
+    section = DOCS.read_text().split(f"### `{file}`", 1)[1]
+    rows = next(block for block in section.split("\n\n") if block.startswith("|")).splitlines()[2:]
+    return {name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
+
+
+def test_docs_list_exactly_the_fields_of_the_records():
+    assert documented("history.json") == set(RoundRecord.model_fields)
+    assert documented("summary.json") == set(Summary.model_fields)

@@ -1,0 +1,98 @@
+"""The round loop's history.json and summary.json, byte for byte, from a stubbed two-phase run.
+
+The files in fixtures/ were written by this run before the records were typed; any change to the
+writers' field names, order or values shows up here.
+"""
+
+import itertools
+import json
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord
+
+from common.config import parse_run_config
+from server_app import app, rounds
+from server_app.outputs import RunDirectory
+from server_app.strategies.base import Round
+from server_app.transport import Exchange
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# One model name: summary.json's params_by_model is built from a set, whose order varies between processes.
+CFG = parse_run_config({"num-teacher-rounds": 2, "num-student-rounds": 2, "teacher-model": "mlp-32", "model": "mlp-32"})
+
+
+class StubStrategy:
+    """Two phases of two rounds, three nodes sampled, node 3 missing in round 2; no Flower underneath."""
+
+    phases = ("teacher", "student")
+    final_teacher = None
+
+    def __init__(self) -> None:
+        self.sampler = SimpleNamespace(name=lambda node: f"partition-{node}", rng=random.Random(0))
+
+    def num_rounds(self, phase: str) -> int:
+        return 2
+
+    def state(self) -> dict:
+        return {}
+
+    def round(self, phase, server_round, globals_, grid) -> Round:
+        ex = Exchange(missing=[3] if server_round == 2 else [], bytes_down=1000 * server_round, bytes_up=900, seconds=0.1)
+        metrics = {"train-loss": 0.7 / server_round, "client-seconds": 0.03, "federated-accuracy": 0.6, "federated-loss": 1.1}
+        if phase == "teacher":
+            metrics["clipped-updates"] = 1
+        else:
+            metrics.update({"distill-steps": 40.0, "distill-validation-start": 0.3, "distill-validation-best": 0.25})
+        # The student phase scores its own models (as FedMD does), the teacher phase the previous round's.
+        return Round(globals_, [1, 2, 3], [ex], accepted=[1, 2], metrics=metrics, scores_previous=phase == "teacher")
+
+    def evaluation_messages(self, phase, globals_, grid) -> list:
+        return ["evaluate"]
+
+    def send(self, grid, messages) -> Exchange:
+        return Exchange(bytes_down=500, bytes_up=400, seconds=0.05)
+
+    def aggregate_evaluate(self, server_round, replies) -> dict:
+        return {"federated-accuracy": 0.65, "federated-loss": 1.0}
+
+
+@pytest.fixture
+def stubbed_run(tmp_path, monkeypatch):
+    """The run directory and strategy after the stubbed run, on a clock that ticks 0.1 s per reading."""
+    clock = SimpleNamespace(perf_counter=itertools.count(100.0, 0.1).__next__)
+    monkeypatch.setattr(rounds, "time", clock)
+    monkeypatch.setattr(app, "time", clock)
+    accuracy = itertools.count(0.5, 0.1)
+    strategy, run = StubStrategy(), RunDirectory(tmp_path, "two-stage-digits")
+    globals_ = {"mlp-32": ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})}
+    for phase in strategy.phases:
+        globals_ = rounds.run_phase(strategy, phase, None, CFG, globals_, lambda g, logits: {"mlp-32": (1.0, next(accuracy))}, run)
+    return run, strategy
+
+
+def written(run: RunDirectory, name: str) -> str:
+    """The file with its run directory replaced by a placeholder and its run config (which new config keys would
+    change) emptied."""
+    config = json.dumps(CFG.model_dump(mode="json", by_alias=True), indent=2).replace("\n", "\n  ")
+    return (run.path / name).read_text().replace(str(run.path), "RUN_DIR").replace(config, "{}")
+
+
+def test_history_json_is_written_as_before(stubbed_run):
+    run, _ = stubbed_run
+    assert written(run, "history.json") == (FIXTURES / "history.json").read_text()
+
+
+def test_summary_json_is_written_as_before(stubbed_run):
+    run, strategy = stubbed_run
+    run.write_summary(app._summary(CFG, strategy, run, 100.0))
+    assert written(run, "summary.json") == (FIXTURES / "summary.json").read_text()
+
+
+def test_an_aborted_summary_is_written_as_before(stubbed_run):
+    run, strategy = stubbed_run
+    run.write_summary(app._summary(CFG, strategy, run, 100.0, reason="student round 2: too few replies"))
+    assert written(run, "summary.json") == (FIXTURES / "summary-aborted.json").read_text()
