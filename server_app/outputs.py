@@ -137,13 +137,16 @@ def _accuracy(value: float | None) -> str:
 
 
 def run_status(run_dir: Path) -> tuple[int, str]:
-    """Exit code and one-line report of `run_dir`: 0 complete, 1 aborted, 2 no summary.json or no directory."""
+    """Exit code and one-line report of `run_dir`: 0 complete, 1 aborted, 2 no (readable) summary.json or no directory."""
     if not run_dir.is_dir():
         return 2, f"no such run directory: {run_dir}"
     path = run_dir.resolve()
     if not (path / "summary.json").is_file():
         return 2, f"no summary.json: {path} is still running, or its ServerApp died"
-    summary = read_summary(path / "summary.json")
+    try:
+        summary = read_summary(path / "summary.json")
+    except ValueError as error:  # pydantic's ValidationError and json's decode error both are
+        return 2, f"unreadable summary.json in {path}: {str(error).splitlines()[0]}"
     if summary.status == "complete":
         accuracies = [f"{p} accuracy {_accuracy(getattr(summary, f'{p}_accuracy'))}" for p in ("teacher", "student")
                       if p == "student" or summary.teacher_params is not None]

@@ -113,3 +113,13 @@ def test_missing_directory_exits_2_naming_it(tmp_path):
     assert status(tmp_path / "nope", home=tmp_path) == (2, f"no such run directory: {tmp_path / 'nope'}\n")
     # No run ever started under the default output-dir.
     assert status(home=tmp_path) == (2, f"no such run directory: {tmp_path.resolve() / 'fedkd-runs' / 'latest'}\n")
+
+
+def test_unreadable_summary_exits_2_naming_the_problem(tmp_path):
+    run = RunDirectory(tmp_path / "fedkd-runs", "x")
+    (run.path / "summary.json").write_text('{"status": "complete"')
+    code, line = status(run.path, home=tmp_path)
+    assert code == 2 and line.startswith(f"unreadable summary.json in {run.path.resolve()}: ")
+    (run.path / "summary.json").write_text('{"status": "complete"}')
+    code, line = status(run.path, home=tmp_path)
+    assert code == 2 and "validation error" in line
