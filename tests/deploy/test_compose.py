@@ -17,8 +17,8 @@ from tests.deploy.compose_stack import compose_stack, docker_unavailable, flower
 
 pytestmark = pytest.mark.e2e
 
-# A killed node costs each round it is sampled in this long; ClientApp processes start in about 5 s here.
-ROUND_TIMEOUT = 40
+# A killed node costs each round it is sampled in this long; ClientApp processes start in 5-15 s on 2 cores.
+ROUND_TIMEOUT = 30
 NODES = ("supernode-0", "supernode-1", "supernode-2")
 QUICK = {"num-teacher-rounds": 1, "num-student-rounds": 1, "fraction-train": 1.0, "fraction-evaluate": 0.0,
          "local-epochs": 1, "round-timeout": 120, "server-test": "/data/server-test.npz"}
@@ -67,9 +67,8 @@ def test_nodes_started_before_their_keys_are_registered_come_back(stack):
 
 
 def test_both_phases_complete_on_three_nodes_with_outputs_on_the_host(stack):
-    summary, history, output = submit(stack, {"num-teacher-rounds": 2, "num-student-rounds": 2, "fraction-evaluate": 1.0,
-                                              "local-epochs": 3})
-    assert [(r["phase"], r["round"]) for r in history] == [("teacher", 1), ("teacher", 2), ("student", 1), ("student", 2)]
+    summary, history, output = submit(stack, {"num-teacher-rounds": 2, "fraction-evaluate": 1.0, "local-epochs": 3})
+    assert [(r["phase"], r["round"]) for r in history] == [("teacher", 1), ("teacher", 2), ("student", 1)]
     assert all(r["replies"] == 3 and r["failures"] == 0 for r in history)
     assert all(sorted(r["sampled"]) == list(NODES) for r in history)
     assert summary["status"] == "complete"
