@@ -177,8 +177,8 @@ class ComposeStack(Federation):
 
     def build(self) -> None:
         """Build the app image with the wheels cached here (no index), as `--build-arg PIP_FIND_LINKS=wheels`."""
-        link = self.work / "wheels"
-        shutil.copytree(wheels(), link, copy_function=os.link if _same_device(wheels(), self.work) else shutil.copy2)
+        source, link = wheels(), self.work / "wheels"
+        shutil.copytree(source, link, copy_function=os.link if _same_device(source, self.work) else shutil.copy2)
         try:
             self.compose("build", timeout=1800)
         finally:
@@ -212,6 +212,5 @@ def compose_stack(work: Path) -> ComposeStack:
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
         f'address = "127.0.0.1:{port}"\nroot-certificates = "{work / "certs" / "ca.crt"}"\n'
     )
-    stack = ComposeStack(env=flower_env(home), connection=CONNECTION, work=work, port=port,
-                         project=f"fedkdtest{os.getpid()}{time.monotonic_ns() % 10_000}")
-    return stack
+    return ComposeStack(env=flower_env(home), connection=CONNECTION, work=work, port=port,
+                        project=f"fedkdtest{os.getpid()}{time.monotonic_ns() % 10_000}")
