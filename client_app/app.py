@@ -15,7 +15,7 @@ from common.loss import distillation_loss, soft_loss
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
 from common.protocol import (
     ARRAYS, CLIENT_SECONDS, CONFIG, CONSENSUS, DIGEST_LOSS, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING,
-    INDICES, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE,
+    INDICES, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PROXIMAL_MU, PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE,
     SOURCE_TEACHER, SPLIT, TEACHER, TEST_LOGITS, TRAIN_LOSS, Action,
 )
 from common.seeds import Stream, derive_seed
@@ -163,10 +163,12 @@ def _inputs(cfg: RunConfig, config: ConfigRecord) -> torch.Tensor:
 
 @app.train(Action.SUPERVISED)
 def train_supervised(msg: Message, context: Context) -> Message:
-    """Train the global model of the message's architecture on local labels (teacher phase, FedAvg, FedDF)."""
+    """Train the global model of the message's architecture on local labels (teacher phase, FedAvg, FedDF),
+    with FedProx's proximal term when the config carries `proximal-mu`."""
     cfg = parse_run_config(context.run_config)
     stream, data = _node_data(cfg, context)
-    return _fit(msg, cfg, stream, data, targets=(data.train.y,))
+    mu = float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0))
+    return _fit(msg, cfg, stream, data, targets=(data.train.y,), proximal_mu=mu)
 
 
 @app.train(Action.DISTIL)

@@ -1,10 +1,11 @@
 """The run config: one pydantic model validates every key before round 1."""
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 
 class ConfigError(ValueError):
@@ -45,8 +46,10 @@ class RunConfig(BaseModel):
 
     # Descriptions (and `allowed` notes for checks no type or bound expresses) are the source of
     # docs/configuration.md; `python -m common.config_docs` regenerates it, a test fails when it is stale.
-    strategy: Literal["two-stage", "fedavg", "fedmd", "feddf", "feddf-datafree"] = Field(
-        "two-stage", description="the federated method (see the README's Strategies)"
+    strategy: str = Field(
+        "two-stage", description="the federated method (see docs/strategies.md)",
+        json_schema_extra={"allowed": "the name of a strategy registered in `server_app/strategies/`, as listed in "
+                           "docs/strategies.md"},
     )
     dataset: Literal["digits", "mnist5k", "synthetic"] = Field(
         "digits", description="the dataset every node and the server build (see the README's Data)"
@@ -101,6 +104,10 @@ class RunConfig(BaseModel):
         description="simulation: partition i gets entry i mod their number (e.g. `\"mlp-32,mlp-128x64,cnn\"`); "
         "empty: every node uses `model`",
         json_schema_extra={"allowed": "comma-separated model names, as for `teacher-model`"},
+    )
+    proximal_mu: float = Field(
+        0.01, ge=0, description="FedProx: weight mu of the proximal term mu/2 * ||w - w_global||^2 in local training "
+        "(0: plain FedAvg)"
     )
     teacher_finetune_epochs: int = Field(
         0, ge=0, description="epochs of local fine-tuning of the global teacher before distilling"
@@ -176,6 +183,15 @@ class RunConfig(BaseModel):
         0.001, gt=0, description="Adam learning rate of server-side distillation and of the generator"
     )
 
+    @field_validator("strategy")
+    @classmethod
+    def _registered_strategy(cls, value: str, info: ValidationInfo) -> str:
+        # The registry is the ServerApp's; it passes the names in (the ClientApp runs no strategy).
+        known = (info.context or {}).get("strategies")
+        if known is not None and value not in known:
+            raise ValueError(f"unknown strategy; allowed: {', '.join(map(repr, known))}")
+        return value
+
     @field_validator("teacher_model", "model")
     @classmethod
     def _known_model(cls, value: str) -> str:
@@ -231,10 +247,11 @@ def _describe(error: dict[str, Any]) -> str:
     return f"run config '{key}' = {value!r}: {error['msg']}"
 
 
-def parse_run_config(raw: dict[str, Any]) -> RunConfig:
-    """Validate a Flower run config (kebab-case keys) into a RunConfig."""
+def parse_run_config(raw: dict[str, Any], strategies: Collection[str] | None = None) -> RunConfig:
+    """Validate a Flower run config (kebab-case keys) into a RunConfig; `strategy` must be one of
+    `strategies` when they are given."""
     try:
-        return RunConfig.model_validate(dict(raw))
+        return RunConfig.model_validate(dict(raw), context={"strategies": None if strategies is None else list(strategies)})
     except ValidationError as exc:
         problems = "; ".join(_describe(e) for e in exc.errors(include_url=False))
         raise ConfigError(problems) from None

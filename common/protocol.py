@@ -42,6 +42,8 @@ TRAIN_SUPERVISED = message_type(MessageType.TRAIN, Action.SUPERVISED)
 TRAIN_DISTIL = message_type(MessageType.TRAIN, Action.DISTIL)
 # CONFIG: score the sent model on the local test split before training (evaluation fused into training).
 EVALUATE_INCOMING = "evaluate-incoming"
+# CONFIG of train.supervised: weight mu of FedProx's proximal term mu/2 * ||w - w_sent||^2; absent: 0.
+PROXIMAL_MU = "proximal-mu"
 # The final global teacher (ArrayRecord), sent only to nodes that may not hold it yet (also with query.logits).
 TEACHER = "teacher"
 

@@ -5,7 +5,6 @@ import time
 from logging import ERROR, INFO
 from pathlib import Path
 
-import torch
 from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
@@ -13,13 +12,13 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import ConfigError, RunConfig, parse_run_config
 from common.data import DataError, Split, load_server_testset, load_test_npz
 from common.models import build_model, count_params, load_record
-from common.training import evaluate
 from server_app import checkpoint
 from server_app.outputs import RunDirectory, point_latest
 from server_app.records import Summary
 from server_app.rounds import RunAborted, fmt_metric, run_phase
 from server_app.sampling import NodeSampler
 from server_app.strategies import STRATEGIES, Globals, Strategy
+from server_app.strategies.base import STUDENT_PHASE, TEACHER_PHASE
 
 # Nodes of a simulation are all there at start; deployed ones get this long to connect.
 NODE_GRACE_SECONDS = 10.0
@@ -32,10 +31,11 @@ def _summary(
 ) -> Summary:
     """The run's outcome: complete, or aborted for `reason`."""
     history = run_dir.history
-    teacher, student = (next((r for r in reversed(history) if r.phase == p), None) for p in ("teacher", "student"))
-    params = {name: count_params(build_model(name, cfg.dataset)) for name in {cfg.teacher_model, cfg.model}}
-    params.update({name: count_params(build_model(name, cfg.dataset)) for name in (student.accuracy_by_model if student else {})})
-    two_stage = "teacher" in strategy.phases
+    last = {r.phase: r for r in history}
+    teacher, student = last.get(TEACHER_PHASE), last.get(STUDENT_PHASE)
+    teacher_model = strategy.teacher_model()
+    names = {cfg.model, *(student.accuracy_by_model if student else {}), *([teacher_model] if teacher_model else [])}
+    params = {name: count_params(build_model(name, cfg.dataset)) for name in sorted(names)}
     return Summary(
         status="complete" if reason is None else "aborted",
         strategy=cfg.strategy,
@@ -44,10 +44,10 @@ def _summary(
         student_accuracy_by_model=student.accuracy_by_model if student else None,
         teacher_federated_accuracy=teacher.federated_accuracy if teacher else None,
         student_federated_accuracy=student.federated_accuracy if student else None,
-        teacher_params=params[cfg.teacher_model] if two_stage else None,
+        teacher_params=params[teacher_model] if teacher_model else None,
         student_params=params[cfg.model],
         params_by_model=params,
-        compression=params[cfg.teacher_model] / params[cfg.model] if two_stage else None,
+        compression=params[teacher_model] / params[cfg.model] if teacher_model else None,
         bytes_total=sum(r.bytes_down + r.bytes_up for r in history),
         rounds=len(history),
         median_round_seconds=statistics.median(r.seconds for r in history) if history else None,
@@ -81,7 +81,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run the run config's strategy and write the run directory."""
     started = time.perf_counter()
     try:
-        cfg = parse_run_config(context.run_config)
+        cfg = parse_run_config(context.run_config, strategies=STRATEGIES)
         sampler = NodeSampler(cfg.seed, cfg.round_timeout, cfg.model)
         connected = _connected_nodes(cfg, sampler, grid)
         test = _server_testset(cfg)
@@ -99,32 +99,20 @@ def main(grid: Grid, context: Context) -> None:
     else:
         run_dir = RunDirectory(cfg.output_path(), f"{cfg.strategy}-{cfg.dataset}")
 
-    def score(globals_: Globals, test_logits: dict[str, list[torch.Tensor]] | None) -> dict[str, tuple[float, float]]:
-        if test is None:
-            return {}
-        if test_logits is not None:
-            return {name: _mean_scores([_logit_scores(t, test.y) for t in logits]) for name, logits in test_logits.items()}
-        scores = {}
-        for name, arrays in globals_.items():
-            loss, correct = evaluate(load_record(build_model(name, cfg.dataset), arrays), test.x, test.y)
-            scores[name] = (loss, correct / len(test))
-        return scores
-
     log(INFO, "fedkd: %s on %s, %d nodes, outputs in %s", cfg.strategy, cfg.dataset, connected, run_dir.path)
     strategy = STRATEGIES[cfg.strategy](cfg, sampler)
     if resumed:
         strategy.restore(resumed.strategy_state)
     previous: Globals | None = None
+    # A resumed run skips the phases before its checkpoint's; what they left is in the strategy's state.
+    phases = strategy.phases[strategy.phases.index(resumed.phase):] if resumed else strategy.phases
     try:
-        for phase in strategy.phases:
-            if resumed and resumed.phase == "student" and phase == "teacher":
-                previous = {cfg.teacher_model: resumed.final_teacher}
-                continue
-            start = strategy.initial(phase, grid, previous)
-            first_round = 1
-            if resumed and resumed.phase == phase:
+        for phase in phases:
+            if resumed and phase == resumed.phase:
                 first_round, start = resumed.server_round + 1, resumed.globals
-            previous = run_phase(strategy, phase, grid, cfg, start, score, run_dir, first_round)
+            else:
+                first_round, start = 1, strategy.initial(phase, grid, previous)
+            previous = run_phase(strategy, phase, grid, cfg, start, test, run_dir, first_round)
             for name, arrays in previous.items():
                 label = phase if len(previous) == 1 else f"{phase}-{name}"
                 run_dir.save_model(label, load_record(build_model(name, cfg.dataset), arrays))
@@ -142,11 +130,3 @@ def main(grid: Grid, context: Context) -> None:
     )
     log(INFO, "fedkd: run directory: %s", run_dir.path)
 
-
-def _logit_scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(cross-entropy, accuracy) of logits a node computed on the server's test inputs."""
-    return float(torch.nn.functional.cross_entropy(logits, y)), int((logits.argmax(1) == y).sum()) / len(y)
-
-
-def _mean_scores(scores: list[tuple[float, float]]) -> tuple[float, float]:
-    return statistics.fmean(s[0] for s in scores), statistics.fmean(s[1] for s in scores)

@@ -24,15 +24,15 @@ class Checkpoint:
     # The run's history up to and including this round.
     history: list[RoundRecord]
     globals: dict[str, ArrayRecord]
-    final_teacher: ArrayRecord | None
     sampler_state: tuple
     config: dict
-    # What a strategy keeps between rounds besides the global models (feddf-datafree's generator).
+    # What a strategy keeps between rounds besides the global models (two-stage's final teacher,
+    # feddf-datafree's generator).
     strategy_state: dict[str, ArrayRecord]
 
 
-def _tensors(arrays: ArrayRecord | None) -> dict[str, torch.Tensor] | None:
-    return None if arrays is None else {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
+def _tensors(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
 
 
 def save(run_dir: Path, ckpt: Checkpoint) -> None:
@@ -42,7 +42,6 @@ def save(run_dir: Path, ckpt: Checkpoint) -> None:
         # The history as JSON data: weights_only loading takes plain containers only.
         "phase": ckpt.phase, "round": ckpt.server_round, "history": HISTORY.dump_python(ckpt.history),
         "globals": {name: _tensors(arrays) for name, arrays in ckpt.globals.items()},
-        "final_teacher": _tensors(ckpt.final_teacher),
         "sampler_state": ckpt.sampler_state, "config": ckpt.config,
         "strategy_state": {name: _tensors(arrays) for name, arrays in ckpt.strategy_state.items()},
     }, tmp)
@@ -71,11 +70,9 @@ def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
         details = ", ".join(f"'{k}' = {ours.get(k)!r} (checkpoint: {raw['config'].get(k)!r})" for k in changed)
         raise ConfigError(f"run config 'resume-from' = {str(run_dir)!r} was made with another config: {details}; "
                           f"only {sorted(RESUMABLE_CHANGES)} may change")
-    teacher = raw["final_teacher"]
     return Checkpoint(
         phase=raw["phase"], server_round=raw["round"], history=HISTORY.validate_python(raw["history"]),
         globals={name: ArrayRecord(t) for name, t in raw["globals"].items()},
-        final_teacher=None if teacher is None else ArrayRecord(teacher),
-        strategy_state={name: ArrayRecord(t) for name, t in raw.get("strategy_state", {}).items()},
+        strategy_state={name: ArrayRecord(t) for name, t in raw["strategy_state"].items()},
         sampler_state=raw["sampler_state"], config=raw["config"],
     )

@@ -3,21 +3,17 @@
 import math
 import statistics
 import time
-from collections.abc import Callable
 from logging import INFO, WARNING
 
-import torch
 from flwr.common import log
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
+from common.data import Split
 from server_app import checkpoint
 from server_app.outputs import RunDirectory
 from server_app.records import Failure, RoundRecord, metric_fields
 from server_app.strategies import Globals, Strategy
-
-# (global models, or nodes' logits on the test set) -> {architecture: (loss, accuracy)} on the server's test set
-ScoreFn = Callable[[Globals, dict[str, list[torch.Tensor]] | None], dict[str, tuple[float, float]]]
 
 
 class RunAborted(RuntimeError):
@@ -46,11 +42,11 @@ def run_phase(
     grid: Grid,
     cfg: RunConfig,
     globals_: Globals,
-    score: ScoreFn,
+    test: Split | None,
     run_dir: RunDirectory,
     first_round: int = 1,
 ) -> Globals:
-    """Run rounds `first_round`.. of `phase`, recording and checkpointing each."""
+    """Run rounds `first_round`.. of `phase`, recording and checkpointing each; score on `test` if given."""
     num_rounds = strategy.num_rounds(phase)
     for server_round in range(first_round, num_rounds + 1):
         start = time.perf_counter()
@@ -58,7 +54,7 @@ def run_phase(
         failures = result.failures()
         _check_replies(cfg, phase, server_round, len(result.sent), len(result.accepted), failures)
         globals_ = result.globals
-        scores = score(globals_, result.test_logits)
+        scores = strategy.score(result, test) if test is not None else {}
         measured = metric_fields(result.metrics)
         if result.scores_previous:
             # Fused evaluation: this round's replies scored the previous round's global models.
@@ -85,7 +81,7 @@ def run_phase(
         # The checkpoint, which carries the history, goes first: a crash between the two writes
         # never leaves a round in history.json that a resumed run cannot continue from.
         checkpoint.save(run_dir.path, checkpoint.Checkpoint(
-            phase, server_round, [*run_dir.history, record], globals_, strategy.final_teacher,
+            phase, server_round, [*run_dir.history, record], globals_,
             strategy.sampler.rng.getstate(), cfg.model_dump(mode="json", by_alias=True), strategy.state(),
         ))
         run_dir.append(record)

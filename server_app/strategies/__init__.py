@@ -1,18 +1,12 @@
-"""fedkd's strategies, by run-config `strategy` name; each is one file over `base`."""
+"""fedkd's strategies, by run-config `strategy` name: each module of this package is one method over
+`base`, and registers itself there with `@register`; importing the package imports them all."""
 
-from server_app.strategies.base import Globals, Round, Strategy
-from server_app.strategies.feddf import FedDF
-from server_app.strategies.feddf_datafree import FedDFDataFree
-from server_app.strategies.fedavg import FedAvgStudent
-from server_app.strategies.fedmd import FedMD
-from server_app.strategies.two_stage import TwoStage
+import importlib
+import pkgutil
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    "two-stage": TwoStage,
-    "fedavg": FedAvgStudent,
-    "fedmd": FedMD,
-    "feddf": FedDF,
-    "feddf-datafree": FedDFDataFree,
-}
+from server_app.strategies.base import STRATEGIES, Globals, Round, Scores, Strategy, register
 
-__all__ = ["STRATEGIES", "Globals", "Round", "Strategy"]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["STRATEGIES", "Globals", "Round", "Scores", "Strategy", "register"]

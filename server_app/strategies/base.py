@@ -1,17 +1,19 @@
-"""What fedkd's strategies share: seeded sampling, per-architecture groups, screened FedAvg, logit queries."""
+"""fedkd's strategy contract, its registry, and the primitives strategies build on: seeded sampling,
+per-architecture groups, screened FedAvg, logit queries."""
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common.config import RunConfig
-from common.data import dataset_shape
+from common.data import Split, dataset_shape
 from common.distill import BatchFn, ValidationFn, distill
 from common.models import build_model, initial_model, load_record, to_record
 from common.protocol import (
@@ -19,12 +21,20 @@ from common.protocol import (
     LOGITS_ARRAY, METRICS, MODEL, NUM_EXAMPLES, QUERY_LOGITS, SERVER_ROUND, TRAIN_LOSS, Action, message_type,
 )
 from common.seeds import Stream, stream_rng
+from common.training import evaluate
 from server_app.sampling import NodeSampler
 from server_app.screening import screen_reply
 from server_app.transport import Exchange, exchange
 
 # Architecture name -> that group's global weights.
 Globals = dict[str, ArrayRecord]
+# Architecture name -> (loss, accuracy) on the server's test set.
+Scores = dict[str, tuple[float, float]]
+
+# The roles a phase has in fedkd: every method ends with its students; a method may first train a teacher.
+# history.json records them as `phase`; summary.json reports the last round of each.
+TEACHER_PHASE = "teacher"
+STUDENT_PHASE = "student"
 
 
 @dataclass
@@ -40,8 +50,6 @@ class Round:
     # Whether the replies' federated metrics score the previous round's models (fused evaluation)
     # rather than this round's.
     scores_previous: bool = True
-    # Strategies without global models (FedMD): each architecture's nodes' logits on the server test set.
-    test_logits: dict[str, list[torch.Tensor]] | None = None
 
     def failures(self) -> list[dict]:
         """Errors, missing replies and rejected replies of every exchange of the round."""
@@ -78,44 +86,49 @@ def clip_update(update: ArrayRecord, base: ArrayRecord, max_norm: float) -> bool
     return True
 
 
-class Strategy(FedAvg):
-    """Base of every fedkd strategy; a strategy says its phases and what one round of a phase does.
+class Strategy(ABC):
+    """fedkd's strategy contract: what a federated method provides to the round loop.
 
-    Weights are averaged only within a group of one architecture, with Flower's
-    `aggregate_arrayrecords`; the node's architecture is what it reported (`query.identify`).
+    A method says its `phases` (in order, each a role: `TEACHER_PHASE` or `STUDENT_PHASE`), how many rounds each
+    has (`num_rounds`), its initial models (`initial`), what one round does (`round`), what it keeps
+    between rounds besides the global models (`state`/`restore`, checkpointed every round), how its
+    models are scored on the server's test set (`score`), and which architecture its student is
+    compared to in summary.json (`teacher_model`). It registers itself under its run-config name
+    with `@register`. The loop, the ServerApp, checkpoints and outputs know nothing else of it.
+
+    Not a Flower `Strategy`: Flower's `start` runs one phase of one model, while a fedkd method runs
+    phases of per-architecture groups with screening and deadlines. Weights are averaged only within a
+    group of one architecture, with Flower's `aggregate_arrayrecords`; a node's architecture is what it
+    reported (`query.identify`).
     """
 
-    phases: tuple[str, ...] = ("student",)
+    name: ClassVar[str]
+    phases: ClassVar[tuple[str, ...]] = (STUDENT_PHASE,)
 
     def __init__(self, cfg: RunConfig, sampler: NodeSampler) -> None:
-        super().__init__(
-            fraction_train=cfg.fraction_train,
-            fraction_evaluate=cfg.fraction_evaluate,
-            min_train_nodes=cfg.min_train_nodes,
-            min_available_nodes=cfg.min_train_nodes,
-            weighted_by_key=NUM_EXAMPLES,
-            train_metrics_aggr_fn=sum_eval_counts,
-            evaluate_metrics_aggr_fn=sum_eval_counts,
-        )
         self.cfg = cfg
         self.sampler = sampler
-        self.final_teacher: ArrayRecord | None = None
 
     def num_rounds(self, phase: str) -> int:
-        """Rounds of `phase`."""
-        return self.cfg.num_teacher_rounds if phase == "teacher" else self.cfg.num_student_rounds
+        """Rounds of `phase`: `num-student-rounds`, or `num-teacher-rounds` for a teacher phase."""
+        return self.cfg.num_teacher_rounds if phase == TEACHER_PHASE else self.cfg.num_student_rounds
 
     def architecture(self, node: int, phase: str) -> str:
         """The model a node trains in `phase`: the run's teacher model, else the node's own choice."""
-        return self.cfg.teacher_model if phase == "teacher" else self.sampler.model(node)
+        return self.cfg.teacher_model if phase == TEACHER_PHASE else self.sampler.model(node)
 
     def initial(self, phase: str, grid: Grid, previous: Globals | None) -> Globals:
-        """Seeded initial weights for every architecture among the connected nodes."""
-        names = {self.architecture(n, phase) for n in self.sampler.nodes(grid, self.min_train_nodes)}
+        """Seeded initial weights for every architecture among the connected nodes; `previous` holds the
+        final models of the phase before, if any."""
+        names = {self.architecture(n, phase) for n in self.sampler.nodes(grid, self.cfg.min_train_nodes)}
         return {n: self._initial_weights(n) for n in sorted(names)}
 
     def _initial_weights(self, name: str) -> ArrayRecord:
         return to_record(initial_model(name, self.cfg.dataset, self.cfg.seed))
+
+    @abstractmethod
+    def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
+        """One round of `phase`, from the global models `globals_`."""
 
     def state(self) -> dict[str, ArrayRecord]:
         """What the strategy keeps between rounds besides the global models, for the checkpoint."""
@@ -124,15 +137,23 @@ class Strategy(FedAvg):
     def restore(self, state: dict[str, ArrayRecord]) -> None:
         """Take back `state()` from a checkpoint."""
 
-    def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
-        """One round of `phase`; the default is grouped FedAvg of `train.supervised`."""
-        return self.train_round(phase, server_round, globals_, grid, Action.SUPERVISED)[0]
+    def score(self, result: Round, test: Split) -> Scores:
+        """Each architecture's (loss, accuracy) on the server's test set: its global model's, by default."""
+        scores = {}
+        for name, arrays in result.globals.items():
+            loss, correct = evaluate(load_record(build_model(name, self.cfg.dataset), arrays), test.x, test.y)
+            scores[name] = (loss, correct / len(test))
+        return scores
+
+    def teacher_model(self) -> str | None:
+        """The architecture summary.json compares the student's size to; None for a method without a teacher."""
+        return None
 
     # --- primitives the strategies build on -------------------------------------------
 
     def sample(self, grid: Grid) -> list[int]:
         """This round's nodes, from the sampler's seeded generator."""
-        return self.sampler.sample(grid, self.fraction_train, self.min_train_nodes)
+        return self.sampler.sample(grid, self.cfg.fraction_train, self.cfg.min_train_nodes)
 
     def send(self, grid: Grid, messages: list[Message]) -> Exchange:
         """Push `messages`, pull the replies under the round's deadline."""
@@ -204,6 +225,10 @@ class Strategy(FedAvg):
             into.metrics["distill-validation-best"] = float(np.mean([r.best_validation_loss for r in reports]))
         return out
 
+    def train_config(self, phase: str, server_round: int) -> dict:
+        """Settings a method adds to every `train.*` message's config (FedProx: its `proximal-mu`)."""
+        return {}
+
     def train_round(
         self, phase: str, server_round: int, globals_: Globals, grid: Grid, action: str,
         extra: Callable[[int], dict] = lambda node: {},
@@ -214,7 +239,7 @@ class Strategy(FedAvg):
         # A node that joined after the start may bring an architecture without a group yet.
         missing = {self.architecture(n, phase) for n in nodes} - globals_.keys()
         globals_ = {**globals_, **{name: self._initial_weights(name) for name in sorted(missing)}}
-        config = {SERVER_ROUND: server_round, EVALUATE_INCOMING: server_round > 1}
+        config = {SERVER_ROUND: server_round, EVALUATE_INCOMING: server_round > 1, **self.train_config(phase, server_round)}
         messages = [
             Message(RecordDict({
                 ARRAYS: globals_[self.architecture(n, phase)],
@@ -227,7 +252,7 @@ class Strategy(FedAvg):
         replies = self.screen(result.exchanges[0], lambda n: globals_[self.architecture(n, phase)], result)
         result.globals = self.group_average(phase, globals_, replies, result)
         if replies:
-            result.metrics.update(self.train_metrics_aggr_fn([m.content for m in replies], self.weighted_by_key))
+            result.metrics.update(sum_eval_counts([m.content for m in replies], NUM_EXAMPLES))
         return result, replies
 
     def group_average(self, phase: str, globals_: Globals, replies: list[Message], into: Round) -> Globals:
@@ -240,7 +265,7 @@ class Strategy(FedAvg):
                 continue
             if self.cfg.clip_norm > 0:
                 clipped += sum(clip_update(c[ARRAYS], globals_[name], self.cfg.clip_norm) for c in contents)
-            out[name] = aggregate_arrayrecords(contents, self.weighted_by_key)
+            out[name] = aggregate_arrayrecords(contents, NUM_EXAMPLES)
         into.metrics["clipped-updates"] = clipped
         return out
 
@@ -256,9 +281,9 @@ class Strategy(FedAvg):
 
     def evaluation_messages(self, phase: str, globals_: Globals, grid: Grid) -> list[Message]:
         """`evaluate` with each node's group model to a fraction-evaluate sample (the phase's last model)."""
-        if self.fraction_evaluate == 0.0 or not globals_:
+        if self.cfg.fraction_evaluate == 0.0 or not globals_:
             return []
-        nodes = self.sampler.sample(grid, self.fraction_evaluate, 1)
+        nodes = self.sampler.sample(grid, self.cfg.fraction_evaluate, 1)
         return [
             Message(RecordDict({
                 ARRAYS: globals_[self.architecture(n, phase)],
@@ -271,7 +296,7 @@ class Strategy(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Federated accuracy and loss over the evaluation replies that carry their counts."""
         contents = [m.content for m in replies if not m.has_error() and METRICS in m.content.metric_records]
-        return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
+        return sum_eval_counts(contents, NUM_EXAMPLES) if contents else None
 
     def models_of(self, replies: list[Message], phase: str) -> list[torch.nn.Module]:
         """The client models in `replies`, each built as its node's architecture."""
@@ -280,3 +305,20 @@ class Strategy(FedAvg):
             for m in replies
         ]
 
+
+
+# Run-config `strategy` name -> class; filled by `@register` as server_app.strategies imports every module.
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator: make a strategy available as run config `strategy = name`."""
+
+    def add(cls: type[Strategy]) -> type[Strategy]:
+        if name in STRATEGIES:
+            raise ValueError(f"strategy name {name!r} is taken by {STRATEGIES[name].__qualname__}")
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+
+    return add

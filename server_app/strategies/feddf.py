@@ -9,17 +9,16 @@ from common.data import load_public
 from common.distill import BatchFn, ValidationFn, ensemble_soft_targets, labelled_error, random_batches
 from common.protocol import Action
 from common.seeds import Stream, derive_seed
-from server_app.strategies.base import Globals, Round, Strategy
+from server_app.strategies.base import STUDENT_PHASE, Globals, Round, Strategy, register
 
 # Share of the public inputs held out for early stopping.
 VALIDATION_SHARE = 0.2
 
 
+@register("feddf")
 class FedDF(Strategy):
     """Each group's FedAvg model is distilled toward the ensemble of all received client models
     (every architecture) on unlabelled public inputs, stopping early on a labelled validation split."""
-
-    phases = ("student",)
 
     def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
         """Grouped FedAvg of `train.supervised`, then server-side ensemble distillation."""
@@ -38,7 +37,7 @@ class FedDF(Strategy):
         on a labelled validation split of the public data, as the paper stops on a validation set."""
         public = load_public(self.cfg)
         cut = max(1, int(len(public) * VALIDATION_SHARE))
-        x = public.x[cut:][self.public_subset(len(public) - cut, server_round, "student")]
+        x = public.x[cut:][self.public_subset(len(public) - cut, server_round, STUDENT_PHASE)]
         targets = ensemble_soft_targets(teachers, x, self.cfg.temperature)
         seed = derive_seed(self.cfg.seed, Stream.FEDDF_BATCHES, server_round)
         return (lambda name: random_batches(x, targets, self.cfg.batch_size, seed)), labelled_error(public.x[:cut], public.y[:cut])

@@ -10,12 +10,13 @@ from common.distill import BatchFn, ValidationFn, ensemble_disagreement, ensembl
 from common.generator import Generator, generated_batches, train_generator
 from common.models import build_model, load_record, to_record
 from common.seeds import Stream, derive_seed
-from server_app.strategies.base import Round
+from server_app.strategies.base import Round, register
 from server_app.strategies.feddf import FedDF
 
 VALIDATION_SAMPLES = 256
 
 
+@register("feddf-datafree")
 class FedDFDataFree(FedDF):
     """Each round a conditional generator is trained against the ensemble of received client models
     (its samples must be classified as their sampled class by the ensemble, and disagreed on by the

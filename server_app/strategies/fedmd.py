@@ -1,18 +1,30 @@
 """`fedmd`: FedMD (Li & Wang 2019), nodes keep their own models and share only logits on public data."""
 
+import statistics
+from dataclasses import dataclass, field
+
+import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from common.data import load_public, load_server_testset
+from common.data import Split, load_public, load_server_testset
 from common.distill import consensus
 from common.models import logits_from_record, logits_to_record
 from common.protocol import (
     CONFIG, CONSENSUS, INDICES, LOGITS, PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE, SOURCE_OWN, SPLIT, TEST_LOGITS,
-    TRAIN_DIGEST,
+    NUM_EXAMPLES, TRAIN_DIGEST,
 )
-from server_app.strategies.base import Globals, Round, Strategy
+from server_app.strategies.base import Globals, Round, Scores, Strategy, register, sum_eval_counts
 
 
+@dataclass
+class FedMDRound(Round):
+    """A FedMD round, with each architecture's nodes' logits on the server's test inputs."""
+
+    test_logits: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+@register("fedmd")
 class FedMD(Strategy):
     """Each round: sampled nodes send logits on a public subset (`query.logits`), the server averages
     them into a consensus, and the nodes digest it and revisit their data (`train.digest`).
@@ -20,8 +32,6 @@ class FedMD(Strategy):
     No model leaves a node, so there are no global weights; with the built-in server test set,
     nodes report logits on its inputs and the server scores each architecture from them.
     """
-
-    phases = ("student",)
 
     def initial(self, phase: str, grid: Grid, previous: Globals | None) -> Globals:
         """No global models: each node's model stays on the node."""
@@ -32,7 +42,7 @@ class FedMD(Strategy):
         indices = self.public_subset(len(load_public(self.cfg)), server_round, phase)
         nodes = self.sample(grid)
         config = {SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: server_round}
-        result = Round({}, nodes, [self.query_logits(grid, nodes, {**config, SOURCE: SOURCE_OWN})], scores_previous=False)
+        result = FedMDRound({}, nodes, [self.query_logits(grid, nodes, {**config, SOURCE: SOURCE_OWN})], scores_previous=False)
         replies = self.screen_logits(result.exchanges[0], len(indices), result)
         if not replies:
             return result
@@ -49,10 +59,19 @@ class FedMD(Strategy):
         else:
             digested = self.screen(result.exchanges[1], lambda node: None, result)
         if digested:
-            result.metrics.update(self.train_metrics_aggr_fn([m.content for m in digested], self.weighted_by_key))
+            result.metrics.update(sum_eval_counts([m.content for m in digested], NUM_EXAMPLES))
         if report:
-            result.test_logits = {}
             for m in digested:
                 name = self.architecture(m.metadata.src_node_id, phase)
                 result.test_logits.setdefault(name, []).append(logits_from_record(m.content[TEST_LOGITS]))
         return result
+
+    def score(self, result: Round, test: Split) -> Scores:
+        """Each architecture's mean (cross-entropy, accuracy) over its nodes' logits on the test inputs."""
+        assert isinstance(result, FedMDRound)
+        scores = {}
+        for name, logits in result.test_logits.items():
+            pairs = [(float(torch.nn.functional.cross_entropy(t, test.y)), int((t.argmax(1) == test.y).sum()) / len(test.y))
+                     for t in logits]
+            scores[name] = (statistics.fmean(p[0] for p in pairs), statistics.fmean(p[1] for p in pairs))
+        return scores

@@ -8,9 +8,13 @@ from common.distill import consensus, labelled_error, random_batches
 from common.models import logits_from_record
 from common.protocol import INDICES, LOGITS, PUBLIC, SERVER_ROUND, SOURCE, SOURCE_TEACHER, SPLIT, TEACHER, Action
 from common.seeds import Stream, derive_seed
-from server_app.strategies.base import Globals, Round, Strategy
+from server_app.strategies.base import STUDENT_PHASE, TEACHER_PHASE, Globals, Round, Strategy, register
+
+# The state key of the final global teacher, which phase 2 sends to the nodes.
+FINAL_TEACHER = "final-teacher"
 
 
+@register("two-stage")
 class TwoStage(Strategy):
     """Phase "teacher" trains the global teacher; phase "student" distils from the clients' local teachers.
 
@@ -19,17 +23,30 @@ class TwoStage(Strategy):
     the server distils the student itself from the ensemble of the local teachers' logits on public data.
     """
 
-    phases = ("teacher", "student")
+    phases = (TEACHER_PHASE, STUDENT_PHASE)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.holds_teacher: set[int] = set()
+        self.final_teacher: ArrayRecord | None = None
 
     def initial(self, phase: str, grid: Grid, previous: Globals | None) -> Globals:
         """The teacher's seeded weights, or at phase 2 the students', fixing the final teacher."""
-        if phase == "student" and previous is not None:
+        if phase == STUDENT_PHASE and previous is not None:
             self.final_teacher = previous[self.cfg.teacher_model]
         return super().initial(phase, grid, previous)
+
+    def state(self) -> dict[str, ArrayRecord]:
+        """The final teacher, once phase 1 has ended: a run resumed in phase 2 sends it on."""
+        return {} if self.final_teacher is None else {FINAL_TEACHER: self.final_teacher}
+
+    def restore(self, state: dict[str, ArrayRecord]) -> None:
+        """Take back the final teacher."""
+        self.final_teacher = state.get(FINAL_TEACHER)
+
+    def teacher_model(self) -> str | None:
+        """The teacher's architecture."""
+        return self.cfg.teacher_model
 
     def _teacher_for(self, node: int) -> dict[str, ArrayRecord]:
         return {} if node in self.holds_teacher else {TEACHER: self.final_teacher}
@@ -40,7 +57,7 @@ class TwoStage(Strategy):
 
     def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
         """Teacher: grouped FedAvg. Student: local distillation (`train.distil`), or the ensemble-teacher round."""
-        if phase == "teacher":
+        if phase == TEACHER_PHASE:
             return self.train_round(phase, server_round, globals_, grid, Action.SUPERVISED)[0]
         if self.cfg.ensemble_teacher:
             return self._ensemble_round(phase, server_round, globals_, grid)

@@ -54,8 +54,6 @@ def test_every_model_field_has_a_pyproject_default():
         ("model", 32, "run config 'model' = 32: Input should be a valid string"),
         ("output-dir", " ", "run config 'output-dir' = ' ': Value error, expected a directory path, got an empty string"),
         # names from a closed list
-        ("strategy", "fedprox",
-         "run config 'strategy' = 'fedprox': Input should be 'two-stage', 'fedavg', 'fedmd', 'feddf' or 'feddf-datafree'"),
         ("dataset", "cifar10", "run config 'dataset' = 'cifar10': Input should be 'digits', 'mnist5k' or 'synthetic'"),
         ("partitioner", "shards", "run config 'partitioner' = 'shards': Input should be 'iid', 'dirichlet' or 'pathological'"),
         ("logits-dtype", "float64", "run config 'logits-dtype' = 'float64': Input should be 'float32' or 'float16'"),

@@ -48,7 +48,7 @@ def test_every_field_has_a_description(name):
 
 
 def test_allowed_values_come_from_types_and_bounds():
-    assert allowed_values(FIELDS["strategy"]) == '`"two-stage"`, `"fedavg"`, `"fedmd"`, `"feddf"`, `"feddf-datafree"`'
+    assert allowed_values(FIELDS["logits_dtype"]) == '`"float32"`, `"float16"`'
     assert allowed_values(FIELDS["local_test_fraction"]) == "number in (0, 1)"
     assert allowed_values(FIELDS["fraction_train"]) == "number in (0, 1]"
     assert allowed_values(FIELDS["alpha"]) == "number in [0, 1]"

@@ -24,7 +24,7 @@ ONLY = "only ['min-replies', 'output-dir', 'resume-from', 'round-timeout'] may c
 def run_dir(tmp_path):
     arrays = ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3))})
     checkpoint.save(tmp_path, checkpoint.Checkpoint(
-        "teacher", 3, HISTORY, {"teacher": arrays}, None, random.Random(1).getstate(),
+        "teacher", 3, HISTORY, {"teacher": arrays}, random.Random(1).getstate(),
         CFG.model_dump(mode="json", by_alias=True), {"generator": arrays},
     ))
     return tmp_path

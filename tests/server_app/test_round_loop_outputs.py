@@ -29,10 +29,16 @@ class StubStrategy:
     """Two phases of two rounds, three nodes sampled, node 3 missing in round 2; no Flower underneath."""
 
     phases = ("teacher", "student")
-    final_teacher = None
 
     def __init__(self) -> None:
         self.sampler = SimpleNamespace(name=lambda node: f"partition-{node}", rng=random.Random(0))
+        self.accuracy = itertools.count(0.5, 0.1)
+
+    def score(self, result, test) -> dict:
+        return {"mlp-32": (1.0, next(self.accuracy))}
+
+    def teacher_model(self) -> str:
+        return "mlp-32"
 
     def num_rounds(self, phase: str) -> int:
         return 2
@@ -66,11 +72,10 @@ def stubbed_run(tmp_path, monkeypatch):
     clock = SimpleNamespace(perf_counter=itertools.count(100.0, 0.1).__next__)
     monkeypatch.setattr(rounds, "time", clock)
     monkeypatch.setattr(app, "time", clock)
-    accuracy = itertools.count(0.5, 0.1)
     strategy, run = StubStrategy(), RunDirectory(tmp_path, "two-stage-digits")
     globals_ = {"mlp-32": ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})}
     for phase in strategy.phases:
-        globals_ = rounds.run_phase(strategy, phase, None, CFG, globals_, lambda g, logits: {"mlp-32": (1.0, next(accuracy))}, run)
+        globals_ = rounds.run_phase(strategy, phase, None, CFG, globals_, "test set", run)
     return run, strategy
 
 
@@ -96,3 +101,25 @@ def test_an_aborted_summary_is_written_as_before(stubbed_run):
     run, strategy = stubbed_run
     run.write_summary(app._summary(CFG, strategy, run, 100.0, reason="student round 2: too few replies"))
     assert written(run, "summary.json") == (FIXTURES / "summary-aborted.json").read_text()
+
+
+def test_fused_evaluation_scores_land_on_the_round_whose_models_they_scored(stubbed_run):
+    run, _ = stubbed_run
+    teacher = [r for r in run.history if r.phase == "teacher"]
+    # Round 2's replies scored round 1's models (0.6); the phase's final evaluation scored round 2's (0.65).
+    assert [r.federated_accuracy for r in teacher] == [0.6, 0.65]
+    assert [r.federated_loss for r in teacher] == [1.1, 1.0]
+    # The student phase's replies score its own round's models: each round keeps its own (0.6), then the
+    # final evaluation replaces round 2's.
+    student = [r for r in run.history if r.phase == "student"]
+    assert [r.federated_accuracy for r in student] == [0.6, 0.65]
+
+
+def test_a_round_scored_as_its_own_is_not_written_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(rounds, "time", SimpleNamespace(perf_counter=itertools.count(100.0, 0.1).__next__))
+    strategy, run = StubStrategy(), RunDirectory(tmp_path, "x")
+    globals_ = {"mlp-32": ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})}
+    rounds.run_phase(strategy, "teacher", None, CFG, globals_, None, run)
+    # No test set: nothing scored on the server, the federated scores alone.
+    assert [r.accuracy for r in run.history] == [None, None]
+    assert [r.accuracy_by_model for r in run.history] == [{}, {}]

@@ -12,6 +12,7 @@ from common.protocol import (
 from server_app.sampling import NodeSampler
 from server_app.strategies import STRATEGIES
 from server_app.strategies.base import Round, Strategy, sum_eval_counts
+from server_app.strategies.fedavg import FedAvgStudent
 from server_app.strategies.two_stage import TwoStage
 from server_app.transport import Exchange
 
@@ -31,7 +32,7 @@ def weights(*values):
     return ArrayRecord({"w": Array(np.asarray(values, dtype=np.float32))})
 
 
-def strategy_with(nodes: dict[int, tuple[str, str]], cls=Strategy, **config) -> Strategy:
+def strategy_with(nodes: dict[int, tuple[str, str]], cls=FedAvgStudent, **config) -> Strategy:
     """A strategy whose sampler knows `nodes`: id -> (name, architecture)."""
     sampler = NodeSampler(seed=1, timeout=1)
     sampler.names = {n: name for n, (name, _) in nodes.items()}
@@ -39,13 +40,32 @@ def strategy_with(nodes: dict[int, tuple[str, str]], cls=Strategy, **config) -> 
     return cls(parse_run_config(config), sampler)
 
 
-def test_every_strategy_the_run_config_allows_has_a_class():
-    from typing import get_args
+def test_every_module_of_the_package_registers_its_strategy_under_its_file_name():
+    import pkgutil
 
-    from common.config import RunConfig
+    import server_app.strategies as package
 
-    assert set(STRATEGIES) == set(get_args(RunConfig.model_fields["strategy"].annotation))
-    assert set(STRATEGIES) == {"two-stage", "fedavg", "fedmd", "feddf", "feddf-datafree"}
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"base"}
+    assert {cls.__module__.rsplit(".", 1)[1] for cls in STRATEGIES.values()} == modules
+    assert {name.replace("-", "_") for name in STRATEGIES} == modules
+    assert all(STRATEGIES[name].name == name for name in STRATEGIES)
+
+
+def test_the_server_refuses_an_unregistered_strategy_naming_the_registered_ones():
+    from common.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_run_config({"strategy": "fedsgd"}, strategies=STRATEGIES)
+    assert str(err.value) == ("run config 'strategy' = 'fedsgd': Value error, unknown strategy; allowed: "
+                              + ", ".join(repr(name) for name in STRATEGIES))
+    assert parse_run_config({"strategy": "fedprox"}, strategies=STRATEGIES).strategy == "fedprox"
+
+
+def test_a_name_is_registered_once():
+    from server_app.strategies import register
+
+    with pytest.raises(ValueError, match="strategy name 'fedavg' is taken by FedAvgStudent"):
+        register("fedavg")(FedAvgStudent)
 
 
 def test_weights_are_averaged_only_within_an_architecture(task_identity):
