@@ -15,7 +15,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.flower_local import run_summary, simulation_superlink
+from deploy.simulation import run_summary, simulation_superlink
 from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments, quiet_line
 from deploy.processes import PROJECT
 from benchmarks.baselines import centralised

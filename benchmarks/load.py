@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
-from benchmarks.flower_local import flower_pids, flwr_run, run_directory, simulation_superlink
+from deploy.simulation import flower_pids, flwr_run, run_directory, simulation_superlink
 from benchmarks.provenance import before_timing, load_average, provenance, provenance_line, quiet_arguments
 from common.config import parse_run_config
 from common.data import export_partitions

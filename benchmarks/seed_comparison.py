@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.flower_local import run_directory, run_summary, simulation_superlink
+from deploy.simulation import run_directory, run_summary, simulation_superlink
 from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments, quiet_line
 from deploy.processes import PROJECT
 

@@ -20,15 +20,20 @@ import time
 from pathlib import Path
 
 from benchmarks.baselines import centralised, local_only
-from benchmarks.flower_local import run_directory, run_summary, simulation_superlink
+from deploy.simulation import run_directory, run_summary, simulation_superlink
 from benchmarks.provenance import load_average, provenance
-from common.config import model_cycle, parse_run_config
+from common.config import RunConfig, model_cycle, parse_run_config
 from deploy.processes import PROJECT
 from server_app.records import read_history
+from server_app.strategies import STRATEGIES as REGISTERED
 
 RESULTS = PROJECT / "benchmarks" / "results"
 DATASETS = ["digits", "mnist5k"]
-STRATEGIES = ["two-stage", "fedavg", "fedmd", "feddf", "feddf-datafree"]
+# Settings a strategy is measured under, as run-config keys, each labelled in the tables; one run otherwise.
+VARIANTS = {"fedprox": {f"fedprox mu={mu}": {"proximal-mu": mu} for mu in (0.001, 0.01, 0.1)}}
+# Every registered strategy, the run config's default first; a strategy with variants by each label.
+NAMES = sorted(REGISTERED, key=lambda name: name != RunConfig.model_fields["strategy"].default)
+STRATEGIES = [label for name in NAMES for label in VARIANTS.get(name, {name: {}})]
 SPLITS = {
     "dirichlet-0.1": {"partitioner": "dirichlet", "dirichlet-alpha": 0.1},
     "dirichlet-0.5": {"partitioner": "dirichlet", "dirichlet-alpha": 0.5},
@@ -46,11 +51,12 @@ CLIENTS = 10
 CENTRAL_EPOCHS = 30
 
 
-def run_config(dataset: str, split: str, models: str, strategy: str, seed: int, rounds: int) -> dict:
-    """The run config of one cell of the matrix."""
+def run_config(dataset: str, split: str, models: str, label: str, seed: int, rounds: int) -> dict:
+    """The run config of one cell of the matrix, for a strategy or one of its labelled variants."""
+    name, settings = next((n, v[label]) for n in NAMES if label in (v := VARIANTS.get(n, {n: {}})))
     return {
-        "strategy": strategy, "dataset": dataset, "seed": seed, "num-teacher-rounds": rounds,
-        "num-student-rounds": rounds, "fraction-train": 0.5, **SPLITS[split], **MODELS[(dataset, models)],
+        "strategy": name, "dataset": dataset, "seed": seed, "num-teacher-rounds": rounds,
+        "num-student-rounds": rounds, "fraction-train": 0.5, **SPLITS[split], **MODELS[(dataset, models)], **settings,
     }
 
 
@@ -277,12 +283,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--rounds", type=int, default=15, help="rounds per phase")
     parser.add_argument("--report", action="store_true", help="only write the table and plot")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where strategies.{json,md,png} go")
     args = parser.parse_args()
-    path = RESULTS / "strategies.json"
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / "strategies.json"
     if not args.report:
         measure(args, path)
     table = report(path)
-    (RESULTS / "strategies.md").write_text(table)
+    (args.results / "strategies.md").write_text(table)
     print(table)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
+from deploy.simulation import flwr_run, run_directory, simulation_superlink
 from common.config import parse_run_config
 from common.models import initial_model, to_record
 from common.protocol import ARRAYS, CONFIG, EVALUATE_INCOMING, MODEL, SERVER_ROUND, TRAIN_SUPERVISED

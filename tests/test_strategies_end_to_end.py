@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from benchmarks.flower_local import flwr_run, run_directory, simulation_superlink
+from deploy.simulation import flwr_run, run_directory, simulation_superlink
 
 pytestmark = pytest.mark.e2e
 

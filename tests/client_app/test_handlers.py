@@ -10,7 +10,7 @@ from common.data import load_client_data
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
 from common.protocol import (
     ARRAYS, CONFIG, CONSENSUS, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE, EVALUATE_INCOMING, INDICES, LOGITS,
-    LOGITS_ARRAY, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PUBLIC, QUERY_IDENTIFY, QUERY_LOGITS, REPORT_TEST_LOGITS,
+    LOGITS_ARRAY, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PROXIMAL_MU, PUBLIC, QUERY_IDENTIFY, QUERY_LOGITS, REPORT_TEST_LOGITS,
     SERVER_ROUND, SOURCE, SOURCE_OWN, SOURCE_TEACHER, SPLIT, TEST_LOGITS, TRAIN_DIGEST, TRAIN_DISTIL, TRAIN_SUPERVISED,
 )
 from common.protocol import TEACHER as TEACHER_RECORD
@@ -70,6 +70,20 @@ def test_training_is_reproducible_and_round_dependent(context):
     c = weights(app(message(TRAIN_SUPERVISED, sent, server_round=3), context).content[ARRAYS])
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_supervised_training_takes_fedprox_mu_from_the_message(context):
+    sent = to_record(initial_model(TEACHER, "synthetic", 42))
+    plain = weights(app(message(TRAIN_SUPERVISED, sent), context).content[ARRAYS])
+    proximal = message(TRAIN_SUPERVISED, sent)
+    proximal.content[CONFIG][PROXIMAL_MU] = 1.0
+    held = weights(app(proximal, context).content[ARRAYS])
+    start = weights(sent)
+
+    def distance(w):
+        return sum(float(((w[k] - start[k]) ** 2).sum()) for k in w) ** 0.5
+
+    assert 0 < distance(held) < distance(plain)
 
 
 def test_first_round_skips_the_fused_evaluation(context):

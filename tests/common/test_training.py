@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +38,43 @@ def test_training_learns_and_is_seeded():
     again.load_state_dict(start)
     train(again, x, (y,), epochs=5, batch_size=32, learning_rate=0.01, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_the_proximal_term_is_fedprox_objective_minimised_by_adam():
+    """train(proximal_mu=mu) against torch.optim.Adam on loss + mu/2 * ||w - w_start||^2, written out."""
+    torch.manual_seed(2)
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    ours, reference = build_mlp(6, (8,), 3), build_mlp(6, (8,), 3)
+    reference.load_state_dict(ours.state_dict())
+    start = [p.detach().clone() for p in reference.parameters()]
+    mu = 0.5
+    reported = train(ours, x, (y,), epochs=3, batch_size=16, learning_rate=0.05, seed=7, proximal_mu=mu)
+    optimizer, generator, losses = torch.optim.Adam(reference.parameters(), lr=0.05), torch.Generator().manual_seed(7), []
+    for _ in range(3):
+        order = torch.randperm(40, generator=generator)
+        for batch in order.split(16):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(reference(x[batch]), y[batch])
+            (loss + mu / 2 * sum(((p - p0) ** 2).sum() for p, p0 in zip(reference.parameters(), start))).backward()
+            optimizer.step()
+            losses.append(loss.item())
+    for a, b in zip(ours.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # The reported loss is the task's alone.
+    assert reported == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+
+
+def test_a_larger_mu_keeps_the_weights_nearer_where_they_started():
+    torch.manual_seed(3)
+    x, y = torch.randn(100, 6), torch.randint(0, 3, (100,))
+    initial = build_mlp(6, (8,), 3)
+    drift = {}
+    for mu in (0.0, 0.1, 10.0):
+        model = build_mlp(6, (8,), 3)
+        model.load_state_dict(initial.state_dict())
+        train(model, x, (y,), epochs=5, batch_size=20, learning_rate=0.05, seed=1, proximal_mu=mu)
+        drift[mu] = sum(float(((p - q) ** 2).sum()) for p, q in zip(model.parameters(), initial.parameters())) ** 0.5
+    assert drift[0.0] > drift[0.1] > drift[10.0] > 0
 
 
 def test_a_fresh_process_trains_without_importing_dynamo():

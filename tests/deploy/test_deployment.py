@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks.flower_local import run_directory
+from deploy.simulation import run_directory
 from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.certs import make_supernode_key
@@ -174,7 +174,7 @@ def kill_serverapps(flwr_home: str) -> int:
     import os
     import signal
 
-    from benchmarks.flower_local import flower_pids
+    from deploy.simulation import flower_pids
 
     pids = flower_pids(flwr_home, "flwr-serverapp")
     for pid in pids:

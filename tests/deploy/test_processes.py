@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHILD = """
 import sys, time
 from pathlib import Path
-from benchmarks.flower_local import flower_pids, simulation_superlink
+from deploy.simulation import flower_pids, simulation_superlink
 home = Path(sys.argv[1])
 with simulation_superlink(home):
     print(*flower_pids(str(home), "flower-superlink"), flush=True)

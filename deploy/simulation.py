@@ -1,7 +1,7 @@
 """Run the app with `flwr run` on a private simulation SuperLink: own FLWR_HOME, free port, stopped by PID.
 
-Used by the end-to-end tests and the benchmarks, so that neither touches a user's ~/.flwr
-or a SuperLink that another session started.
+Used by the end-to-end tests and the benchmarks, so that neither touches a user's ~/.flwr or a
+SuperLink that someone else started.
 """
 
 import subprocess
