@@ -48,17 +48,23 @@ def federation_config(num_supernodes: int, actors: int = 5) -> str:
     return f"num-supernodes={num_supernodes} client-resources-num-cpus=1 init-args-num-cpus={actors}"
 
 
-def flwr_run(
-    env: dict[str, str], run_config: dict[str, object], num_supernodes: int, timeout: float = 900,
-    app: Path | None = None, actors: int = 5,
-) -> subprocess.CompletedProcess:
-    """`flwr run <app> test --stream` with `run_config` (app: fedkd); returns the finished process with its output."""
+def flwr_run_command(run_config: dict[str, object], num_supernodes: int, app: Path | None = None, actors: int = 5) -> list[str]:
+    """`flwr run <app> test --stream` with `run_config` (app: fedkd)."""
     command = [
         str(BIN / "flwr"), "run", str(app or app_source()), "test", "--stream",
         "--federation-config", federation_config(num_supernodes, actors),
     ]
     if run_config:
         command += ["--run-config", config_args(run_config)]
+    return command
+
+
+def flwr_run(
+    env: dict[str, str], run_config: dict[str, object], num_supernodes: int, timeout: float = 900,
+    app: Path | None = None, actors: int = 5,
+) -> subprocess.CompletedProcess:
+    """`flwr_run_command`, run to its end; the finished process with its output."""
+    command = flwr_run_command(run_config, num_supernodes, app, actors)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=PROJECT)
 
 

@@ -1,15 +1,21 @@
 """`flwr run` of the app on Flower's simulation engine, asserting on the run directory."""
 
 import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from flwr.app import RecordDict
 
-from deploy.simulation import flwr_run, run_directory, simulation_superlink
 from common.config import parse_run_config
 from common.models import initial_model, to_record
 from common.protocol import ARRAYS, CONFIG, EVALUATE_INCOMING, MODEL, SERVER_ROUND, TRAIN_SUPERVISED
+from deploy.processes import PROJECT
+from deploy.simulation import flower_pids, flwr_run, flwr_run_command, run_directory, simulation_superlink
 from server_app.records import read_history
 from server_app.transport import record_bytes
 
@@ -95,6 +101,45 @@ def test_resuming_with_another_config_is_refused(runs, tmp_path):
         checkpoint.load(run_dir, parse_run_config({**SMALL, "local-epochs": 5}))
     with pytest.raises(ConfigError, match="no checkpoint.pt there"):
         checkpoint.load(tmp_path, parse_run_config(SMALL))
+
+
+def kill_when_recorded(env: dict, config: dict, rounds: int) -> None:
+    """Start the run and SIGKILL its simulation once `rounds` rounds are in history.json."""
+    run = subprocess.Popen(flwr_run_command(config, NODES, actors=ACTORS), env=env, cwd=PROJECT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.poll() is None:
+            history = list(Path(config["output-dir"]).glob("*/history.json"))
+            if history and len(json.loads(history[0].read_text() or "[]")) >= rounds:
+                break
+            time.sleep(0.1)
+        pids = flower_pids(env["FLWR_HOME"], "flwr-simulation")
+        assert pids, f"no simulation process to kill; the run printed:\n{run.communicate()[0][-3000:]}"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        run.kill()
+        run.communicate()
+
+
+def test_a_run_killed_in_phase_two_resumes_to_the_uninterrupted_result(flower, runs, tmp_path):
+    """The resumed run skips phase 1 and takes the final teacher from the checkpoint (tests/deploy resumes
+    after phase 1): its rounds are those of the uninterrupted run."""
+    killed = tmp_path / "killed"
+    kill_when_recorded(flower, {**SMALL, "output-dir": str(killed)}, SMALL["num-teacher-rounds"] + 1)
+    stopped = run_directory(killed)
+    recorded = json.loads((stopped / "history.json").read_text())
+    assert not (stopped / "summary.json").exists()
+    assert recorded[-1]["phase"] == "student" and recorded[-1]["round"] < SMALL["num-student-rounds"], recorded[-1]
+
+    resumed = flwr_run(flower, {**SMALL, "output-dir": str(killed), "resume-from": str(stopped)}, NODES, actors=ACTORS)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming after student round {recorded[-1]['round']}" in resumed.stdout + resumed.stderr
+    keys = ("phase", "round", "sampled", "accuracy", "loss", "accuracy_by_model", "replies", "train_loss")
+    want, got = (json.loads((d / "history.json").read_text()) for d in (runs[0][0], stopped))
+    assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in want]
+    assert json.loads((stopped / "summary.json").read_text())["status"] == "complete"
 
 
 def test_bad_replies_are_rejected_with_their_reason_and_the_run_goes_on(flower, tmp_path, task_identity):

@@ -1,4 +1,4 @@
-"""Each strategy beyond two-stage, `flwr run` on Flower's simulation engine with a tiny config."""
+"""Every registered strategy, `flwr run` on Flower's simulation engine with a tiny config."""
 
 import json
 
@@ -6,17 +6,23 @@ import pytest
 import torch
 
 from deploy.simulation import flwr_run, run_directory, simulation_superlink
+from server_app.strategies import STRATEGIES
 
 pytestmark = pytest.mark.e2e
 
 NODES = 4
 TINY = {"num-student-rounds": 2, "fraction-train": 0.75, "local-epochs": 2, "distill-steps": 40,
         "datafree-steps": 30, "partitioner": "iid", "output-dir": None}
-# `fedavg` runs end to end in tests/test_end_to_end.py (the misbehaving clients' run).
+# Every registered strategy runs here, with the settings it is tested under, except those whose runs lie in
+# tests/test_end_to_end.py: two-stage (its main run) and fedavg (the misbehaving clients' run).
+ELSEWHERE = {"two-stage", "fedavg"}
+SETTINGS = {
+    "fedmd": {"models": "mlp-32,cnn", "logits-dtype": "float16", "public-samples-per-round": 100},
+    "feddf": {"models": "mlp-32,cnn"},
+    "fedprox": {"models": "mlp-32,cnn", "proximal-mu": 0.1},
+}
 CASES = {
-    "fedmd": {"strategy": "fedmd", "models": "mlp-32,cnn", "logits-dtype": "float16", "public-samples-per-round": 100},
-    "feddf": {"strategy": "feddf", "models": "mlp-32,cnn"},
-    "feddf-datafree": {"strategy": "feddf-datafree"},
+    **{name: {"strategy": name, **SETTINGS.get(name, {})} for name in STRATEGIES if name not in ELSEWHERE},
     "ensemble-teacher": {"strategy": "two-stage", "ensemble-teacher": True, "num-teacher-rounds": 2,
                          "server-learning-rate": 0.01},
 }
@@ -51,12 +57,12 @@ def test_every_strategy_learns_and_records_complete_outputs(runs, name):
     assert (run_dir / "history.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("name", ["feddf", "fedmd"])
+@pytest.mark.parametrize("name", ["feddf", "fedmd", "fedprox"])
 def test_heterogeneous_runs_report_every_architecture(runs, name):
     run_dir, history = runs[name]
     assert set(history[-1]["accuracy_by_model"]) == {"mlp-32", "cnn"}
     saved = sorted(p.name for p in run_dir.glob("*.pt") if p.name != "checkpoint.pt")
-    # FedMD's models never leave the nodes; FedDF keeps one global model per architecture.
+    # FedMD's models never leave the nodes; FedDF and FedProx keep one global model per architecture.
     assert saved == ([] if name == "fedmd" else ["student-cnn.pt", "student-mlp-32.pt"])
     if name == "feddf":
         assert sum(t.numel() for t in torch.load(run_dir / "student-cnn.pt", weights_only=True).values()) == 6_090
