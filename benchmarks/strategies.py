@@ -139,7 +139,8 @@ def report(path: Path) -> str:
     order = ["centralised", "local-only", *STRATEGIES]
     lines = ["Student accuracy on the server's test set after the last round, mean (std) over seeds; "
              "heterogeneous: the mean over architectures, then each architecture. Wall time per run on 2 cores.", "",
-             *_provenance(rows), "", *_overview(rows, cells, order), "", *_targets(rows, cells), ""]
+             *_provenance(rows), "", *_overview(rows, cells, order), "", *_targets(rows, cells), "",
+             *_variants(rows, cells), ""]
     for cell in cells:
         picked = [r for r in rows if _cell(r) == cell]
         archs = sorted({a for r in picked for a in r["accuracy_by_model"]})
@@ -236,6 +237,28 @@ def _targets(rows: list[dict], cells: list[tuple]) -> list[str]:
                     lines.append(f"- {where}: {strategy} beats local-only for every architecture: "
                                  f"{_verdict(all(m > lo for _, m, lo in pairs))} ("
                                  + ", ".join(f"{a} {m:.3f} against {lo:.3f}" for a, m, lo in pairs) + ")")
+    return lines
+
+
+def _variants(rows: list[dict], cells: list[tuple]) -> list[str]:
+    """Each strategy measured under several settings against FedAvg, cell by cell (points: x 100)."""
+    lines = []
+    for name, variants in VARIANTS.items():
+        measured = [c for c in cells if any(r["strategy"] in variants for r in rows if _cell(r) == c)]
+        if not measured:
+            continue
+        lines += [f"### {name} against fedavg: mean accuracy (seeds), and the best setting's difference in points", "",
+                  "| dataset | models | split | fedavg | " + " | ".join(variants) + " | best - fedavg |",
+                  "|---" * (5 + len(variants)) + "|"]
+        for cell in measured:
+            picked = [r for r in rows if _cell(r) == cell]
+            fedavg = _mean_accuracy(picked, "fedavg")
+            means = {label: _mean_accuracy(picked, label) for label in variants}
+            found = [m[0] for m in means.values() if m]
+            gap = f"{100 * (max(found) - fedavg[0]):+.1f}" if fedavg and found else "-"
+            lines.append(f"| {cell[0]} | {cell[2]} | {cell[1]} | " + " | ".join(
+                f"{m[0]:.3f} ({m[1]})" if m else "-" for m in (fedavg, *means.values())) + f" | {gap} |")
+        lines.append("")
     return lines
 
 
