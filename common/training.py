@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.privacy import DPSGD, dp_sgd
+
 LossFn = Callable[..., torch.Tensor]
 
 
@@ -60,6 +62,7 @@ def train(
     seed: int,
     loss_fn: LossFn = F.cross_entropy,
     proximal_mu: float = 0.0,
+    privacy: DPSGD | None = None,
 ) -> float:
     """Adam over shuffled mini-batches of loss_fn(model(x), *targets); returns the mean batch loss.
 
@@ -70,6 +73,9 @@ def train(
     Slicing pre-built tensors instead of a DataLoader keeps a round of the
     seed-sized task in milliseconds; the shuffle has its own generator so a
     client's order depends only on `seed`.
+
+    With `privacy`, the steps are DP-SGD (common.privacy.dp_sgd): Poisson-sampled batches drawn by
+    `seed`, clipped per-sample gradients and seeded noise, charged to the node's ledger first.
     """
     dev = device()
     model.to(dev).train()
@@ -78,6 +84,12 @@ def train(
     n = len(x)
     optimizer = Adam(model.parameters(), lr=learning_rate)
     anchor = [p.detach().clone() for p in optimizer.params] if proximal_mu > 0 else []
+    if privacy is not None:
+        proximal = (lambda: [proximal_mu * (p.detach() - p0) for p, p0 in zip(optimizer.params, anchor)]) if anchor else None
+        loss = dp_sgd(model, optimizer, x, targets, epochs=epochs, batch_size=batch_size, seed=seed,
+                      privacy=privacy, loss_fn=loss_fn, data_independent_grad=proximal)
+        model.cpu()
+        return loss
     generator = torch.Generator().manual_seed(seed)
     total, steps = 0.0, 0
     for _ in range(epochs):
