@@ -1,5 +1,6 @@
 """fedkd ClientApp: one handler per action, over common's data, models and loops."""
 
+import json
 import time
 import zlib
 from functools import partial
@@ -14,10 +15,11 @@ from common.data import ClientData, Split, load_client_data, load_npz, load_publ
 from common.loss import distillation_loss, soft_loss
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
 from common.protocol import (
-    ARRAYS, CLIENT_SECONDS, CONFIG, CONSENSUS, DIGEST_LOSS, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING,
+    ARRAYS, CLIENT_SECONDS, CONFIG, CONSENSUS, DIGEST_LOSS, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING,
     INDICES, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PROXIMAL_MU, PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE,
     SOURCE_TEACHER, SPLIT, TEACHER, TEST_LOGITS, TRAIN_LOSS, Action,
 )
+from common.privacy import DPSGD, Ledger, noise_multiplier, sample_rate, spent_epsilon, steps_per_epoch
 from common.seeds import Stream, derive_seed
 from common.training import evaluate, predict_logits, train
 
@@ -26,6 +28,7 @@ torch.set_num_threads(1)
 
 LOCAL_TEACHER = "local-teacher"
 OWN_MODEL = "own-model"
+PRIVACY = "privacy"  # the node's DP ledger: its calibrated noise and what it has spent
 
 app = ClientApp()
 
@@ -78,7 +81,7 @@ def _train_kwargs(cfg: RunConfig, seed: int, epochs: int | None = None) -> dict:
             "learning_rate": cfg.learning_rate, "seed": seed}
 
 
-def _fit(msg: Message, cfg: RunConfig, stream: int, data: ClientData, **train_kwargs) -> Message:
+def _fit(msg: Message, context: Context, cfg: RunConfig, stream: int, data: ClientData, **train_kwargs) -> Message:
     """Shared body of the weight-training handlers: score the incoming global model, train, reply."""
     start = time.perf_counter()
     config = msg.content[CONFIG]
@@ -86,8 +89,9 @@ def _fit(msg: Message, cfg: RunConfig, stream: int, data: ClientData, **train_kw
     model = load_record(build_model(name, cfg.dataset), msg.content[ARRAYS])
     metrics = _eval_metrics(model, data.test) if config.get(EVALUATE_INCOMING, False) else {}
     seed = derive_seed(cfg.seed, Stream.LOCAL_TRAINING, zlib.crc32(name.encode()), int(config[SERVER_ROUND]), stream)
-    metrics[TRAIN_LOSS] = train(model, data.train.x, **_train_kwargs(cfg, seed), **train_kwargs)
+    metrics[TRAIN_LOSS] = _train_private(cfg, context, model, data, seed, **train_kwargs)
     metrics[NUM_EXAMPLES] = len(data.train)
+    metrics.update(_privacy_metrics(cfg, context))
     metrics[CLIENT_SECONDS] = time.perf_counter() - start
     return Message(RecordDict({ARRAYS: to_record(model), METRICS: MetricRecord(metrics)}), reply_to=msg)
 
@@ -121,6 +125,81 @@ def _restore(context: Context, what: str, model: torch.nn.Module) -> bool:
     return False
 
 
+def _max_private_steps(cfg: RunConfig, num_examples: int) -> int:
+    """The most DP-SGD steps on private data this node can take in the run, sampled every round: the budget's horizon."""
+    epochs = {
+        "two-stage": cfg.num_teacher_rounds * cfg.local_epochs + cfg.teacher_finetune_epochs
+        + (0 if cfg.ensemble_teacher else cfg.num_student_rounds * cfg.local_epochs),
+        # The own model's first private training, then a revisit per round.
+        "fedmd": cfg.local_epochs + cfg.num_student_rounds * cfg.local_epochs,
+        "fedavg": cfg.num_student_rounds * cfg.local_epochs,
+        "fedprox": cfg.num_student_rounds * cfg.local_epochs,
+        "feddf": cfg.num_student_rounds * cfg.local_epochs,
+        "feddf-datafree": cfg.num_student_rounds * cfg.local_epochs,
+    }.get(cfg.strategy)
+    if epochs is None:
+        # A strategy this table does not know: every private training any handler can do, so the budget still holds.
+        epochs = (cfg.num_teacher_rounds + cfg.num_student_rounds + 1) * cfg.local_epochs + cfg.teacher_finetune_epochs
+    return epochs * steps_per_epoch(num_examples, cfg.batch_size)
+
+
+def _held_ledger(context: Context) -> dict | None:
+    """The ledger the node's state or state-dir holds, as JSON data; None before its first DP training."""
+    if PRIVACY in context.state.config_records:
+        return json.loads(str(context.state[PRIVACY][PRIVACY]))
+    if (saved := _saved_path(context, PRIVACY)) and saved.with_suffix(".json").is_file():
+        # The SuperNode restarted and lost context.state; its state-dir kept what the node has spent.
+        return json.loads(saved.with_suffix(".json").read_text())
+    return None
+
+
+def _ledger(cfg: RunConfig, context: Context, data: ClientData) -> Ledger:
+    """The node's DP ledger: the one it holds, else a new one, its noise calibrated to spend at most
+    `dp-epsilon` over `_max_private_steps`."""
+    if (held := _held_ledger(context)) is None:
+        n = len(data.train)
+        rate = sample_rate(n, cfg.batch_size)
+        held = {"noise_multiplier": noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, rate, _max_private_steps(cfg, n)),
+                "history": []}
+    return Ledger(cfg.dp_epsilon, cfg.dp_delta, cfg.dp_max_grad_norm, held["noise_multiplier"],
+                  [tuple(step) for step in held["history"]])
+
+
+def _keep_ledger(context: Context, ledger: Ledger) -> None:
+    """Hold the ledger in the node's state, and in its state-dir when it has one."""
+    text = json.dumps({"noise_multiplier": ledger.noise_multiplier, "history": ledger.history})
+    context.state[PRIVACY] = ConfigRecord({PRIVACY: text})
+    if saved := _saved_path(context, PRIVACY):
+        saved = saved.with_suffix(".json")
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.with_suffix(".tmp").write_text(text)
+        saved.with_suffix(".tmp").replace(saved)
+
+
+def _train_private(
+    cfg: RunConfig, context: Context, model: torch.nn.Module, data: ClientData, seed: int,
+    epochs: int | None = None, **train_kwargs,
+) -> float:
+    """`train` on the node's private training data: DP-SGD charged to its ledger when `dp-epsilon` > 0."""
+    if cfg.dp_epsilon == 0:
+        return train(model, data.train.x, **_train_kwargs(cfg, seed, epochs), **train_kwargs)
+    ledger = _ledger(cfg, context, data)
+    try:
+        privacy = DPSGD(ledger, derive_seed(cfg.seed, Stream.DP_NOISE, seed))
+        return train(model, data.train.x, **_train_kwargs(cfg, seed, epochs), **train_kwargs, privacy=privacy)
+    finally:
+        # Kept even when training fails midway: its steps were charged before the first one.
+        _keep_ledger(context, ledger)
+
+
+def _privacy_metrics(cfg: RunConfig, context: Context) -> dict[str, float]:
+    """The ε this node has spent, for the reply; nothing when DP is off."""
+    if cfg.dp_epsilon == 0:
+        return {}
+    held = _held_ledger(context)
+    return {DP_EPSILON: spent_epsilon([tuple(step) for step in held["history"]], cfg.dp_delta) if held else 0.0}
+
+
 def _local_teacher(cfg: RunConfig, msg: Message, context: Context, stream: int, data: ClientData) -> torch.nn.Module:
     """The node's teacher: the global teacher the server sent once, optionally fine-tuned here."""
     teacher = build_model(cfg.teacher_model, cfg.dataset)
@@ -128,7 +207,7 @@ def _local_teacher(cfg: RunConfig, msg: Message, context: Context, stream: int, 
         load_record(teacher, msg.content[TEACHER])
         if cfg.teacher_finetune_epochs > 0:
             seed = derive_seed(cfg.seed, Stream.TEACHER_FINETUNE, stream)
-            train(teacher, data.train.x, (data.train.y,), **_train_kwargs(cfg, seed, cfg.teacher_finetune_epochs))
+            _train_private(cfg, context, teacher, data, seed, cfg.teacher_finetune_epochs, targets=(data.train.y,))
         _keep(context, LOCAL_TEACHER, teacher)
     elif not _restore(context, LOCAL_TEACHER, teacher):
         raise RuntimeError(
@@ -149,7 +228,7 @@ def _own_model(cfg: RunConfig, context: Context, stream: int, data: ClientData) 
     if cfg.transfer_epochs > 0:
         public = load_public(cfg)
         train(model, public.x, (public.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.TRANSFER, stream), cfg.transfer_epochs))
-    train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.OWN_TRAINING, stream)))
+    _train_private(cfg, context, model, data, derive_seed(cfg.seed, Stream.OWN_TRAINING, stream), targets=(data.train.y,))
     _keep(context, OWN_MODEL, model)
     return model
 
@@ -168,7 +247,7 @@ def train_supervised(msg: Message, context: Context) -> Message:
     cfg = parse_run_config(context.run_config)
     stream, data = _node_data(cfg, context)
     mu = float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0))
-    return _fit(msg, cfg, stream, data, targets=(data.train.y,), proximal_mu=mu)
+    return _fit(msg, context, cfg, stream, data, targets=(data.train.y,), proximal_mu=mu)
 
 
 @app.train(Action.DISTIL)
@@ -180,7 +259,7 @@ def train_distil(msg: Message, context: Context) -> Message:
     # The teacher is frozen, so its logits are computed once, not every batch.
     soft = predict_logits(teacher, data.train.x)
     loss = partial(distillation_loss, temperature=cfg.temperature, alpha=cfg.alpha)
-    return _fit(msg, cfg, stream, data, targets=(soft, data.train.y), loss_fn=loss)
+    return _fit(msg, context, cfg, stream, data, targets=(soft, data.train.y), loss_fn=loss)
 
 
 @app.train(Action.DIGEST)
@@ -195,10 +274,11 @@ def train_digest(msg: Message, context: Context) -> Message:
     consensus = logits_from_record(msg.content[CONSENSUS])
     digest = train(model, _inputs(cfg, config), (consensus,), loss_fn=partial(soft_loss, temperature=cfg.temperature),
                    **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.DIGEST, server_round, stream), cfg.digest_epochs))
-    revisit = train(model, data.train.x, (data.train.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.REVISIT, server_round, stream)))
+    revisit = _train_private(cfg, context, model, data, derive_seed(cfg.seed, Stream.REVISIT, server_round, stream),
+                             targets=(data.train.y,))
     _keep(context, OWN_MODEL, model)
     metrics = {**_eval_metrics(model, data.test), NUM_EXAMPLES: len(data.train), TRAIN_LOSS: revisit,
-               DIGEST_LOSS: digest, CLIENT_SECONDS: time.perf_counter() - start}
+               DIGEST_LOSS: digest, CLIENT_SECONDS: time.perf_counter() - start, **_privacy_metrics(cfg, context)}
     content = RecordDict({METRICS: MetricRecord(metrics)})
     if config.get(REPORT_TEST_LOGITS, False):
         content[TEST_LOGITS] = logits_to_record(predict_logits(model, load_server_testset(cfg).x), cfg.logits_dtype)
@@ -216,7 +296,8 @@ def query_logits(msg: Message, context: Context) -> Message:
     else:
         model = _own_model(cfg, context, stream, data)
     logits = predict_logits(model, _inputs(cfg, config))
-    metrics = MetricRecord({NUM_EXAMPLES: len(data.train)})
+    # Logits of a DP-trained model on public inputs are post-processing: they cost no ε.
+    metrics = MetricRecord({NUM_EXAMPLES: len(data.train), **_privacy_metrics(cfg, context)})
     return Message(RecordDict({LOGITS: logits_to_record(logits, cfg.logits_dtype), METRICS: metrics}), reply_to=msg)
 
 

@@ -135,6 +135,15 @@ class RunConfig(BaseModel):
         description="clip each client's update (its weights minus the global ones) to this L2 norm before "
         "averaging; 0: off",
     )
+    dp_epsilon: float = Field(
+        0.0, ge=0,
+        description="sample-level differential privacy: every node trains on its private data with DP-SGD and "
+        "spends at most this ε over the whole run (see docs/privacy.md); 0: off",
+    )
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="the δ of `dp-epsilon` (well below 1 / a node's examples)")
+    dp_max_grad_norm: float = Field(
+        1.0, gt=0, description="DP-SGD: each example's gradient is clipped to this L2 norm before the noise"
+    )
     max_num_examples: int = Field(
         1_000_000, ge=1, description="a reply claiming more training examples is rejected as implausible"
     )

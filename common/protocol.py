@@ -32,6 +32,8 @@ MODEL = "model"  # CONFIG: the architecture of the sent ARRAYS; NODE: the node's
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"  # METRICS: the mean batch loss of local training
 CLIENT_SECONDS = "client-seconds"  # METRICS: the handler's wall time
+# METRICS of every reply of a node that trained with DP (run config `dp-epsilon` > 0): the ε it has spent in the run.
+DP_EPSILON = "dp-epsilon"
 # METRICS: a model scored on the local test split, as sums, so that the server weights nodes by their test sizes.
 EVAL_EXAMPLES = "eval-examples"
 EVAL_CORRECT = "eval-correct"
