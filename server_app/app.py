@@ -36,6 +36,8 @@ def _summary(
     teacher_model = strategy.teacher_model()
     names = {cfg.model, *(student.accuracy_by_model if student else {}), *([teacher_model] if teacher_model else [])}
     params = {name: count_params(build_model(name, cfg.dataset)) for name in sorted(names)}
+    # A node's ε only grows, so its latest report is its spend over the run.
+    epsilon = {node: e for r in history for node, e in (r.dp_epsilon_by_node or {}).items()}
     return Summary(
         status="complete" if reason is None else "aborted",
         strategy=cfg.strategy,
@@ -55,6 +57,8 @@ def _summary(
         run_dir=str(run_dir.path),
         config=cfg.model_dump(mode="json", by_alias=True),
         reason=reason,
+        dp_epsilon_by_node=dict(sorted(epsilon.items())) or None,
+        dp_epsilon_max=max(epsilon.values(), default=None),
     )
 
 

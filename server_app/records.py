@@ -79,8 +79,13 @@ class RoundRecord(_Record):
     evaluation_seconds: float | None = None
     evaluation_replies: int | None = None
     evaluation_failures: int | None = None
+    # Differential privacy (`dp-epsilon` > 0) only: the ε each accepted node reported spent, and their maximum.
+    dp_epsilon_by_node: dict[str, float] | None = None
+    dp_epsilon_max: float | None = None
 
-    omitted_when_none = ("evaluation_seconds", "evaluation_replies", "evaluation_failures")
+    omitted_when_none = (
+        "evaluation_seconds", "evaluation_replies", "evaluation_failures", "dp_epsilon_by_node", "dp_epsilon_max",
+    )
 
 
 class Summary(_Record):
@@ -105,8 +110,11 @@ class Summary(_Record):
     config: dict[str, Any]
     # Why an aborted run stopped.
     reason: str | None = None
+    # Differential privacy (`dp-epsilon` > 0) only: the last ε each node reported spent in the run, and the maximum.
+    dp_epsilon_by_node: dict[str, float] | None = None
+    dp_epsilon_max: float | None = None
 
-    omitted_when_none = ("reason",)
+    omitted_when_none = ("reason", "dp_epsilon_by_node", "dp_epsilon_max")
 
 
 # A history as JSON data: `HISTORY.dump_python(records)` and `HISTORY.validate_python(data)`.

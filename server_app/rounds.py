@@ -76,6 +76,8 @@ def run_phase(
             failures=len(failures),
             failed=[Failure(node=strategy.sampler.name(f["node"]), reason=f["reason"]) for f in failures],
             sampled=sorted(strategy.sampler.name(n) for n in result.sent),
+            dp_epsilon_by_node=dict(sorted(result.epsilon.items())) or None,
+            dp_epsilon_max=max(result.epsilon.values(), default=None),
             **measured,
         )
         # The checkpoint, which carries the history, goes first: a crash between the two writes

@@ -17,7 +17,7 @@ from common.data import Split, dataset_shape
 from common.distill import BatchFn, ValidationFn, distill
 from common.models import build_model, initial_model, load_record, to_record
 from common.protocol import (
-    ARRAYS, CLIENT_SECONDS, CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE, EVALUATE_INCOMING, LOGITS,
+    ARRAYS, CLIENT_SECONDS, CONFIG, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE, EVALUATE_INCOMING, LOGITS,
     LOGITS_ARRAY, METRICS, MODEL, NUM_EXAMPLES, QUERY_LOGITS, SERVER_ROUND, TRAIN_LOSS, Action, message_type,
 )
 from common.seeds import Stream, stream_rng
@@ -47,6 +47,8 @@ class Round:
     rejected: list[dict] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    # Node name -> the ε it reported spent (`dp-epsilon` > 0), the largest of its accepted replies this round.
+    epsilon: dict[str, float] = field(default_factory=dict)
     # Whether the replies' federated metrics score the previous round's models (fused evaluation)
     # rather than this round's.
     scores_previous: bool = True
@@ -173,6 +175,10 @@ class Strategy(ABC):
                 into.rejected.append({"node": node, "reason": f"reply rejected: {reason}"})
             else:
                 accepted.append(msg)
+                metrics = msg.content.metric_records.get(METRICS)
+                if metrics is not None and DP_EPSILON in metrics:
+                    name = self.sampler.name(node)
+                    into.epsilon[name] = max(float(metrics[DP_EPSILON]), into.epsilon.get(name, 0.0))
         into.accepted = [m.metadata.src_node_id for m in accepted]
         return accepted
 
