@@ -6,7 +6,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 
 from common.config import parse_run_config
 from common.protocol import (
-    ARRAYS, CLIENT_SECONDS, CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, LOGITS, LOGITS_ARRAY, METRICS, NUM_EXAMPLES,
+    ARRAYS, CLIENT_SECONDS, CONFIG, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, LOGITS, LOGITS_ARRAY, METRICS,
+    NUM_EXAMPLES,
     TEACHER, TRAIN_LOSS, TRAIN_SUPERVISED,
 )
 from server_app.sampling import NodeSampler
@@ -172,3 +173,15 @@ def test_too_few_usable_replies_stop_the_run_with_the_reasons():
     assert "teacher round 4: 2 of 5 sampled nodes replied usably, min-replies = 0.6 needs 3" in str(err.value)
     assert "node a: no reply before round-timeout; node b: boom" in str(err.value)
     _check_replies(cfg, "teacher", 4, sent=5, accepted=3, failures=failures)
+
+
+def test_screen_keeps_the_epsilon_each_accepted_node_reports_by_name(task_identity):
+    strategy = strategy_with({1: ("zeta", "mlp-32"), 2: ("alpha", "mlp-32"), 3: ("beta", "mlp-32")})
+    ex = Exchange(replies=[
+        reply_from(1, [1.0, 1.0], **{NUM_EXAMPLES: 10, DP_EPSILON: 0.5}),
+        reply_from(2, [2.0, 2.0], **{NUM_EXAMPLES: 10, DP_EPSILON: 1.25}),
+        reply_from(3, [np.nan, 1.0], **{NUM_EXAMPLES: 10, DP_EPSILON: 9.0}),
+    ])
+    result = Round({}, [1, 2, 3], [ex])
+    strategy.screen(ex, lambda node: weights(0, 0), result)
+    assert result.epsilon == {"zeta": 0.5, "alpha": 1.25}
