@@ -7,8 +7,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from common.config import parse_run_config
 from common.protocol import (
     ARRAYS, CLIENT_SECONDS, CONFIG, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, LOGITS, LOGITS_ARRAY, METRICS,
-    NUM_EXAMPLES,
-    TEACHER, TRAIN_LOSS, TRAIN_SUPERVISED,
+    NUM_EXAMPLES, TEACHER, TRAIN_LOSS, TRAIN_SUPERVISED,
 )
 from server_app.sampling import NodeSampler
 from server_app.strategies import STRATEGIES
