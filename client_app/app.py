@@ -71,7 +71,11 @@ def _whole(config: dict, key: str) -> int:
     return int(value)
 
 
-def _eval_metrics(model: torch.nn.Module, test: Split) -> dict[str, float]:
+def _eval_metrics(cfg: RunConfig, model: torch.nn.Module, test: Split) -> dict[str, float]:
+    """The model's counts on the local test split; none with DP on."""
+    if cfg.dp_epsilon > 0:
+        # The local test split is private data too, and these exact counts would release it unaccounted.
+        return {}
     loss, correct = evaluate(model, test.x, test.y)
     return {EVAL_EXAMPLES: len(test), EVAL_CORRECT: correct, EVAL_LOSS_SUM: loss * len(test)}
 
@@ -87,7 +91,7 @@ def _fit(msg: Message, context: Context, cfg: RunConfig, stream: int, data: Clie
     config = msg.content[CONFIG]
     name = str(config[MODEL])
     model = load_record(build_model(name, cfg.dataset), msg.content[ARRAYS])
-    metrics = _eval_metrics(model, data.test) if config.get(EVALUATE_INCOMING, False) else {}
+    metrics = _eval_metrics(cfg, model, data.test) if config.get(EVALUATE_INCOMING, False) else {}
     seed = derive_seed(cfg.seed, Stream.LOCAL_TRAINING, zlib.crc32(name.encode()), int(config[SERVER_ROUND]), stream)
     metrics[TRAIN_LOSS] = _train_private(cfg, context, model, data, seed, **train_kwargs)
     metrics[NUM_EXAMPLES] = len(data.train)
@@ -154,8 +158,7 @@ def _held_ledger(context: Context) -> dict | None:
 
 
 def _ledger(cfg: RunConfig, context: Context, data: ClientData) -> Ledger:
-    """The node's DP ledger: the one it holds, else a new one, its noise calibrated to spend at most
-    `dp-epsilon` over `_max_private_steps`."""
+    """The node's DP ledger: the one it holds, else a new one whose noise spends `dp-epsilon` over `_max_private_steps`."""
     if (held := _held_ledger(context)) is None:
         n = len(data.train)
         rate = sample_rate(n, cfg.batch_size)
@@ -277,7 +280,7 @@ def train_digest(msg: Message, context: Context) -> Message:
     revisit = _train_private(cfg, context, model, data, derive_seed(cfg.seed, Stream.REVISIT, server_round, stream),
                              targets=(data.train.y,))
     _keep(context, OWN_MODEL, model)
-    metrics = {**_eval_metrics(model, data.test), NUM_EXAMPLES: len(data.train), TRAIN_LOSS: revisit,
+    metrics = {**_eval_metrics(cfg, model, data.test), NUM_EXAMPLES: len(data.train), TRAIN_LOSS: revisit,
                DIGEST_LOSS: digest, CLIENT_SECONDS: time.perf_counter() - start, **_privacy_metrics(cfg, context)}
     content = RecordDict({METRICS: MetricRecord(metrics)})
     if config.get(REPORT_TEST_LOGITS, False):
@@ -307,7 +310,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     cfg = parse_run_config(context.run_config)
     test = _node_data(cfg, context)[1].test
     model = load_record(build_model(str(msg.content[CONFIG][MODEL]), cfg.dataset), msg.content[ARRAYS])
-    metrics = _eval_metrics(model, test)
+    metrics = _eval_metrics(cfg, model, test)
     metrics[NUM_EXAMPLES] = len(test)
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 

@@ -10,7 +10,10 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from client_app.app import app
 from common.models import initial_model, to_record
-from common.protocol import ARRAYS, CONFIG, DP_EPSILON, EVALUATE_INCOMING, METRICS, MODEL, SERVER_ROUND, TRAIN_SUPERVISED
+from common.protocol import (
+    ARRAYS, CONFIG, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING, METRICS, MODEL, SERVER_ROUND,
+    TRAIN_SUPERVISED,
+)
 
 TEACHER = "mlp-128x64"
 
@@ -42,7 +45,7 @@ def expected_epsilon(trainings: int) -> float:
 
 
 def message(server_round: int = 1) -> Message:
-    config = ConfigRecord({SERVER_ROUND: server_round, EVALUATE_INCOMING: False, MODEL: TEACHER})
+    config = ConfigRecord({SERVER_ROUND: server_round, EVALUATE_INCOMING: True, MODEL: TEACHER})
     msg = Message(RecordDict({ARRAYS: SENT, CONFIG: config}), dst_node_id=7, message_type=TRAIN_SUPERVISED)
     msg.metadata.__dict__["_message_id"] = f"supervised-{server_round}"
     return msg
@@ -61,6 +64,8 @@ def test_each_reply_reports_the_epsilon_of_opacus_accountant_and_a_node_at_its_b
         reply = app(message(trainings), context)
         assert reply.content[METRICS][DP_EPSILON] == pytest.approx(expected_epsilon(trainings), rel=1e-9)
     assert reply.content[METRICS][DP_EPSILON] <= 4.0
+    # The local test split is private too: with DP on, no exact counts on it leave the node.
+    assert not {EVAL_EXAMPLES, EVAL_CORRECT, EVAL_LOSS_SUM} & set(reply.content[METRICS])
     with pytest.raises(Exception, match=r"privacy budget exhausted: 4 more DP-SGD steps .* over run config "
                        r"'dp-epsilon' = 4.0 at 'dp-delta' = 1e-05; refused"):
         app(message(5), context)
