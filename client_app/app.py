@@ -1,5 +1,6 @@
 """fedkd ClientApp: one handler per action, over common's data, models and loops."""
 
+import hashlib
 import json
 import time
 import zlib
@@ -10,7 +11,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from common.config import RunConfig, parse_run_config
+from common.config import RESUMABLE_CHANGES, RunConfig, parse_run_config
 from common.data import ClientData, Split, load_client_data, load_npz, load_public, load_server_testset
 from common.loss import distillation_loss, soft_loss
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
@@ -147,19 +148,30 @@ def _max_private_steps(cfg: RunConfig, num_examples: int) -> int:
     return epochs * steps_per_epoch(num_examples, cfg.batch_size)
 
 
-def _held_ledger(context: Context) -> dict | None:
+def _ledger_path(cfg: RunConfig, context: Context) -> Path | None:
+    """Where node config `state-dir` keeps the DP ledger: one file per run config, not per run id."""
+    if "state-dir" not in context.node_config:
+        return None
+    # A resumed run has a new id but the same config (less RESUMABLE_CHANGES): it must spend from the same
+    # ledger. So does a rerun of the same config, which spends this node's data again.
+    settings = {k: v for k, v in cfg.model_dump(mode="json", by_alias=True).items() if k not in RESUMABLE_CHANGES}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(str(context.node_config["state-dir"])) / f"privacy-{digest}.json"
+
+
+def _held_ledger(cfg: RunConfig, context: Context) -> dict | None:
     """The ledger the node's state or state-dir holds, as JSON data; None before its first DP training."""
     if PRIVACY in context.state.config_records:
         return json.loads(str(context.state[PRIVACY][PRIVACY]))
-    if (saved := _saved_path(context, PRIVACY)) and saved.with_suffix(".json").is_file():
-        # The SuperNode restarted and lost context.state; its state-dir kept what the node has spent.
-        return json.loads(saved.with_suffix(".json").read_text())
+    if (saved := _ledger_path(cfg, context)) and saved.is_file():
+        # A restarted SuperNode, or a resumed run (a new run id, a fresh context.state): state-dir kept what the node has spent.
+        return json.loads(saved.read_text())
     return None
 
 
 def _ledger(cfg: RunConfig, context: Context, data: ClientData) -> Ledger:
     """The node's DP ledger: the one it holds, else a new one whose noise spends `dp-epsilon` over `_max_private_steps`."""
-    if (held := _held_ledger(context)) is None:
+    if (held := _held_ledger(cfg, context)) is None:
         n = len(data.train)
         rate = sample_rate(n, cfg.batch_size)
         held = {"noise_multiplier": noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, rate, _max_private_steps(cfg, n)),
@@ -168,12 +180,11 @@ def _ledger(cfg: RunConfig, context: Context, data: ClientData) -> Ledger:
                   [tuple(step) for step in held["history"]])
 
 
-def _keep_ledger(context: Context, ledger: Ledger) -> None:
+def _keep_ledger(cfg: RunConfig, context: Context, ledger: Ledger) -> None:
     """Hold the ledger in the node's state, and in its state-dir when it has one."""
     text = json.dumps({"noise_multiplier": ledger.noise_multiplier, "history": ledger.history})
     context.state[PRIVACY] = ConfigRecord({PRIVACY: text})
-    if saved := _saved_path(context, PRIVACY):
-        saved = saved.with_suffix(".json")
+    if saved := _ledger_path(cfg, context):
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.with_suffix(".tmp").write_text(text)
         saved.with_suffix(".tmp").replace(saved)
@@ -192,14 +203,14 @@ def _train_private(
         return train(model, data.train.x, **_train_kwargs(cfg, seed, epochs), **train_kwargs, privacy=privacy)
     finally:
         # Kept even when training fails midway: its steps were charged before the first one.
-        _keep_ledger(context, ledger)
+        _keep_ledger(cfg, context, ledger)
 
 
 def _privacy_metrics(cfg: RunConfig, context: Context) -> dict[str, float]:
     """The ε this node has spent, for the reply; nothing when DP is off."""
     if cfg.dp_epsilon == 0:
         return {}
-    held = _held_ledger(context)
+    held = _held_ledger(cfg, context)
     return {DP_EPSILON: spent_epsilon([tuple(step) for step in held["history"]], cfg.dp_delta) if held else 0.0}
 
 

@@ -16,6 +16,10 @@ def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
 
+# Keys that may change between a run and its resumption; every other key shapes the result.
+RESUMABLE_CHANGES = {"resume-from", "output-dir", "round-timeout", "min-replies"}
+
+
 MODEL_FAMILIES = "mlp-<width>[x<width>...] (an MLP with those hidden layers, e.g. mlp-32, mlp-128x64), cnn"
 _MLP_NAME = re.compile(r"mlp-([1-9][0-9]*(?:x[1-9][0-9]*)*)")
 

@@ -7,12 +7,10 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord
 
-from common.config import ConfigError, RunConfig
+from common.config import RESUMABLE_CHANGES, ConfigError, RunConfig
 from server_app.records import HISTORY, RoundRecord
 
 CHECKPOINT = "checkpoint.pt"
-# Keys that may change between a run and its resumption; every other key shapes the result.
-RESUMABLE_CHANGES = {"resume-from", "output-dir", "round-timeout", "min-replies"}
 
 
 @dataclass

@@ -82,8 +82,14 @@ def test_dp_training_is_reproducible_bit_for_bit_and_noisy(task_identity):
     assert any(not torch.equal(a[k], weights(plain[ARRAYS])[k]) for k in a)
 
 
-def test_state_dir_keeps_the_spent_budget_across_a_restart(task_identity, tmp_path):
+def test_state_dir_keeps_the_spent_budget_across_a_restart_and_a_resumed_run(task_identity, tmp_path):
     app(message(1), dp_context(**{"state-dir": str(tmp_path)}))
     # A restarted SuperNode: empty context.state, the same state-dir.
     reply = app(message(2), dp_context(**{"state-dir": str(tmp_path)}))
     assert reply.content[METRICS][DP_EPSILON] == pytest.approx(expected_epsilon(2), rel=1e-9)
+    # A resumed run: a new run id, `resume-from` and `output-dir` changed.
+    resumed = dp_context(**{"state-dir": str(tmp_path)})
+    resumed.run_id = 2
+    resumed.run_config.update({"resume-from": "/runs/a", "output-dir": "/runs"})
+    reply = app(message(3), resumed)
+    assert reply.content[METRICS][DP_EPSILON] == pytest.approx(expected_epsilon(3), rel=1e-9)
