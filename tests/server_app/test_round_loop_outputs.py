@@ -123,3 +123,32 @@ def test_a_round_scored_as_its_own_is_not_written_back(tmp_path, monkeypatch):
     # No test set: nothing scored on the server, the federated scores alone.
     assert [r.accuracy for r in run.history] == [None, None]
     assert [r.accuracy_by_model for r in run.history] == [{}, {}]
+
+
+class DPStubStrategy(StubStrategy):
+    """The stub with differential privacy on: each round's accepted nodes report the ε they have spent."""
+
+    def round(self, phase, server_round, globals_, grid) -> Round:
+        result = super().round(phase, server_round, globals_, grid)
+        step = self.phases.index(phase) * 2 + server_round
+        result.epsilon = {"partition-2": 0.5 * step, "partition-1": 0.25 * step}
+        if step == 4:
+            del result.epsilon["partition-2"]  # refused: over its budget, its ε not reported this round
+        return result
+
+
+def test_each_nodes_reported_epsilon_lands_in_history_and_its_latest_in_the_summary(tmp_path, monkeypatch):
+    monkeypatch.setattr(rounds, "time", SimpleNamespace(perf_counter=itertools.count(100.0, 0.1).__next__))
+    strategy, run = DPStubStrategy(), RunDirectory(tmp_path, "x")
+    globals_ = {"mlp-32": ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})}
+    for phase in strategy.phases:
+        globals_ = rounds.run_phase(strategy, phase, None, CFG, globals_, None, run)
+    history = json.loads((run.path / "history.json").read_text())
+    assert [r["dp_epsilon_by_node"] for r in history] == [
+        {"partition-1": 0.25, "partition-2": 0.5}, {"partition-1": 0.5, "partition-2": 1.0},
+        {"partition-1": 0.75, "partition-2": 1.5}, {"partition-1": 1.0},
+    ]
+    assert [r["dp_epsilon_max"] for r in history] == [0.5, 1.0, 1.5, 1.0]
+    summary = app._summary(CFG, strategy, run, 100.0)
+    assert summary.dp_epsilon_by_node == {"partition-1": 1.0, "partition-2": 1.5}
+    assert summary.dp_epsilon_max == 1.5
