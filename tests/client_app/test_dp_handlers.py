@@ -9,10 +9,10 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from client_app.app import app
-from common.models import initial_model, to_record
+from common.models import initial_model, logits_to_record, to_record
 from common.protocol import (
-    ARRAYS, CONFIG, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING, METRICS, MODEL, SERVER_ROUND,
-    TRAIN_SUPERVISED,
+    ARRAYS, CONFIG, CONSENSUS, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING, INDICES, METRICS,
+    MODEL, PUBLIC, QUERY_LOGITS, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE, SOURCE_OWN, SPLIT, TRAIN_DIGEST, TRAIN_SUPERVISED,
 )
 
 TEACHER = "mlp-128x64"
@@ -93,3 +93,28 @@ def test_state_dir_keeps_the_spent_budget_across_a_restart_and_a_resumed_run(tas
     resumed.run_config.update({"resume-from": "/runs/a", "output-dir": "/runs"})
     reply = app(message(3), resumed)
     assert reply.content[METRICS][DP_EPSILON] == pytest.approx(expected_epsilon(3), rel=1e-9)
+
+
+def test_fedmd_charges_its_private_trainings_and_not_its_public_ones(task_identity):
+    # FedMD's horizon: the first private training and 2 revisits of 1 epoch, 12 steps. Transfer learning
+    # (public data), the digest (public inputs) and the logits on public inputs cost nothing.
+    config = {**DP, "strategy": "fedmd", "transfer-epochs": 1, "digest-epochs": 1}
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 4}, state=RecordDict(),
+                      run_config=config)
+    sigma = get_noise_multiplier(target_epsilon=4.0, target_delta=1e-5, sample_rate=RATE, steps=12, accountant="rdp")
+
+    def accountant_after(steps):
+        accountant = RDPAccountant()
+        for _ in range(steps):
+            accountant.step(noise_multiplier=sigma, sample_rate=RATE)
+        return accountant.get_epsilon(1e-5)
+
+    query = ConfigRecord({SOURCE: SOURCE_OWN, SPLIT: PUBLIC, INDICES: [0, 1, 2], SERVER_ROUND: 1})
+    msg = Message(RecordDict({CONFIG: query}), dst_node_id=7, message_type=QUERY_LOGITS)
+    msg.metadata.__dict__["_message_id"] = "query"
+    assert app(msg, context).content[METRICS][DP_EPSILON] == pytest.approx(accountant_after(4), rel=1e-9)
+    digest = ConfigRecord({SPLIT: PUBLIC, INDICES: [0, 1, 2], SERVER_ROUND: 1, REPORT_TEST_LOGITS: False})
+    msg = Message(RecordDict({CONSENSUS: logits_to_record(torch.zeros(3, 10), "float32"), CONFIG: digest}),
+                  dst_node_id=7, message_type=TRAIN_DIGEST)
+    msg.metadata.__dict__["_message_id"] = "digest"
+    assert app(msg, context).content[METRICS][DP_EPSILON] == pytest.approx(accountant_after(8), rel=1e-9)
