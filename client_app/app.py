@@ -17,7 +17,7 @@ from common.loss import distillation_loss, soft_loss
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
 from common.protocol import (
     ARRAYS, CLIENT_SECONDS, CONFIG, CONSENSUS, DIGEST_LOSS, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING,
-    INDICES, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PROXIMAL_MU, PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE,
+    INDICES, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PRIVATE_EPOCHS, PROXIMAL_MU, PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE,
     SOURCE_TEACHER, SPLIT, TEACHER, TEST_LOGITS, TRAIN_LOSS, Action,
 )
 from common.privacy import DPSGD, Ledger, noise_multiplier, sample_rate, spent_epsilon, steps_per_epoch
@@ -94,7 +94,7 @@ def _fit(msg: Message, context: Context, cfg: RunConfig, stream: int, data: Clie
     model = load_record(build_model(name, cfg.dataset), msg.content[ARRAYS])
     metrics = _eval_metrics(cfg, model, data.test) if config.get(EVALUATE_INCOMING, False) else {}
     seed = derive_seed(cfg.seed, Stream.LOCAL_TRAINING, zlib.crc32(name.encode()), int(config[SERVER_ROUND]), stream)
-    metrics[TRAIN_LOSS] = _train_private(cfg, context, model, data, seed, **train_kwargs)
+    metrics[TRAIN_LOSS] = _train_private(cfg, msg, context, model, data, seed, **train_kwargs)
     metrics[NUM_EXAMPLES] = len(data.train)
     metrics.update(_privacy_metrics(cfg, context))
     metrics[CLIENT_SECONDS] = time.perf_counter() - start
@@ -130,24 +130,6 @@ def _restore(context: Context, what: str, model: torch.nn.Module) -> bool:
     return False
 
 
-def _max_private_steps(cfg: RunConfig, num_examples: int) -> int:
-    """The most DP-SGD steps on private data this node can take in the run, sampled every round: the budget's horizon."""
-    epochs = {
-        "two-stage": cfg.num_teacher_rounds * cfg.local_epochs + cfg.teacher_finetune_epochs
-        + (0 if cfg.ensemble_teacher else cfg.num_student_rounds * cfg.local_epochs),
-        # The own model's first private training, then a revisit per round.
-        "fedmd": cfg.local_epochs + cfg.num_student_rounds * cfg.local_epochs,
-        "fedavg": cfg.num_student_rounds * cfg.local_epochs,
-        "fedprox": cfg.num_student_rounds * cfg.local_epochs,
-        "feddf": cfg.num_student_rounds * cfg.local_epochs,
-        "feddf-datafree": cfg.num_student_rounds * cfg.local_epochs,
-    }.get(cfg.strategy)
-    if epochs is None:
-        # A strategy this table does not know: every private training any handler can do, so the budget still holds.
-        epochs = (cfg.num_teacher_rounds + cfg.num_student_rounds + 1) * cfg.local_epochs + cfg.teacher_finetune_epochs
-    return epochs * steps_per_epoch(num_examples, cfg.batch_size)
-
-
 def _ledger_path(cfg: RunConfig, context: Context) -> Path | None:
     """Where node config `state-dir` keeps the DP ledger: one file per run config, not per run id."""
     if "state-dir" not in context.node_config:
@@ -169,12 +151,21 @@ def _held_ledger(cfg: RunConfig, context: Context) -> dict | None:
     return None
 
 
-def _ledger(cfg: RunConfig, context: Context, data: ClientData) -> Ledger:
-    """The node's DP ledger: the one it holds, else a new one whose noise spends `dp-epsilon` over `_max_private_steps`."""
+def _private_epochs(config: ConfigRecord) -> int:
+    """The run's horizon of private training the server sent (`private-epochs`); a clear error without it."""
+    if PRIVATE_EPOCHS not in config:
+        raise ValueError(f"message config '{PRIVATE_EPOCHS}' is missing with run config 'dp-epsilon' > 0: the ServerApp "
+                         "sends it with every message of a DP run; it must run the same fedkd version as this node")
+    return int(config[PRIVATE_EPOCHS])
+
+
+def _ledger(cfg: RunConfig, context: Context, data: ClientData, private_epochs: int) -> Ledger:
+    """The node's DP ledger: the one it holds, else a new one whose noise spends `dp-epsilon` over
+    `private_epochs` epochs of its private data (the most it may train in the run)."""
     if (held := _held_ledger(cfg, context)) is None:
         n = len(data.train)
-        rate = sample_rate(n, cfg.batch_size)
-        held = {"noise_multiplier": noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, rate, _max_private_steps(cfg, n)),
+        steps = private_epochs * steps_per_epoch(n, cfg.batch_size)
+        held = {"noise_multiplier": noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, sample_rate(n, cfg.batch_size), steps),
                 "history": []}
     return Ledger(cfg.dp_epsilon, cfg.dp_delta, cfg.dp_max_grad_norm, held["noise_multiplier"],
                   [tuple(step) for step in held["history"]])
@@ -191,13 +182,13 @@ def _keep_ledger(cfg: RunConfig, context: Context, ledger: Ledger) -> None:
 
 
 def _train_private(
-    cfg: RunConfig, context: Context, model: torch.nn.Module, data: ClientData, seed: int,
+    cfg: RunConfig, msg: Message, context: Context, model: torch.nn.Module, data: ClientData, seed: int,
     epochs: int | None = None, **train_kwargs,
 ) -> float:
     """`train` on the node's private training data: DP-SGD charged to its ledger when `dp-epsilon` > 0."""
     if cfg.dp_epsilon == 0:
         return train(model, data.train.x, **_train_kwargs(cfg, seed, epochs), **train_kwargs)
-    ledger = _ledger(cfg, context, data)
+    ledger = _ledger(cfg, context, data, _private_epochs(msg.content[CONFIG]))
     try:
         privacy = DPSGD(ledger, derive_seed(cfg.seed, Stream.DP_NOISE, seed))
         return train(model, data.train.x, **_train_kwargs(cfg, seed, epochs), **train_kwargs, privacy=privacy)
@@ -221,7 +212,7 @@ def _local_teacher(cfg: RunConfig, msg: Message, context: Context, stream: int, 
         load_record(teacher, msg.content[TEACHER])
         if cfg.teacher_finetune_epochs > 0:
             seed = derive_seed(cfg.seed, Stream.TEACHER_FINETUNE, stream)
-            _train_private(cfg, context, teacher, data, seed, cfg.teacher_finetune_epochs, targets=(data.train.y,))
+            _train_private(cfg, msg, context, teacher, data, seed, cfg.teacher_finetune_epochs, targets=(data.train.y,))
         _keep(context, LOCAL_TEACHER, teacher)
     elif not _restore(context, LOCAL_TEACHER, teacher):
         raise RuntimeError(
@@ -231,7 +222,7 @@ def _local_teacher(cfg: RunConfig, msg: Message, context: Context, stream: int, 
     return teacher
 
 
-def _own_model(cfg: RunConfig, context: Context, stream: int, data: ClientData) -> torch.nn.Module:
+def _own_model(cfg: RunConfig, msg: Message, context: Context, stream: int, data: ClientData) -> torch.nn.Module:
     """FedMD's model of this node, which never leaves it: created on first use by transfer
     learning (public data, then private data), then kept between rounds."""
     name = cfg.node_model(context.node_config)
@@ -242,7 +233,7 @@ def _own_model(cfg: RunConfig, context: Context, stream: int, data: ClientData) 
     if cfg.transfer_epochs > 0:
         public = load_public(cfg)
         train(model, public.x, (public.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.TRANSFER, stream), cfg.transfer_epochs))
-    _train_private(cfg, context, model, data, derive_seed(cfg.seed, Stream.OWN_TRAINING, stream), targets=(data.train.y,))
+    _train_private(cfg, msg, context, model, data, derive_seed(cfg.seed, Stream.OWN_TRAINING, stream), targets=(data.train.y,))
     _keep(context, OWN_MODEL, model)
     return model
 
@@ -283,12 +274,12 @@ def train_digest(msg: Message, context: Context) -> Message:
     cfg = parse_run_config(context.run_config)
     stream, data = _node_data(cfg, context)
     config = msg.content[CONFIG]
-    model = _own_model(cfg, context, stream, data)
+    model = _own_model(cfg, msg, context, stream, data)
     server_round = int(config[SERVER_ROUND])
     consensus = logits_from_record(msg.content[CONSENSUS])
     digest = train(model, _inputs(cfg, config), (consensus,), loss_fn=partial(soft_loss, temperature=cfg.temperature),
                    **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.DIGEST, server_round, stream), cfg.digest_epochs))
-    revisit = _train_private(cfg, context, model, data, derive_seed(cfg.seed, Stream.REVISIT, server_round, stream),
+    revisit = _train_private(cfg, msg, context, model, data, derive_seed(cfg.seed, Stream.REVISIT, server_round, stream),
                              targets=(data.train.y,))
     _keep(context, OWN_MODEL, model)
     metrics = {**_eval_metrics(cfg, model, data.test), NUM_EXAMPLES: len(data.train), TRAIN_LOSS: revisit,
@@ -308,7 +299,7 @@ def query_logits(msg: Message, context: Context) -> Message:
     if config[SOURCE] == SOURCE_TEACHER:
         model = _local_teacher(cfg, msg, context, stream, data)
     else:
-        model = _own_model(cfg, context, stream, data)
+        model = _own_model(cfg, msg, context, stream, data)
     logits = predict_logits(model, _inputs(cfg, config))
     # Logits of a DP-trained model on public inputs are post-processing: they cost no ε.
     metrics = MetricRecord({NUM_EXAMPLES: len(data.train), **_privacy_metrics(cfg, context)})

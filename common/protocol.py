@@ -34,6 +34,9 @@ TRAIN_LOSS = "train-loss"  # METRICS: the mean batch loss of local training
 CLIENT_SECONDS = "client-seconds"  # METRICS: the handler's wall time
 # METRICS of every reply of a node that trained with DP (run config `dp-epsilon` > 0): the ε it has spent in the run.
 DP_EPSILON = "dp-epsilon"
+# CONFIG of every message when DP is on: the most epochs over its private data a node may train in the run if
+# sampled every round, as the strategy plans it; the node calibrates its noise to spend `dp-epsilon` over them.
+PRIVATE_EPOCHS = "private-epochs"
 # METRICS: a model scored on the local test split, as sums, so that the server weights nodes by their test sizes.
 EVAL_EXAMPLES = "eval-examples"
 EVAL_CORRECT = "eval-correct"

@@ -18,7 +18,7 @@ from common.distill import BatchFn, ValidationFn, distill
 from common.models import build_model, initial_model, load_record, to_record
 from common.protocol import (
     ARRAYS, CLIENT_SECONDS, CONFIG, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE, EVALUATE_INCOMING, LOGITS,
-    LOGITS_ARRAY, METRICS, MODEL, NUM_EXAMPLES, QUERY_LOGITS, SERVER_ROUND, TRAIN_LOSS, Action, message_type,
+    LOGITS_ARRAY, METRICS, MODEL, NUM_EXAMPLES, PRIVATE_EPOCHS, QUERY_LOGITS, SERVER_ROUND, TRAIN_LOSS, Action, message_type,
 )
 from common.seeds import Stream, stream_rng
 from common.training import evaluate
@@ -151,6 +151,11 @@ class Strategy(ABC):
         """The architecture summary.json compares the student's size to; None for a method without a teacher."""
         return None
 
+    def private_epochs(self) -> int:
+        """The most epochs over its private data a node may train in the run if sampled every round (with DP,
+        each node spends its budget over them): `local-epochs` a round, by default."""
+        return sum(self.num_rounds(phase) for phase in self.phases) * self.cfg.local_epochs
+
     # --- primitives the strategies build on -------------------------------------------
 
     def sample(self, grid: Grid) -> list[int]:
@@ -158,7 +163,11 @@ class Strategy(ABC):
         return self.sampler.sample(grid, self.cfg.fraction_train, self.cfg.min_train_nodes)
 
     def send(self, grid: Grid, messages: list[Message]) -> Exchange:
-        """Push `messages`, pull the replies under the round's deadline."""
+        """Push `messages`, pull the replies under the round's deadline; with DP on, each tells the node
+        the run's `private_epochs`."""
+        if self.cfg.dp_epsilon > 0:
+            for message in messages:
+                message.content[CONFIG][PRIVATE_EPOCHS] = self.private_epochs()
         return exchange(grid, messages, self.cfg.round_timeout)
 
     def screen(

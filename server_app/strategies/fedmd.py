@@ -75,3 +75,7 @@ class FedMD(Strategy):
                      for t in logits]
             scores[name] = (statistics.fmean(p[0] for p in pairs), statistics.fmean(p[1] for p in pairs))
         return scores
+
+    def private_epochs(self) -> int:
+        """A node's first training of its own model, then a revisit a round (the digest is on public data)."""
+        return super().private_epochs() + self.cfg.local_epochs

@@ -44,6 +44,11 @@ class TwoStage(Strategy):
         """Take back the final teacher."""
         self.final_teacher = state.get(FINAL_TEACHER)
 
+    def private_epochs(self) -> int:
+        """Phase 1's training and the teacher's fine-tuning; phase 2's distillation unless the server distils."""
+        student = 0 if self.cfg.ensemble_teacher else self.cfg.num_student_rounds * self.cfg.local_epochs
+        return self.cfg.num_teacher_rounds * self.cfg.local_epochs + self.cfg.teacher_finetune_epochs + student
+
     def teacher_model(self) -> str | None:
         """The teacher's architecture."""
         return self.cfg.teacher_model

@@ -12,13 +12,14 @@ from client_app.app import app
 from common.models import initial_model, logits_to_record, to_record
 from common.protocol import (
     ARRAYS, CONFIG, CONSENSUS, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING, INDICES, METRICS,
-    MODEL, PUBLIC, QUERY_LOGITS, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE, SOURCE_OWN, SPLIT, TRAIN_DIGEST, TRAIN_SUPERVISED,
+    MODEL, PRIVATE_EPOCHS, PUBLIC, QUERY_LOGITS, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE, SOURCE_OWN, SPLIT, TRAIN_DIGEST, TRAIN_SUPERVISED,
 )
 
 TEACHER = "mlp-128x64"
 
-# 200 training examples, batches of 50: q = 0.25, 4 steps an epoch. Two-stage's horizon: 2 teacher and
-# 2 student rounds of 1 epoch, 16 steps, so the budget allows exactly four trainings.
+# 200 training examples, batches of 50: q = 0.25, 4 steps an epoch. Two-stage's horizon, which its server
+# sends as `private-epochs`: 2 teacher and 2 student rounds of 1 epoch, 16 steps, so the budget allows exactly
+# four trainings.
 DP = {"dataset": "synthetic", "partitioner": "iid", "local-epochs": 1, "batch-size": 50, "num-teacher-rounds": 2,
       "num-student-rounds": 2, "dp-epsilon": 4.0}
 RATE, STEPS, HORIZON = 0.25, 4, 16
@@ -45,7 +46,7 @@ def expected_epsilon(trainings: int) -> float:
 
 
 def message(server_round: int = 1) -> Message:
-    config = ConfigRecord({SERVER_ROUND: server_round, EVALUATE_INCOMING: True, MODEL: TEACHER})
+    config = ConfigRecord({SERVER_ROUND: server_round, EVALUATE_INCOMING: True, MODEL: TEACHER, PRIVATE_EPOCHS: 4})
     msg = Message(RecordDict({ARRAYS: SENT, CONFIG: config}), dst_node_id=7, message_type=TRAIN_SUPERVISED)
     msg.metadata.__dict__["_message_id"] = f"supervised-{server_round}"
     return msg
@@ -109,12 +110,19 @@ def test_fedmd_charges_its_private_trainings_and_not_its_public_ones(task_identi
             accountant.step(noise_multiplier=sigma, sample_rate=RATE)
         return accountant.get_epsilon(1e-5)
 
-    query = ConfigRecord({SOURCE: SOURCE_OWN, SPLIT: PUBLIC, INDICES: [0, 1, 2], SERVER_ROUND: 1})
+    query = ConfigRecord({SOURCE: SOURCE_OWN, SPLIT: PUBLIC, INDICES: [0, 1, 2], SERVER_ROUND: 1, PRIVATE_EPOCHS: 3})
     msg = Message(RecordDict({CONFIG: query}), dst_node_id=7, message_type=QUERY_LOGITS)
     msg.metadata.__dict__["_message_id"] = "query"
     assert app(msg, context).content[METRICS][DP_EPSILON] == pytest.approx(accountant_after(4), rel=1e-9)
-    digest = ConfigRecord({SPLIT: PUBLIC, INDICES: [0, 1, 2], SERVER_ROUND: 1, REPORT_TEST_LOGITS: False})
+    digest = ConfigRecord({SPLIT: PUBLIC, INDICES: [0, 1, 2], SERVER_ROUND: 1, REPORT_TEST_LOGITS: False, PRIVATE_EPOCHS: 3})
     msg = Message(RecordDict({CONSENSUS: logits_to_record(torch.zeros(3, 10), "float32"), CONFIG: digest}),
                   dst_node_id=7, message_type=TRAIN_DIGEST)
     msg.metadata.__dict__["_message_id"] = "digest"
     assert app(msg, context).content[METRICS][DP_EPSILON] == pytest.approx(accountant_after(8), rel=1e-9)
+
+
+def test_a_dp_message_without_the_servers_horizon_is_refused_by_name(task_identity):
+    msg = message()
+    del msg.content[CONFIG][PRIVATE_EPOCHS]
+    with pytest.raises(Exception, match="message config 'private-epochs' is missing with run config 'dp-epsilon' > 0"):
+        app(msg, dp_context())

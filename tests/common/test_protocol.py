@@ -9,7 +9,7 @@ def test_message_types_records_and_keys_are_those_earlier_versions_use():
         "ARRAYS": "arrays", "CONFIG": "config", "METRICS": "metrics", "SERVER_ROUND": "server-round", "MODEL": "model",
         "NUM_EXAMPLES": "num-examples", "TRAIN_LOSS": "train-loss", "CLIENT_SECONDS": "client-seconds", "DP_EPSILON": "dp-epsilon",
         "EVAL_EXAMPLES": "eval-examples", "EVAL_CORRECT": "eval-correct", "EVAL_LOSS_SUM": "eval-loss-sum",
-        "TRAIN_SUPERVISED": "train.supervised", "TRAIN_DISTIL": "train.distil", "EVALUATE_INCOMING": "evaluate-incoming", "PROXIMAL_MU": "proximal-mu",
+        "TRAIN_SUPERVISED": "train.supervised", "TRAIN_DISTIL": "train.distil", "EVALUATE_INCOMING": "evaluate-incoming", "PROXIMAL_MU": "proximal-mu", "PRIVATE_EPOCHS": "private-epochs",
         "TEACHER": "teacher", "QUERY_LOGITS": "query.logits", "TRAIN_DIGEST": "train.digest", "SPLIT": "split",
         "PUBLIC": "public", "INDICES": "indices", "SOURCE": "source", "SOURCE_TEACHER": "teacher", "SOURCE_OWN": "own",
         "LOGITS": "logits", "CONSENSUS": "consensus", "REPORT_TEST_LOGITS": "report-test-logits",

@@ -184,3 +184,26 @@ def test_screen_keeps_the_epsilon_each_accepted_node_reports_by_name(task_identi
     result = Round({}, [1, 2, 3], [ex])
     strategy.screen(ex, lambda node: weights(0, 0), result)
     assert result.epsilon == {"zeta": 0.5, "alpha": 1.25}
+
+
+@pytest.mark.parametrize("name, config, epochs", [
+    ("two-stage", {"num-teacher-rounds": 4, "num-student-rounds": 3, "local-epochs": 2, "teacher-finetune-epochs": 5}, 8 + 5 + 6),
+    ("two-stage", {"num-teacher-rounds": 4, "num-student-rounds": 3, "local-epochs": 2, "ensemble-teacher": True}, 8),
+    ("fedmd", {"num-student-rounds": 3, "local-epochs": 2}, 2 + 6),
+    ("fedavg", {"num-student-rounds": 3, "local-epochs": 2}, 6),
+    ("fedprox", {"num-student-rounds": 3, "local-epochs": 2}, 6),
+    ("feddf", {"num-student-rounds": 3, "local-epochs": 2}, 6),
+])
+def test_each_strategy_plans_the_private_epochs_a_node_may_train(name, config, epochs):
+    assert strategy_with({}, cls=STRATEGIES[name], **config).private_epochs() == epochs
+
+
+def test_only_a_dp_run_tells_the_nodes_their_private_epochs(monkeypatch, task_identity):
+    import server_app.strategies.base as base
+
+    monkeypatch.setattr(base, "exchange", lambda grid, messages, timeout: Exchange())
+    for dp, expected in ((0.0, None), (3.0, 6)):
+        strategy = strategy_with({}, **{"num-student-rounds": 3, "local-epochs": 2, "dp-epsilon": dp})
+        msg = Message(RecordDict({CONFIG: ConfigRecord({"a": 1})}), dst_node_id=1, message_type=TRAIN_SUPERVISED)
+        strategy.send(None, [msg])
+        assert msg.content[CONFIG].get("private-epochs") == expected
