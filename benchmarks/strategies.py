@@ -136,7 +136,7 @@ def report(path: Path) -> str:
     """strategies.md: one table per dataset, split and model setting; strategies.png: accuracy against bytes."""
     rows = _load(path)
     cells = sorted({_cell(r) for r in rows}, key=_cell_order)
-    order = ["centralised", "local-only", *STRATEGIES]
+    order = ["centralised", "local-only", *(s for s in STRATEGIES if any(r["strategy"] == s for r in rows))]
     lines = ["Student accuracy on the server's test set after the last round, mean (std) over seeds; "
              "heterogeneous: the mean over architectures, then each architecture. Wall time per run on 2 cores.", "",
              *_provenance(rows), "", *_overview(rows, cells, order), "", *_targets(rows, cells), "",
