@@ -4,6 +4,7 @@ import hashlib
 import json
 import time
 import zlib
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -12,17 +13,47 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from common.config import RESUMABLE_CHANGES, RunConfig, parse_run_config
-from common.data import ClientData, Split, load_client_data, load_npz, load_public, load_server_testset
+from common.data import ClientData, Split, dataset_shape, load_client_data, load_npz, load_public, load_server_testset
+from common.feature_generator import FeatureGenerator, head, regularised_loss
 from common.loss import distillation_loss, soft_loss
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
-from common.protocol import (
-    ARRAYS, CLIENT_SECONDS, CONFIG, CONSENSUS, DIGEST_LOSS, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING,
-    INDICES, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PRIVATE_EPOCHS, PROXIMAL_MU, PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE,
-    SOURCE_TEACHER, SPLIT, TEACHER, TEST_LOGITS, TRAIN_LOSS, Action,
-)
 from common.privacy import DPSGD, Ledger, noise_multiplier, sample_rate, spent_epsilon, steps_per_epoch
+from common.protocol import (
+    ARRAYS,
+    CLIENT_SECONDS,
+    CONFIG,
+    CONSENSUS,
+    DIGEST_LOSS,
+    DP_EPSILON,
+    EVAL_CORRECT,
+    EVAL_EXAMPLES,
+    EVAL_LOSS_SUM,
+    EVALUATE_INCOMING,
+    GENERATOR,
+    GENERATOR_LABELS,
+    INDICES,
+    LABEL_COUNTS,
+    LOGITS,
+    METRICS,
+    MODEL,
+    NAME,
+    NODE,
+    NUM_EXAMPLES,
+    PRIVATE_EPOCHS,
+    PROXIMAL_MU,
+    PUBLIC,
+    REPORT_TEST_LOGITS,
+    SERVER_ROUND,
+    SOURCE,
+    SOURCE_TEACHER,
+    SPLIT,
+    TEACHER,
+    TEST_LOGITS,
+    TRAIN_LOSS,
+    Action,
+)
 from common.seeds import Stream, derive_seed
-from common.training import evaluate, predict_logits, train
+from common.training import LossFn, evaluate, predict_logits, train
 
 # Several ClientApps share the cores in simulation; one thread each avoids oversubscription.
 torch.set_num_threads(1)
@@ -86,14 +117,20 @@ def _train_kwargs(cfg: RunConfig, seed: int, epochs: int | None = None) -> dict:
             "learning_rate": cfg.learning_rate, "seed": seed}
 
 
-def _fit(msg: Message, context: Context, cfg: RunConfig, stream: int, data: ClientData, **train_kwargs) -> Message:
-    """Shared body of the weight-training handlers: score the incoming global model, train, reply."""
+def _fit(
+    msg: Message, context: Context, cfg: RunConfig, stream: int, data: ClientData,
+    model_loss: Callable[[torch.nn.Module], LossFn] | None = None, **train_kwargs,
+) -> Message:
+    """Shared body of the weight-training handlers: score the incoming global model, train, reply.
+    `model_loss` builds a loss that reads the model being trained (FedGen's, through its head)."""
     start = time.perf_counter()
     config = msg.content[CONFIG]
     name = str(config[MODEL])
     model = load_record(build_model(name, cfg.dataset), msg.content[ARRAYS])
     metrics = _eval_metrics(cfg, model, data.test) if config.get(EVALUATE_INCOMING, False) else {}
     seed = derive_seed(cfg.seed, Stream.LOCAL_TRAINING, zlib.crc32(name.encode()), int(config[SERVER_ROUND]), stream)
+    if model_loss is not None:
+        train_kwargs["loss_fn"] = model_loss(model)
     metrics[TRAIN_LOSS] = _train_private(cfg, msg, context, model, data, seed, **train_kwargs)
     metrics[NUM_EXAMPLES] = len(data.train)
     metrics.update(_privacy_metrics(cfg, context))
@@ -253,6 +290,31 @@ def train_supervised(msg: Message, context: Context) -> Message:
     stream, data = _node_data(cfg, context)
     mu = float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0))
     return _fit(msg, context, cfg, stream, data, targets=(data.train.y,), proximal_mu=mu)
+
+
+@app.train(Action.FEDGEN)
+def train_fedgen(msg: Message, context: Context) -> Message:
+    """FedGen: train the global model on local labels, regularised by the generator once the server sends it;
+    the reply counts the node's examples of each class, which the server fits the generator to."""
+    cfg = parse_run_config(context.run_config)
+    if cfg.dp_epsilon > 0:
+        raise ValueError("strategy 'fedgen' reports label counts that DP-SGD does not protect; run it with dp-epsilon 0")
+    stream, data = _node_data(cfg, context)
+    config = msg.content[CONFIG]
+    loss = None
+    if GENERATOR in msg.content.array_records:
+        model = build_model(str(config[MODEL]), cfg.dataset)
+        gen = FeatureGenerator(dataset_shape(cfg.dataset)[1], [head(model).in_features], cfg.seed)
+        gen.load_state_dict(msg.content[GENERATOR].to_torch_state_dict(), strict=True)
+        server_round = int(config[SERVER_ROUND])
+        # The loss reads the head of the model _fit trains, so it is built for that model, below.
+        loss = partial(regularised_loss, gen=gen, labels=list(config[GENERATOR_LABELS]), alpha=cfg.fedgen_alpha,
+                       beta=cfg.fedgen_beta, server_round=server_round,
+                       seed=derive_seed(cfg.seed, Stream.FEDGEN_SAMPLES, server_round, stream))
+    reply = _fit(msg, context, cfg, stream, data, targets=(data.train.y,), model_loss=loss)
+    counts = torch.bincount(data.train.y, minlength=dataset_shape(cfg.dataset)[1])
+    reply.content[METRICS][LABEL_COUNTS] = [int(c) for c in counts]
+    return reply
 
 
 @app.train(Action.DISTIL)

@@ -13,6 +13,7 @@ class Action:
     SUPERVISED = "supervised"  # train: the sent global model on local labels
     DISTIL = "distil"  # train: the sent global student, distilled from the node's local teacher
     DIGEST = "digest"  # train: FedMD's own model toward the consensus, then on local labels
+    FEDGEN = "fedgen"  # train: the sent global model on local labels, regularised by FedGen's generator
     LOGITS = "logits"  # query: a model's logits on public inputs
     IDENTIFY = "identify"  # query: the node's stable name and architecture
 
@@ -51,6 +52,12 @@ EVALUATE_INCOMING = "evaluate-incoming"
 PROXIMAL_MU = "proximal-mu"
 # The final global teacher (ArrayRecord), sent only to nodes that may not hold it yet (also with query.logits).
 TEACHER = "teacher"
+
+# --- train.fedgen: train.supervised with FedGen's generator; the reply also counts the node's labels ----
+TRAIN_FEDGEN = message_type(MessageType.TRAIN, Action.FEDGEN)
+GENERATOR = "generator"  # the generator's body and the output layer of the node's feature width (ArrayRecord)
+GENERATOR_LABELS = "generator-labels"  # CONFIG: the classes the generator learned, which the node samples
+LABEL_COUNTS = "label-counts"  # METRICS: the node's training examples per class (list of int)
 
 # --- query.logits, train.digest: logits on public inputs (FedMD, the ensemble teacher) -------
 QUERY_LOGITS = message_type(MessageType.QUERY, Action.LOGITS)

@@ -35,6 +35,9 @@ class Stream(IntEnum):
     GENERATOR_TRAINING = 64  # feddf-datafree: the generator's training, per round
     GENERATOR_VALIDATION = 65  # feddf-datafree: the generated validation samples, per round
     GENERATED_BATCHES = 66  # feddf-datafree: the generated distillation batches, per round
+    FEDGEN_INIT = 67  # fedgen: the generator's initial weights (its body, and each width's output layer)
+    FEDGEN_TRAINING = 68  # fedgen: the generator's training on the server, per round
+    FEDGEN_SAMPLES = 69  # fedgen: a node's generated features in local training, per round and node
     DP_NOISE = 70  # DP-SGD's Gaussian noise, per training (keyed by that training's batch seed)
     BASELINE_TRAINING = 90  # benchmarks: the shuffle of centralised and local-only training
 

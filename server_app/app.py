@@ -86,6 +86,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     try:
         cfg = parse_run_config(context.run_config, strategies=STRATEGIES)
+        STRATEGIES[cfg.strategy].check_config(cfg)
         sampler = NodeSampler(cfg.seed, cfg.round_timeout, cfg.model)
         connected = _connected_nodes(cfg, sampler, grid)
         test = _server_testset(cfg)

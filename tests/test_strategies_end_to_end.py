@@ -20,6 +20,7 @@ SETTINGS = {
     "fedmd": {"models": "mlp-32,cnn", "logits-dtype": "float16", "public-samples-per-round": 100},
     "feddf": {"models": "mlp-32,cnn"},
     "fedprox": {"models": "mlp-32,cnn", "proximal-mu": 0.1},
+    "fedgen": {"models": "mlp-32,cnn"},
 }
 CASES = {
     **{name: {"strategy": name, **SETTINGS.get(name, {})} for name in STRATEGIES if name not in ELSEWHERE},
@@ -57,12 +58,12 @@ def test_every_strategy_learns_and_records_complete_outputs(runs, name):
     assert (run_dir / "history.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("name", ["feddf", "fedmd", "fedprox"])
+@pytest.mark.parametrize("name", ["feddf", "fedmd", "fedprox", "fedgen"])
 def test_heterogeneous_runs_report_every_architecture(runs, name):
     run_dir, history = runs[name]
     assert set(history[-1]["accuracy_by_model"]) == {"mlp-32", "cnn"}
     saved = sorted(p.name for p in run_dir.glob("*.pt") if p.name != "checkpoint.pt")
-    # FedMD's models never leave the nodes; FedDF and FedProx keep one global model per architecture.
+    # FedMD's models never leave the nodes; the others keep one global model per architecture.
     assert saved == ([] if name == "fedmd" else ["student-cnn.pt", "student-mlp-32.pt"])
     if name == "feddf":
         assert sum(t.numel() for t in torch.load(run_dir / "student-cnn.pt", weights_only=True).values()) == 6_090
@@ -107,3 +108,26 @@ def test_the_ensemble_teacher_phase_sends_the_teacher_once_and_no_student_weight
     reached = {name for r in student for name in r["sampled"]}
     down = sum(r["bytes_down"] for r in student)
     assert len(reached) * teacher_bytes < down < len(reached) * teacher_bytes + 60_000
+
+
+def test_fedgen_sends_each_node_the_generator_for_its_feature_width_from_round_two(runs):
+    from common.feature_generator import HIDDEN, NOISE_DIM
+    from common.models import build_model, count_params
+
+    _, history = runs["fedgen"]
+    # Partitions alternate mlp-32 (feature width 32) and cnn (width 128); 10 classes on digits.
+    width = {"mlp-32": 32, "cnn": 128}
+    arch = {f"partition-{i}": ("mlp-32", "cnn")[i % 2] for i in range(NODES)}
+    params = {name: count_params(build_model(name, "digits")) for name in width}
+    generator = {name: (NOISE_DIM + 10) * HIDDEN + HIDDEN + (HIDDEN + 1) * w for name, w in width.items()}
+
+    def arrays_down(r, with_generator):
+        """float32 bytes sent: each sampled node's model (and generator part); the last round's evaluation."""
+        train = sum(4 * (params[arch[n]] + (generator[arch[n]] if with_generator else 0)) for n in r["sampled"])
+        return train + (4 * sum(params[a] for a in arch.values()) if r.get("evaluation_replies") else 0)
+
+    first, second = (r for r in history if r["phase"] == "student")
+    # Beyond the arrays, each message (3 to train, and 4 to evaluate after the last round) carries names and config.
+    assert 0 < first["bytes_down"] - arrays_down(first, False) < 3 * 2_000
+    assert second["evaluation_replies"] == NODES
+    assert 0 < second["bytes_down"] - arrays_down(second, True) < 7 * 2_000

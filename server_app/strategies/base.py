@@ -111,6 +111,10 @@ class Strategy(ABC):
         self.cfg = cfg
         self.sampler = sampler
 
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Raise ConfigError for settings the method cannot run under; the ServerApp asks before round 1."""
+
     def num_rounds(self, phase: str) -> int:
         """Rounds of `phase`: `num-student-rounds`, or `num-teacher-rounds` for a teacher phase."""
         return self.cfg.num_teacher_rounds if phase == TEACHER_PHASE else self.cfg.num_student_rounds
@@ -240,6 +244,10 @@ class Strategy(ABC):
             into.metrics["distill-validation-best"] = float(np.mean([r.best_validation_loss for r in reports]))
         return out
 
+    def check_train_reply(self, content: RecordDict) -> str | None:
+        """What is wrong with a `train.*` reply beyond the screening of its weights and counts; None if nothing."""
+        return None
+
     def train_config(self, phase: str, server_round: int) -> dict:
         """Settings a method adds to every `train.*` message's config (FedProx: its `proximal-mu`)."""
         return {}
@@ -264,7 +272,7 @@ class Strategy(ABC):
             for n in nodes
         ]
         result = Round(dict(globals_), nodes, [self.send(grid, messages)])
-        replies = self.screen(result.exchanges[0], lambda n: globals_[self.architecture(n, phase)], result)
+        replies = self.screen(result.exchanges[0], lambda n: globals_[self.architecture(n, phase)], result, self.check_train_reply)
         result.globals = self.group_average(phase, globals_, replies, result)
         if replies:
             result.metrics.update(sum_eval_counts([m.content for m in replies], NUM_EXAMPLES))

@@ -268,3 +268,30 @@ def test_a_query_for_inputs_other_than_the_public_data_is_refused(context):
     teacher = to_record(initial_model(TEACHER, "synthetic", 42))
     with pytest.raises(Exception, match="message config 'split' = 'server-test'; allowed: 'public'"):
         app(query({SOURCE: SOURCE_TEACHER, SPLIT: "server-test", INDICES: [1, 2], SERVER_ROUND: 1}, teacher=teacher), context)
+
+
+def test_fedgen_trains_plainly_until_the_generator_comes_then_learns_from_it_and_counts_its_labels(context):
+    from common.feature_generator import FeatureGenerator
+    from common.protocol import GENERATOR, GENERATOR_LABELS, LABEL_COUNTS, TRAIN_FEDGEN
+
+    sent = to_record(initial_model(STUDENT, "synthetic", 42))
+    plain = app(message(TRAIN_SUPERVISED, sent, model=STUDENT), context)
+    first = app(message(TRAIN_FEDGEN, sent), context)
+    # Without a generator (round 1) the node trains as train.supervised does, and counts its labels.
+    assert all(torch.equal(a, b) for a, b in zip(weights(first.content[ARRAYS]).values(), weights(plain.content[ARRAYS]).values()))
+    counts = first.content[METRICS][LABEL_COUNTS]
+    assert counts == torch.bincount(DATA.train.y, minlength=10).tolist() and sum(counts) == first.content[METRICS][NUM_EXAMPLES]
+    with_generator = message(TRAIN_FEDGEN, sent)
+    with_generator.content[GENERATOR] = ArrayRecord(FeatureGenerator(10, [32, 128], seed=5).for_width(32))
+    with_generator.content[CONFIG][GENERATOR_LABELS] = [0, 3]
+    regularised = app(with_generator, context)
+    assert not regularised.has_error(), regularised.error
+    assert any(not torch.equal(a, b) for a, b in zip(weights(regularised.content[ARRAYS]).values(), weights(first.content[ARRAYS]).values()))
+
+
+def test_fedgen_under_dp_is_refused_naming_why(context):
+    from common.protocol import TRAIN_FEDGEN
+
+    context.run_config["dp-epsilon"] = 3.0
+    with pytest.raises(ValueError, match="strategy 'fedgen' reports label counts that DP-SGD does not protect"):
+        app(message(TRAIN_FEDGEN, to_record(initial_model(STUDENT, "synthetic", 42))), context)

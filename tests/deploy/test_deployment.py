@@ -5,6 +5,7 @@ import json
 import re
 import shlex
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jsonschema
@@ -12,12 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
-from deploy.simulation import run_directory
 from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.certs import make_supernode_key
 from deploy.local import deployment
 from deploy.network import namespaces_work
+from deploy.simulation import run_directory
 
 pytestmark = pytest.mark.e2e
 
@@ -190,10 +191,6 @@ def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(deployed, tmp_pa
         # No node is lost here, so a generous deadline costs nothing and absorbs a slow ClientApp start.
         "fraction-evaluate": 0.0, "round-timeout": 120, "server-test": str(data / "server-test.npz"),
     }
-    reference = dep.run({**config, "output-dir": str(tmp_path / "reference")})
-    output, _ = reference.communicate(timeout=600)
-    assert reference.returncode == 0, output[-4000:]
-
     out = tmp_path / "killed"
     run = dep.run({**config, "output-dir": str(out)})
     try:
@@ -206,10 +203,15 @@ def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(deployed, tmp_pa
     assert not (stopped / "summary.json").exists()
     assert len(json.loads((stopped / "history.json").read_text())) == 1
 
+    # The uninterrupted reference runs beside the resumed run on the same nodes: runs do not share state.
+    reference = dep.run({**config, "output-dir": str(tmp_path / "reference")})
     resumed = dep.run({**config, "output-dir": str(out), "resume-from": str(stopped)})
-    output, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, output[-4000:]
-    assert "resuming after teacher round 1" in output, output[-4000:]
+    # Both read at once, so neither blocks on a full pipe while the other is awaited.
+    with ThreadPoolExecutor(2) as pool:
+        outputs = list(pool.map(lambda process: process.communicate(timeout=600)[0], (reference, resumed)))
+    assert reference.returncode == 0, outputs[0][-4000:]
+    assert resumed.returncode == 0, outputs[1][-4000:]
+    assert "resuming after teacher round 1" in outputs[1], outputs[1][-4000:]
     ref_dir = run_directory(tmp_path / "reference")
     keys = ("phase", "round", "sampled", "accuracy", "loss", "replies")
     want, got = (json.loads((d / "history.json").read_text()) for d in (ref_dir, stopped))

@@ -1,0 +1,165 @@
+"""FedGen's generator (Zhu, Hong and Zhou, ICML 2021): class-conditional features for the models' heads.
+
+A fedkd model is an nn.Sequential whose last layer is its linear head (the paper's prediction layer
+θ^p); what feeds it is the feature space the generator samples. Architectures of different feature
+widths share the generator's body and have one output layer per width, so one generator serves a
+heterogeneous federation.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.seeds import Stream, derive_seed
+from common.training import Adam
+
+NOISE_DIM = 32
+HIDDEN = 64
+# The clients' generator terms decay by this factor a round, as in the authors' code.
+DECAY = 0.98
+
+
+def head(model: nn.Sequential) -> nn.Linear:
+    """The model's prediction layer: the last layer of every fedkd model."""
+    last = model[-1]
+    if not isinstance(last, nn.Linear):
+        raise TypeError(f"the last layer of {type(model).__name__} is {type(last).__name__}, not a linear head")
+    return last
+
+
+class FeatureGenerator(nn.Module):
+    """(noise, class) -> a feature vector for each width: a ReLU body shared by all widths and one output
+    layer per width. Outputs pass a ReLU because the features a fedkd head sees are post-ReLU."""
+
+    def __init__(self, num_classes: int, widths: Sequence[int], seed: int) -> None:
+        super().__init__()
+        self.num_classes, self.seed = num_classes, seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, Stream.FEDGEN_INIT))
+            self.body = nn.Sequential(nn.Linear(NOISE_DIM + num_classes, HIDDEN), nn.ReLU())
+        self.heads = nn.ModuleDict()
+        for width in widths:
+            self.add_width(width)
+
+    def add_width(self, width: int) -> None:
+        """An output layer for `width`, its weights drawn from (seed, width) whatever the order widths come in."""
+        if str(width) in self.heads:
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, Stream.FEDGEN_INIT, width))
+            self.heads[str(width)] = nn.Linear(HIDDEN, width)
+
+    @property
+    def widths(self) -> list[int]:
+        """The feature widths it generates, ascending."""
+        return sorted(int(w) for w in self.heads)
+
+    def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Features meant to be classified as `labels`, for every width."""
+        hidden = self.body(torch.cat([noise, F.one_hot(labels, self.num_classes).float()], dim=1))
+        return {int(w): F.relu(layer(hidden)) for w, layer in self.heads.items()}
+
+    def for_width(self, width: int) -> dict[str, torch.Tensor]:
+        """The weights a node of feature width `width` needs: the body and that width's output layer."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith("body.") or k.startswith(f"heads.{width}.")}
+
+
+def draw(labels: Sequence[int], n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise, labels): n Gaussian noise vectors, and n labels drawn uniformly from `labels`."""
+    picked = torch.as_tensor(list(labels), dtype=torch.long)[torch.randint(len(labels), (n,), generator=generator)]
+    return torch.randn(n, NOISE_DIM, generator=generator), picked
+
+
+def diversity_loss(noise: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """exp(-mean_ij(d_noise(i, j) * d_features(i, j))) with d_noise the mean squared and d_features the mean
+    absolute difference of rows i and j (every pair, i = j too), as the authors' code has it: small when
+    samples of different noise differ, so the generator does not collapse to one feature per class."""
+    noise_dist = (noise[:, None, :] - noise[None, :, :]).pow(2).mean(2)
+    feature_dist = (features[:, None, :] - features[None, :, :]).abs().mean(2)
+    return torch.exp(-(noise_dist * feature_dist).mean())
+
+
+def generator_loss(
+    gen: FeatureGenerator, heads: Sequence[nn.Linear], weights: torch.Tensor, noise: torch.Tensor,
+    labels: torch.Tensor, diversity: float,
+) -> torch.Tensor:
+    """FedGen's server objective on one batch: sum over clients k of the batch mean of
+    weights[k, y] * CE(head_k(G(noise, y)), y), plus `diversity` x the diversity loss (averaged over widths).
+
+    weights[k, y] is client k's share of the examples of class y (the paper's α_k,y), so each class is
+    taught by the heads of the clients that hold it.
+    """
+    features = gen(noise, labels)
+    teacher = sum(
+        (weights[k, labels] * F.cross_entropy(h(features[h.in_features]), labels, reduction="none")).mean()
+        for k, h in enumerate(heads)
+    )
+    spread = torch.stack([diversity_loss(noise, f) for f in features.values()]).mean()
+    return teacher + diversity * spread
+
+
+def label_weights(counts: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """(α, labels): each client's share of each class's examples, and the classes more than one example of
+    which some client holds (the authors' qualified labels; the generator learns only those)."""
+    counts = counts.double()
+    totals = counts.sum(0)
+    weights = torch.where(totals > 0, counts / totals.clamp(min=1), torch.zeros_like(counts))
+    return weights.float(), [int(c) for c in torch.nonzero(counts.max(0).values > 1).flatten()]
+
+
+def train_feature_generator(
+    gen: FeatureGenerator, heads: Sequence[nn.Linear], counts: torch.Tensor, *, steps: int, batch_size: int,
+    learning_rate: float, diversity: float, seed: int,
+) -> tuple[float, list[int]]:
+    """Fit `gen` to the clients' `heads` and label `counts` (clients x classes) with Adam; returns the last
+    loss and the labels it learned."""
+    for width in {h.in_features for h in heads}:
+        gen.add_width(width)
+    weights, labels = label_weights(counts)
+    if not labels:
+        return float("nan"), labels
+    frozen = [h.requires_grad_(False) for h in heads]
+    optimizer = Adam(gen.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    loss = torch.zeros(())
+    gen.train()
+    for _ in range(steps):
+        noise, y = draw(labels, batch_size, generator)
+        loss = generator_loss(gen, heads, weights, noise, y, diversity)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for h in frozen:
+        h.requires_grad_(True)
+    return loss.item(), labels
+
+
+def regularised_loss(
+    model: nn.Sequential, gen: FeatureGenerator, labels: Sequence[int], *, alpha: float, beta: float,
+    server_round: int, seed: int,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A client's FedGen loss on a batch of (logits, y): cross-entropy, plus alpha x the cross-entropy of its
+    head on generated features of labels drawn from `labels`, plus beta x KL(model(x) || head(G(y))) that
+    pulls its prediction toward what its head makes of generated features of the batch's own classes.
+    alpha and beta decay by DECAY a round after the first, as in the authors' code; the generator is frozen."""
+    scale = DECAY ** (server_round - 1)
+    alpha, beta = alpha * scale, beta * scale
+    width = head(model).in_features
+    generator = torch.Generator().manual_seed(seed)
+    gen.requires_grad_(False).eval()
+
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        prediction_layer = head(model)
+        noise, sampled = draw(labels, len(y), generator)
+        with torch.no_grad():
+            sampled_features = gen(noise, sampled)[width].to(logits.device)
+            own_features = gen(torch.randn(len(y), NOISE_DIM, generator=generator), y.cpu())[width].to(logits.device)
+        teacher = F.cross_entropy(prediction_layer(sampled_features), sampled.to(logits.device))
+        target = F.softmax(prediction_layer(own_features), dim=1).detach()
+        latent = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
+        return F.cross_entropy(logits, y) + alpha * teacher + beta * latent
+
+    return loss
+
