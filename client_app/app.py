@@ -14,43 +14,14 @@ from flwr.clientapp import ClientApp
 
 from common.config import RESUMABLE_CHANGES, RunConfig, parse_run_config
 from common.data import ClientData, Split, dataset_shape, load_client_data, load_npz, load_public, load_server_testset
-from common.feature_generator import FeatureGenerator, head, regularised_loss
+from common.feature_generator import FeatureGenerator, feature_width, regularised_loss
 from common.loss import distillation_loss, soft_loss
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
 from common.privacy import DPSGD, Ledger, noise_multiplier, sample_rate, spent_epsilon, steps_per_epoch
 from common.protocol import (
-    ARRAYS,
-    CLIENT_SECONDS,
-    CONFIG,
-    CONSENSUS,
-    DIGEST_LOSS,
-    DP_EPSILON,
-    EVAL_CORRECT,
-    EVAL_EXAMPLES,
-    EVAL_LOSS_SUM,
-    EVALUATE_INCOMING,
-    GENERATOR,
-    GENERATOR_LABELS,
-    INDICES,
-    LABEL_COUNTS,
-    LOGITS,
-    METRICS,
-    MODEL,
-    NAME,
-    NODE,
-    NUM_EXAMPLES,
-    PRIVATE_EPOCHS,
-    PROXIMAL_MU,
-    PUBLIC,
-    REPORT_TEST_LOGITS,
-    SERVER_ROUND,
-    SOURCE,
-    SOURCE_TEACHER,
-    SPLIT,
-    TEACHER,
-    TEST_LOGITS,
-    TRAIN_LOSS,
-    Action,
+    ARRAYS, CLIENT_SECONDS, CONFIG, CONSENSUS, DIGEST_LOSS, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING,
+    GENERATOR, GENERATOR_LABELS, INDICES, LABEL_COUNTS, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PRIVATE_EPOCHS, PROXIMAL_MU,
+    PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE, SOURCE_TEACHER, SPLIT, TEACHER, TEST_LOGITS, TRAIN_LOSS, Action,
 )
 from common.seeds import Stream, derive_seed
 from common.training import LossFn, evaluate, predict_logits, train
@@ -303,8 +274,7 @@ def train_fedgen(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     loss = None
     if GENERATOR in msg.content.array_records:
-        model = build_model(str(config[MODEL]), cfg.dataset)
-        gen = FeatureGenerator(dataset_shape(cfg.dataset)[1], [head(model).in_features], cfg.seed)
+        gen = FeatureGenerator(dataset_shape(cfg.dataset)[1], [feature_width(str(config[MODEL]), cfg.dataset)], cfg.seed)
         gen.load_state_dict(msg.content[GENERATOR].to_torch_state_dict(), strict=True)
         server_round = int(config[SERVER_ROUND])
         # The loss reads the head of the model _fit trains, so it is built for that model, below.

@@ -6,12 +6,14 @@ widths share the generator's body and have one output layer per width, so one ge
 heterogeneous federation.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.models import build_model
 from common.seeds import Stream, derive_seed
 from common.training import Adam
 
@@ -27,6 +29,12 @@ def head(model: nn.Sequential) -> nn.Linear:
     if not isinstance(last, nn.Linear):
         raise TypeError(f"the last layer of {type(model).__name__} is {type(last).__name__}, not a linear head")
     return last
+
+
+@functools.cache
+def feature_width(name: str, dataset: str) -> int:
+    """The width of the features architecture `name`'s head reads on `dataset`."""
+    return head(build_model(name, dataset)).in_features
 
 
 class FeatureGenerator(nn.Module):
@@ -146,12 +154,12 @@ def regularised_loss(
     alpha and beta decay by DECAY a round after the first, as in the authors' code; the generator is frozen."""
     scale = DECAY ** (server_round - 1)
     alpha, beta = alpha * scale, beta * scale
-    width = head(model).in_features
+    prediction_layer = head(model)  # the same module wherever train() moves the model
+    width = prediction_layer.in_features
     generator = torch.Generator().manual_seed(seed)
     gen.requires_grad_(False).eval()
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        prediction_layer = head(model)
         noise, sampled = draw(labels, len(y), generator)
         with torch.no_grad():
             sampled_features = gen(noise, sampled)[width].to(logits.device)

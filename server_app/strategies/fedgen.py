@@ -8,8 +8,7 @@ from flwr.serverapp import Grid
 
 from common.config import ConfigError, RunConfig
 from common.data import dataset_shape
-from common.feature_generator import FeatureGenerator, head, train_feature_generator
-from common.models import build_model
+from common.feature_generator import FeatureGenerator, feature_width, head, train_feature_generator
 from common.protocol import GENERATOR, GENERATOR_LABELS, LABEL_COUNTS, METRICS, NUM_EXAMPLES, Action
 from common.seeds import Stream, derive_seed
 from server_app.strategies.base import STUDENT_PHASE, Globals, Round, Strategy, register
@@ -53,7 +52,7 @@ class FedGen(Strategy):
         """The generator's part for the node's feature width, once it has learned something."""
         if not self.labels:
             return {}
-        width = head(build_model(self.architecture(node, STUDENT_PHASE), self.cfg.dataset)).in_features
+        width = feature_width(self.architecture(node, STUDENT_PHASE), self.cfg.dataset)
         if width not in self.generator.widths:
             # A node whose architecture joined after the last round: its output layer has learned nothing yet.
             return {}
