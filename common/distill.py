@@ -26,9 +26,12 @@ def consensus(logits: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.float() for t in logits]).mean(0)
 
 
-def ensemble_logits(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """The ensemble's prediction: the mean of the models' logits on x (FedDF)."""
-    return consensus([predict_logits(m, x) for m in models])
+def log_mean_probabilities(logits: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:
+    """log of the mean over parties of softmax(logits / temperature): an ensemble's log-probabilities (FedDF).
+
+    Computed in log space, so a party sure of another class cannot underflow the mean to log(0)."""
+    log_probs = torch.stack([torch.log_softmax(t / temperature, dim=1) for t in logits])
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
 
 
 def ensemble_soft_targets(models: Sequence[nn.Module], x: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -38,8 +41,7 @@ def ensemble_soft_targets(models: Sequence[nn.Module], x: torch.Tensor, temperat
     FedDF's code does by default; a model that never saw a class cannot outvote the others on
     it with large logits, as it can in a mean of logits.
     """
-    log_probs = torch.stack([torch.log_softmax(predict_logits(m, x) / temperature, dim=1) for m in models])
-    return temperature * (torch.logsumexp(log_probs, dim=0) - math.log(len(models)))
+    return temperature * log_mean_probabilities([predict_logits(m, x) for m in models], temperature)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def labelled_error(x: torch.Tensor, y: torch.Tensor) -> ValidationFn:
 
 
 def ensemble_disagreement(x: torch.Tensor, targets: torch.Tensor, temperature: float) -> ValidationFn:
-    """Validation by the distillation loss toward the ensemble's logits, where no labels exist."""
+    """Validation by the distillation loss toward an ensemble's targets, where no labels exist."""
     return lambda model: float(soft_loss(predict_logits(model, x), targets, temperature))
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.loss import diversity_loss
 from common.models import build_model
 from common.seeds import Stream, derive_seed
 from common.training import Adam
@@ -78,15 +79,6 @@ def draw(labels: Sequence[int], n: int, generator: torch.Generator) -> tuple[tor
     """(noise, labels): n Gaussian noise vectors, and n labels drawn uniformly from `labels`."""
     picked = torch.as_tensor(list(labels), dtype=torch.long)[torch.randint(len(labels), (n,), generator=generator)]
     return torch.randn(n, NOISE_DIM, generator=generator), picked
-
-
-def diversity_loss(noise: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """exp(-mean_ij(d_noise(i, j) * d_features(i, j))) with d_noise the mean squared and d_features the mean
-    absolute difference of rows i and j (every pair, i = j too), as the authors' code has it: small when
-    samples of different noise differ, so the generator does not collapse to one feature per class."""
-    noise_dist = (noise[:, None, :] - noise[None, :, :]).pow(2).mean(2)
-    feature_dist = (features[:, None, :] - features[None, :, :]).abs().mean(2)
-    return torch.exp(-(noise_dist * feature_dist).mean())
 
 
 def generator_loss(

@@ -1,4 +1,4 @@
-"""A conditional generator of inputs for data-free distillation (feddf-datafree)."""
+"""feddf-datafree's generator: class-conditional inputs that the clients' ensemble labels as asked."""
 
 from collections.abc import Sequence
 
@@ -6,22 +6,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.distill import BatchFn, ensemble_logits
-from common.loss import soft_loss
+from common.distill import BatchFn, ensemble_soft_targets, log_mean_probabilities
+from common.feature_generator import NOISE_DIM, draw
+from common.loss import diversity_loss
 from common.training import Adam
 
-NOISE_DIM = 32
+# Weight of the diversity loss in the generator's objective, FedGen's default: without it the samples of a
+# class collapse to one input (a generated validation loss near 1e-7 that early stopping cannot use).
+DIVERSITY = 1.0
+# Channels of the image generator's quarter-size and half-size feature maps.
+CHANNELS = (64, 32)
 
 
 class Generator(nn.Module):
-    """(noise, class) -> input features; sigmoid outputs for pixel data in [0, 1]."""
+    """(noise, class) -> a flat input. For images, two transposed convolutions up from a quarter-size map,
+    so samples have the local structure a CNN responds to; for flat data, an MLP. Image outputs pass a
+    sigmoid, into the data's [0, 1]."""
 
-    def __init__(self, num_features: int, num_classes: int, bounded: bool) -> None:
+    def __init__(self, num_features: int, num_classes: int, image: tuple[int, int, int] | None) -> None:
         super().__init__()
         self.num_classes = num_classes
+        inputs = NOISE_DIM + num_classes
+        if image is None:
+            self.net = nn.Sequential(
+                nn.Linear(inputs, 128), nn.ReLU(), nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, num_features),
+            )
+            return
+        channels, height, width = image
+        if height % 4 or width % 4 or channels * height * width != num_features:
+            raise ValueError(f"the generator makes images whose sides are multiples of 4, of {num_features} "
+                             f"features; got {channels}x{height}x{width}")
+        wide, narrow = CHANNELS
         self.net = nn.Sequential(
-            nn.Linear(NOISE_DIM + num_classes, 128), nn.ReLU(), nn.Linear(128, 256), nn.ReLU(),
-            nn.Linear(256, num_features), nn.Sigmoid() if bounded else nn.Identity(),
+            nn.Linear(inputs, wide * (height // 4) * (width // 4)), nn.ReLU(),
+            nn.Unflatten(1, (wide, height // 4, width // 4)),
+            nn.ConvTranspose2d(wide, narrow, 4, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(narrow, channels, 4, stride=2, padding=1), nn.Sigmoid(),
+            nn.Flatten(),
         )
 
     def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -30,35 +51,31 @@ class Generator(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """n inputs with classes drawn uniformly, and those classes."""
-        labels = torch.randint(self.num_classes, (n,), generator=generator)
-        return self(torch.randn(n, NOISE_DIM, generator=generator), labels), labels
+        noise, labels = draw(range(self.num_classes), n, generator)
+        return self(noise, labels), labels
+
+
+def generator_loss(
+    gen: Generator, teachers: Sequence[nn.Module], noise: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """The generator's objective on one batch: the negative log of the teachers' mean probability (at
+    temperature 1) of the asked class, plus DIVERSITY x the diversity loss of the batch."""
+    x = gen(noise, labels)
+    nll = F.nll_loss(log_mean_probabilities([t(x) for t in teachers], 1.0), labels)
+    return nll + DIVERSITY * diversity_loss(noise, x)
 
 
 def train_generator(
-    gen: Generator,
-    teachers: Sequence[nn.Module],
-    students: Sequence[nn.Module],
-    *,
-    steps: int,
-    batch_size: int,
-    learning_rate: float,
-    temperature: float,
-    seed: int,
+    gen: Generator, teachers: Sequence[nn.Module], *, steps: int, batch_size: int, learning_rate: float, seed: int,
 ) -> float:
-    """Fit `gen` so the ensemble of `teachers` labels its samples as asked (cross-entropy) while
-    the `students` disagree with the ensemble on them (minus their distillation loss): inputs
-    that carry the ensemble's knowledge where the students still lack it. Returns the last loss.
-    """
-    frozen = [m.requires_grad_(False).eval() for m in (*teachers, *students)]
+    """Fit `gen` to the frozen `teachers` with Adam; returns the last loss."""
+    frozen = [m.requires_grad_(False).eval() for m in teachers]
     optimizer = Adam(gen.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     loss = torch.zeros(())
     gen.train()
     for _ in range(steps):
-        x, labels = gen.sample(batch_size, generator)
-        ensemble = torch.stack([t(x) for t in teachers]).mean(0)
-        disagreement = torch.stack([soft_loss(s(x), ensemble, temperature) for s in students]).mean()
-        loss = F.cross_entropy(ensemble, labels) - disagreement
+        loss = generator_loss(gen, teachers, *draw(range(gen.num_classes), batch_size, generator))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -67,13 +84,15 @@ def train_generator(
     return loss.item()
 
 
-def generated_batches(gen: Generator, teachers: Sequence[nn.Module], batch_size: int, seed: int) -> BatchFn:
-    """Mini-batches of generated inputs with the ensemble's logits as targets."""
+def generated_batches(
+    gen: Generator, teachers: Sequence[nn.Module], batch_size: int, temperature: float, seed: int
+) -> BatchFn:
+    """Mini-batches of generated inputs with the ensemble's soft targets (mean of probabilities)."""
     generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
     def batch(_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, _ = gen.sample(batch_size, generator)
-        return x, ensemble_logits(teachers, x)
+        return x, ensemble_soft_targets(teachers, x, temperature)
 
     return batch

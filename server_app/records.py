@@ -19,6 +19,7 @@ METRIC_FIELDS = {
     "distill-steps": "distill_steps",
     "distill-validation-start": "distill_validation_start",
     "distill-validation-best": "distill_validation_best",
+    "distill-kept": "distill_kept",
     "clipped-updates": "clipped",
 }
 
@@ -82,9 +83,12 @@ class RoundRecord(_Record):
     # Differential privacy (`dp-epsilon` > 0) only: the ε each accepted node reported spent, and their maximum.
     dp_epsilon_by_node: dict[str, float] | None = None
     dp_epsilon_max: float | None = None
+    # feddf-datafree only: per architecture, whether the round kept the distilled model (else FedAvg's).
+    distill_kept: dict[str, bool] | None = None
 
     omitted_when_none = (
         "evaluation_seconds", "evaluation_replies", "evaluation_failures", "dp_epsilon_by_node", "dp_epsilon_max",
+        "distill_kept",
     )
 
 

@@ -59,6 +59,8 @@ class Exchange:
     bytes_up: int = 0
     seconds: float = 0.0
     sent_to: dict[str, int] = field(default_factory=dict)
+    # The id the SuperLink gave each message, in the order sent ('' where it refused one).
+    message_ids: list[str] = field(default_factory=list)
 
     def node_of(self, reply: Message) -> int:
         """The node a reply answers for (an error the SuperLink wrote on a node's behalf carries its own id)."""
@@ -84,7 +86,7 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
     start = time.perf_counter()
     result = Exchange(bytes_down=sum(record_bytes(m.content) for m in messages))
     # A message the SuperLink refused comes back as a missing id; its node counts as missing.
-    pushed = retrying(lambda: list(grid.push_messages(messages)), timeout, "take the round's messages")
+    pushed = result.message_ids = retrying(lambda: list(grid.push_messages(messages)), timeout, "take the round's messages")
     destination = result.sent_to = {i: m.metadata.dst_node_id for i, m in zip(pushed, messages) if i}
     unsent = [m.metadata.dst_node_id for m in messages][len(pushed):]
     unsent += [m.metadata.dst_node_id for i, m in zip(pushed, messages) if not i]

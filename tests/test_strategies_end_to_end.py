@@ -21,6 +21,7 @@ SETTINGS = {
     "feddf": {"models": "mlp-32,cnn"},
     "fedprox": {"models": "mlp-32,cnn", "proximal-mu": 0.1},
     "fedgen": {"models": "mlp-32,cnn"},
+    "feddf-datafree": {"models": "mlp-32,cnn"},
 }
 CASES = {
     **{name: {"strategy": name, **SETTINGS.get(name, {})} for name in STRATEGIES if name not in ELSEWHERE},
@@ -58,7 +59,7 @@ def test_every_strategy_learns_and_records_complete_outputs(runs, name):
     assert (run_dir / "history.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("name", ["feddf", "fedmd", "fedprox", "fedgen"])
+@pytest.mark.parametrize("name", ["feddf", "feddf-datafree", "fedmd", "fedprox", "fedgen"])
 def test_heterogeneous_runs_report_every_architecture(runs, name):
     run_dir, history = runs[name]
     assert set(history[-1]["accuracy_by_model"]) == {"mlp-32", "cnn"}
@@ -108,6 +109,19 @@ def test_the_ensemble_teacher_phase_sends_the_teacher_once_and_no_student_weight
     reached = {name for r in student for name in r["sampled"]}
     down = sum(r["bytes_down"] for r in student)
     assert len(reached) * teacher_bytes < down < len(reached) * teacher_bytes + 60_000
+
+
+def test_feddf_datafree_checks_each_server_step_with_the_rounds_nodes(runs):
+    _, history = runs["feddf-datafree"]
+    _, feddf = runs["feddf"]
+    student = [r for r in history if r["phase"] == "student"]
+    assert all(set(r["distill_kept"]) == {"mlp-32", "cnn"} for r in student)
+    assert all(isinstance(kept, bool) for r in student for kept in r["distill_kept"].values())
+    assert all("distill_kept" not in r for r in feddf)
+    # The same nodes as FedDF's first round get their model to train, then it and the distilled one to score:
+    # three models each where FedDF sends one.
+    assert student[0]["sampled"] == feddf[0]["sampled"]
+    assert 2.9 < student[0]["bytes_down"] / feddf[0]["bytes_down"] < 3.1
 
 
 def test_fedgen_sends_each_node_the_generator_for_its_feature_width_from_round_two(runs):

@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 import torch
+from flwr.app import Message
 from flwr.serverapp import Grid
 
 from common.data import load_public
@@ -27,8 +28,16 @@ class FedDF(Strategy):
             return result
         teachers = self.models_of(replies, phase)
         batches, validation = self.distillation_data(teachers, result, server_round)
-        result.globals = self.distil_groups(phase, result.globals, batches, validation, result)
+        distilled = self.distil_groups(phase, result.globals, batches, validation, result)
+        result.globals = self.keep(phase, result.globals, distilled, replies, grid, result)
         return result
+
+    def keep(
+        self, phase: str, averaged: Globals, distilled: Globals, replies: list[Message], grid: Grid, into: Round
+    ) -> Globals:
+        """The models a round ends with, of each group's FedAvg and distilled ones: the distilled, whose
+        early stopping already kept the weights best on labelled public data."""
+        return distilled
 
     def distillation_data(
         self, teachers: list[torch.nn.Module], result: Round, server_round: int

@@ -1,58 +1,119 @@
-"""`feddf-datafree`: FedDF with no data on the server; it distils on inputs from a generator it trains."""
+"""`feddf-datafree`: FedDF with no data on the server; it distils on inputs from a generator it trains, and
+keeps a group's distilled model only where the group's nodes find it no worse than FedAvg's."""
 
 from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
 
+from common.config import ConfigError, RunConfig
 from common.data import dataset_shape, image_shape
-from common.distill import BatchFn, ValidationFn, ensemble_disagreement, ensemble_logits
+from common.distill import BatchFn, ValidationFn, ensemble_disagreement, ensemble_soft_targets
 from common.generator import Generator, generated_batches, train_generator
-from common.models import build_model, load_record, to_record
+from common.models import load_record, to_record
+from common.protocol import ARRAYS, CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVALUATE, METRICS, MODEL
 from common.seeds import Stream, derive_seed
-from server_app.strategies.base import Round, register
+from server_app.strategies.base import Globals, Round, register
 from server_app.strategies.feddf import FedDF
 
 VALIDATION_SAMPLES = 256
+# The two models each node of the round scores in the keep-or-revert check.
+CANDIDATES = ("fedavg", "distilled")
 
 
 @register("feddf-datafree")
 class FedDFDataFree(FedDF):
-    """Each round a conditional generator is trained against the ensemble of received client models
-    (its samples must be classified as their sampled class by the ensemble, and disagreed on by the
-    current students); the students then distil from the ensemble on its samples."""
+    """Each round a conditional generator is fitted so that the ensemble of received client models (mean of
+    probabilities) labels its samples as asked, with a diversity term; each group's FedAvg model then distils
+    from the ensemble on its samples. No server-side signal tells a helpful server step from a harmful one
+    (docs/notes/feddf-datafree-generator.md), so the round's nodes score both models on their local test
+    splits, and a group keeps the distilled model only if its nodes count at least as many right with it."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         features, classes = dataset_shape(self.cfg.dataset)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.cfg.seed, Stream.GENERATOR_INIT))
-            self.generator = Generator(features, classes, bounded=image_shape(self.cfg.dataset) is not None)
+            self.generator = Generator(features, classes, image_shape(self.cfg.dataset))
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """The nodes' check releases exact counts on their test splits each round, which DP does not account."""
+        if cfg.dp_epsilon > 0:
+            raise ConfigError(f"run config 'dp-epsilon' = {cfg.dp_epsilon}: strategy 'feddf-datafree' has the nodes "
+                              "score each server step on their local test splits and report exact counts, which "
+                              "sample-level DP does not cover; allowed: 0 with feddf-datafree")
 
     def state(self) -> dict[str, ArrayRecord]:
         """The generator, trained over the rounds so far."""
         return {"generator": to_record(self.generator)}
 
-    def distill_budget(self) -> tuple[int, int]:
-        """`datafree-steps` and `datafree-patience`."""
-        return self.cfg.datafree_steps, self.cfg.datafree_patience
-
     def restore(self, state: dict[str, ArrayRecord]) -> None:
         """Continue with the checkpointed generator."""
         load_record(self.generator, state["generator"])
+
+    def distill_budget(self) -> tuple[int, int]:
+        """`datafree-steps` and `datafree-patience`."""
+        return self.cfg.datafree_steps, self.cfg.datafree_patience
 
     def distillation_data(
         self, teachers: list[torch.nn.Module], result: Round, server_round: int
     ) -> tuple[Callable[[str], BatchFn], ValidationFn]:
         """Train the generator this round, then draw distillation batches and a validation set from it."""
-        students = [load_record(build_model(name, self.cfg.dataset), arrays) for name, arrays in result.globals.items()]
         result.metrics["generator-loss"] = train_generator(
-            self.generator, teachers, students, steps=self.cfg.datafree_steps, batch_size=self.cfg.batch_size,
-            learning_rate=self.cfg.server_learning_rate, temperature=self.cfg.temperature,
+            self.generator, teachers, steps=self.cfg.datafree_steps, batch_size=self.cfg.batch_size,
+            learning_rate=self.cfg.server_learning_rate,
             seed=derive_seed(self.cfg.seed, Stream.GENERATOR_TRAINING, server_round),
         )
+        t = self.cfg.temperature
         with torch.no_grad():
-            x_val, _ = self.generator.sample(VALIDATION_SAMPLES, torch.Generator().manual_seed(derive_seed(self.cfg.seed, Stream.GENERATOR_VALIDATION, server_round)))
-            validation = ensemble_disagreement(x_val, ensemble_logits(teachers, x_val), self.cfg.temperature)
+            rng = torch.Generator().manual_seed(derive_seed(self.cfg.seed, Stream.GENERATOR_VALIDATION, server_round))
+            x_val, _ = self.generator.sample(VALIDATION_SAMPLES, rng)
+            validation = ensemble_disagreement(x_val, ensemble_soft_targets(teachers, x_val, t), t)
         seed = derive_seed(self.cfg.seed, Stream.GENERATED_BATCHES, server_round)
-        return (lambda name: generated_batches(self.generator, teachers, self.cfg.batch_size, seed)), validation
+        return (lambda name: generated_batches(self.generator, teachers, self.cfg.batch_size, t, seed)), validation
+
+    def keep(
+        self, phase: str, averaged: Globals, distilled: Globals, replies: list[Message], grid: Grid, into: Round
+    ) -> Globals:
+        """Each group's distilled model if the group's replying nodes count at least as many local test examples
+        right with it as with its FedAvg model (a tie keeps it), else the FedAvg model; `distill-kept` says which."""
+        nodes = [m.metadata.src_node_id for m in replies]
+        asked = [(node, which) for node in nodes for which in CANDIDATES]
+        candidates = dict(zip(CANDIDATES, (averaged, distilled)))
+        ex = self.send(grid, [
+            Message(RecordDict({
+                ARRAYS: candidates[which][self.architecture(node, phase)],
+                CONFIG: ConfigRecord({MODEL: self.architecture(node, phase)}),
+            }), dst_node_id=node, message_type=EVALUATE)
+            for node, which in asked
+        ])
+        into.exchanges.append(ex)
+        asked_by_id = dict(zip(ex.message_ids, asked))
+        correct: dict[tuple[int, str], int] = {}
+        for reply in ex.ok():
+            node, which = asked_by_id[reply.metadata.reply_to_message_id]
+            count, reason = _correct_count(reply.content)
+            if reason:
+                into.rejected.append({"node": node, "reason": f"check rejected: {reason}"})
+            else:
+                correct[node, which] = count
+        out, kept = dict(averaged), {}
+        for name in distilled:
+            scored = [n for n in nodes if self.architecture(n, phase) == name and all((n, w) in correct for w in CANDIDATES)]
+            kept[name] = bool(scored) and sum(correct[n, "distilled"] - correct[n, "fedavg"] for n in scored) >= 0
+            out[name] = distilled[name] if kept[name] else averaged[name]
+        into.metrics["distill-kept"] = kept
+        return out
+
+
+def _correct_count(content: RecordDict) -> tuple[int, str | None]:
+    """(examples right, None) from an evaluate reply, or (0, what is wrong with it)."""
+    metrics = content.metric_records.get(METRICS)
+    if metrics is None or EVAL_CORRECT not in metrics or EVAL_EXAMPLES not in metrics:
+        return 0, f"no '{EVAL_CORRECT}' and '{EVAL_EXAMPLES}' counts in the reply"
+    correct, examples = metrics[EVAL_CORRECT], metrics[EVAL_EXAMPLES]
+    if not all(isinstance(v, (int, float)) and float(v).is_integer() for v in (correct, examples)) or not 0 <= correct <= examples:
+        return 0, f"{correct} right of {examples}"
+    return int(correct), None

@@ -7,11 +7,13 @@ import torch
 from torch import nn
 
 from common.distill import (
-    VALIDATE_EVERY, consensus, distill, ensemble_disagreement, ensemble_logits, ensemble_soft_targets, labelled_error,
-    random_batches,
+    VALIDATE_EVERY, consensus, distill, ensemble_disagreement, ensemble_soft_targets, labelled_error,
+    log_mean_probabilities, random_batches,
 )
-from common.generator import Generator, train_generator
+from common.feature_generator import NOISE_DIM
+from common.generator import Generator, generator_loss, train_generator
 from common.loss import soft_loss
+from common.models import build_model
 
 
 def linear(weight, bias):
@@ -30,11 +32,15 @@ def test_consensus_is_the_mean_of_the_parties_logits_whatever_their_dtype():
         consensus([])
 
 
-def test_ensemble_logits_average_the_models_outputs():
-    x = torch.tensor([[1.0, 2.0]])
-    m1 = linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])  # -> (1, 2)
-    m2 = linear([[0.0, 1.0], [1.0, 0.0]], [1.0, 1.0])  # -> (3, 2)
-    assert torch.allclose(ensemble_logits([m1, m2], x), torch.tensor([[2.0, 2.0]]))
+def test_log_mean_probabilities_by_hand():
+    a, b = torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([[math.log(4.0), 0.0]])  # softmax (1/4, 3/4), (4/5, 1/5)
+    mean = [(1 / 4 + 4 / 5) / 2, (3 / 4 + 1 / 5) / 2]
+    assert torch.allclose(log_mean_probabilities([a, b], 1.0).exp(), torch.tensor([mean]), atol=1e-6)
+    # At temperature 2 each party's logits are halved first.
+    halved = log_mean_probabilities([a / 2, b / 2], 1.0)
+    assert torch.allclose(log_mean_probabilities([a, b], 2.0), halved, atol=1e-6)
+    # A party sure of the other class does not drive the log to -inf.
+    assert torch.isfinite(log_mean_probabilities([torch.tensor([[1e4, -1e4]]), a], 1.0)).all()
 
 
 def test_ensemble_soft_targets_soften_to_the_mean_of_the_models_probabilities():
@@ -63,7 +69,7 @@ def test_distillation_pulls_the_student_to_the_ensemble_and_keeps_its_best_weigh
     torch.manual_seed(0)
     x = torch.randn(200, 4)
     teacher = linear([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [0.5, 0.5, -0.5, 0.0]], [0.0, 0.1, -0.1])
-    targets = ensemble_logits([teacher], x)
+    targets = teacher(x).detach()
     student = nn.Linear(4, 3)
     validation = ensemble_disagreement(x[:50], targets[:50], 1.0)
     before = validation(student)
@@ -96,19 +102,53 @@ def test_early_stopping_gives_up_after_patience_checks_without_improvement():
     assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())  # the best weights: the start
 
 
+def constant_generator(output):
+    """A flat-data generator whose every sample is `output` (weights zero, last bias `output`)."""
+    gen = Generator(len(output), 2, image=None)
+    with torch.no_grad():
+        for p in gen.parameters():
+            p.zero_()
+        gen.net[-1].bias.copy_(torch.tensor(output))
+    return gen
+
+
+def test_the_generator_objective_by_hand():
+    gen = constant_generator([1.0, 2.0])
+    # The two teachers read the sample as logits [1, 2] and [2, 1]: mean probability 1/2 for either class.
+    teachers = [linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0]), linear([[0.0, 1.0], [1.0, 0.0]], [0.0, 0.0])]
+    noise = torch.randn(3, NOISE_DIM, generator=torch.Generator().manual_seed(0))
+    # Every sample is the same input: the diversity loss is exp(0) = 1, weighted 1.
+    loss = generator_loss(gen, teachers, noise, torch.tensor([0, 1, 1]))
+    assert loss.item() == pytest.approx(math.log(2) + 1.0, rel=1e-6)
+    # One teacher: the cross-entropy of its logits [1, 2] for classes 0, 1, 1.
+    loss = generator_loss(gen, teachers[:1], noise, torch.tensor([0, 1, 1]))
+    big, small = math.log(1 + math.e), math.log(1 + 1 / math.e)
+    assert loss.item() == pytest.approx((big + 2 * small) / 3 + 1.0, rel=1e-6)
+
+
+def test_the_image_generator_makes_images_in_the_pixel_range_and_refuses_odd_sides():
+    gen = Generator(28 * 28, 10, image=(1, 28, 28))
+    x, labels = gen.sample(5, torch.Generator().manual_seed(0))
+    assert x.shape == (5, 784) and labels.shape == (5,)
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert build_model("cnn", "mnist5k")(x).shape == (5, 10)
+    assert Generator(64, 10, image=(1, 8, 8)).sample(2, torch.Generator().manual_seed(0))[0].shape == (2, 64)
+    with pytest.raises(ValueError, match="sides are multiples of 4, of 100 features; got 1x10x10"):
+        Generator(100, 10, image=(1, 10, 10))
+
+
 def test_generator_learns_inputs_the_ensemble_labels_as_asked():
     torch.manual_seed(0)
-    teacher = linear([[4.0, 0.0], [0.0, 4.0]], [0.0, 0.0])  # class = the larger feature
-    student = nn.Linear(2, 2)
-    gen = Generator(2, 2, bounded=True)
+    teachers = [linear([[4.0, 0.0], [0.0, 4.0]], [0.0, 0.0]), linear([[3.0, 0.0], [0.0, 3.0]], [0.5, 0.0])]
+    gen = Generator(2, 2, image=None)
     rng = torch.Generator().manual_seed(5)
 
     def agreement() -> float:
         with torch.no_grad():
             x, labels = gen.sample(256, rng)
-            return float((teacher(x).argmax(1) == labels).float().mean())
+            return float((teachers[0](x).argmax(1) == labels).float().mean())
 
     before = agreement()
-    train_generator(gen, [teacher], [student], steps=150, batch_size=64, learning_rate=0.01, temperature=1.0, seed=3)
+    train_generator(gen, teachers, steps=150, batch_size=64, learning_rate=0.01, seed=3)
     assert agreement() > 0.95 > before
-    assert all(p.requires_grad for p in (*teacher.parameters(), *student.parameters()))
+    assert all(p.requires_grad for t in teachers for p in t.parameters())

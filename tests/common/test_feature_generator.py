@@ -10,7 +10,6 @@ from torch import nn
 from common.feature_generator import (
     NOISE_DIM,
     FeatureGenerator,
-    diversity_loss,
     draw,
     generator_loss,
     head,
@@ -53,15 +52,6 @@ def test_the_objective_weights_each_clients_cross_entropy_by_its_share_of_the_cl
     client2 = (0.25 * small + 0.75 * big) / 2
     # Every sample has the same features: the diversity loss is exp(0) = 1, times its weight 0.5.
     assert generator_loss(gen, heads, weights, noise, y, diversity=0.5).item() == pytest.approx(client1 + client2 + 0.5, rel=1e-6)
-
-
-def test_the_diversity_loss_by_hand():
-    noise = torch.tensor([[0.0, 0.0], [1.0, 3.0]])
-    features = torch.tensor([[1.0, 2.0, 3.0], [2.0, 2.0, 1.0]])
-    noise_dist = (1 + 9) / 2  # mean squared difference
-    feature_dist = (1 + 0 + 2) / 3  # mean absolute difference
-    # Four ordered pairs, two of them a row with itself (distance 0).
-    assert diversity_loss(noise, features).item() == pytest.approx(math.exp(-2 * noise_dist * feature_dist / 4))
 
 
 def test_label_weights_skip_classes_no_client_holds_more_than_one_example_of():

@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from common.loss import distillation_loss
+from common.loss import distillation_loss, diversity_loss
 
 STUDENT = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 1.5]])
 TEACHER = torch.tensor([[1.0, 1.0, 0.0], [-1.0, 2.0, 0.0]])
@@ -52,3 +53,12 @@ def test_identical_logits_have_zero_soft_loss_and_gradients_flow():
     assert abs(loss.item()) < 1e-6
     distillation_loss(student, TEACHER + 1.0 * torch.eye(3)[:2], LABELS, 3.0, 1.0).backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_the_diversity_loss_by_hand():
+    noise = torch.tensor([[0.0, 0.0], [1.0, 3.0]])
+    features = torch.tensor([[1.0, 2.0, 3.0], [2.0, 2.0, 1.0]])
+    noise_dist = (1 + 9) / 2  # mean squared difference
+    feature_dist = (1 + 0 + 2) / 3  # mean absolute difference
+    # Four ordered pairs, two of them a row with itself (distance 0).
+    assert diversity_loss(noise, features).item() == pytest.approx(math.exp(-2 * noise_dist * feature_dist / 4))
