@@ -1,0 +1,110 @@
+"""feddf-datafree's keep-or-revert check: the round's nodes score the FedAvg and the distilled model of their group."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+
+from common.config import ConfigError, parse_run_config
+from common.protocol import ARRAYS, CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVALUATE, METRICS, MODEL
+from server_app.sampling import NodeSampler
+from server_app.strategies.base import Round
+from server_app.strategies.feddf_datafree import FedDFDataFree
+
+FEDAVG, DISTILLED = 0.0, 1.0
+NODES = {1: ("a", "mlp-32"), 2: ("b", "mlp-32"), 3: ("c", "cnn"), 4: ("d", "cnn")}
+
+
+def weights(value):
+    return ArrayRecord({"w": Array(np.full(2, value, dtype=np.float32))})
+
+
+class ScoringGrid:
+    """Nodes that answer `evaluate` at once: `answers[node][candidate]` is (correct, examples), an error text, or None
+    for no answer; the candidate is told by the weights' value."""
+
+    def __init__(self, answers):
+        self.answers, self.sent = answers, {}
+
+    def push_messages(self, messages):
+        for i, m in enumerate(messages):
+            m.metadata.__dict__["_message_id"] = f"m{i}"
+            self.sent[f"m{i}"] = m
+        return list(self.sent)
+
+    def pull_messages(self, ids):
+        replies = []
+        for i in ids:
+            sent = self.sent[i]
+            candidate = float(sent.content[ARRAYS]["w"].numpy()[0])
+            answer = self.answers[sent.metadata.dst_node_id][candidate]
+            if isinstance(answer, str):
+                replies.append(Message(Error(code=1, reason=answer), reply_to=sent))
+            elif answer is not None:
+                correct, examples = answer
+                metrics = MetricRecord({EVAL_CORRECT: correct, EVAL_EXAMPLES: examples})
+                replies.append(Message(RecordDict({METRICS: metrics}), reply_to=sent))
+        return replies
+
+
+def keep(answers, nodes=(1, 2, 3, 4)):
+    sampler = NodeSampler(seed=1, timeout=1)
+    sampler.names = {n: name for n, (name, _) in NODES.items()}
+    sampler.models = {n: model for n, (_, model) in NODES.items()}
+    strategy = FedDFDataFree(parse_run_config({"strategy": "feddf-datafree", "round-timeout": 0.2}), sampler)
+    replies = [Message(RecordDict(), dst_node_id=n, message_type=EVALUATE) for n in nodes]
+    for m in replies:
+        m.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
+    grid, into = ScoringGrid(answers), Round({}, list(nodes))
+    groups = ("mlp-32", "cnn")
+    out = strategy.keep("student", {g: weights(FEDAVG) for g in groups}, {g: weights(DISTILLED) for g in groups},
+                        replies, grid, into)
+    return {g: float(out[g]["w"].numpy()[0]) for g in groups}, into, grid
+
+
+def test_a_group_keeps_the_distilled_model_when_its_nodes_count_at_least_as_many_right(task_identity):
+    # mlp-32: 9 + 3 right with FedAvg's, 7 + 5 with the distilled (a tie); cnn: 8 + 8 against 9 + 6.
+    out, into, grid = keep({1: {FEDAVG: (9, 10), DISTILLED: (7, 10)}, 2: {FEDAVG: (3, 10), DISTILLED: (5, 10)},
+                            3: {FEDAVG: (8, 10), DISTILLED: (9, 10)}, 4: {FEDAVG: (8, 10), DISTILLED: (6, 10)}})
+    assert out == {"mlp-32": DISTILLED, "cnn": FEDAVG}
+    assert into.metrics["distill-kept"] == {"mlp-32": True, "cnn": False}
+    # Each node was sent both models of its own architecture, as `evaluate` messages, in one exchange.
+    sent = sorted((m.metadata.dst_node_id, str(m.content[CONFIG][MODEL]), float(m.content[ARRAYS]["w"].numpy()[0]))
+                  for m in grid.sent.values())
+    assert sent == [(n, NODES[n][1], c) for n in (1, 2, 3, 4) for c in (FEDAVG, DISTILLED)]
+    assert all(m.metadata.message_type == EVALUATE for m in grid.sent.values())
+    assert len(into.exchanges) == 1 and into.exchanges[0].bytes_down > 0 and into.rejected == []
+
+
+def test_only_nodes_that_scored_both_models_count_and_impossible_counts_are_rejected(task_identity):
+    out, into, _ = keep({
+        1: {FEDAVG: (5, 10), DISTILLED: (6, 10)},
+        2: {FEDAVG: (10, 10), DISTILLED: (12, 10)},  # would revert mlp-32, but its distilled answer is impossible
+        3: {FEDAVG: (1, 10), DISTILLED: "node crashed"},  # would keep cnn, but one answer is an error
+        4: {FEDAVG: (9, 10), DISTILLED: None},  # no answer before the deadline
+    })
+    assert out == {"mlp-32": DISTILLED, "cnn": FEDAVG}
+    assert into.metrics["distill-kept"] == {"mlp-32": True, "cnn": False}
+    assert into.rejected == [{"node": 2, "reason": "check rejected: 12 right of 10"}]
+    assert [f["node"] for f in into.failures()] == [3, 4, 2]
+
+
+def test_a_group_none_of_whose_nodes_replied_this_round_keeps_fedavg(task_identity):
+    answers = {n: {FEDAVG: (5, 10), DISTILLED: (5, 10)} for n in NODES}
+    out, into, grid = keep(answers, nodes=(1, 2))
+    assert out == {"mlp-32": DISTILLED, "cnn": FEDAVG}
+    assert into.metrics["distill-kept"] == {"mlp-32": True, "cnn": False}
+    assert {m.metadata.dst_node_id for m in grid.sent.values()} == {1, 2}
+
+
+def test_counts_that_are_not_whole_or_missing_are_rejected_with_what_was_wrong(task_identity):
+    _, into, _ = keep({1: {FEDAVG: (9.5, 10), DISTILLED: (9, 10)}, 2: {FEDAVG: (-1, 10), DISTILLED: (9, 10)},
+                       3: {FEDAVG: (1, 10), DISTILLED: (2, 10)}, 4: {FEDAVG: (1, 10), DISTILLED: (2, 10)}})
+    assert into.rejected == [{"node": 1, "reason": "check rejected: 9.5 right of 10"},
+                             {"node": 2, "reason": "check rejected: -1 right of 10"}]
+    assert into.metrics["distill-kept"] == {"mlp-32": False, "cnn": True}
+
+
+def test_differential_privacy_is_refused_naming_the_check():
+    with pytest.raises(ConfigError, match="'dp-epsilon' = 3.0: strategy 'feddf-datafree' has the nodes score each "
+                                          "server step on their local test splits"):
+        FedDFDataFree.check_config(parse_run_config({"strategy": "feddf-datafree", "dp-epsilon": 3.0}))
