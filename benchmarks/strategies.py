@@ -237,6 +237,15 @@ def _targets(rows: list[dict], cells: list[tuple]) -> list[str]:
                     lines.append(f"- {where}: {strategy} beats local-only for every architecture: "
                                  f"{_verdict(all(m > lo for _, m, lo in pairs))} ("
                                  + ", ".join(f"{a} {m:.3f} against {lo:.3f}" for a, m, lo in pairs) + ")")
+        if "feddf-datafree" in federated and mean("local-only") is not None:
+            pairs = [(a, mean("feddf-datafree", a), mean("local-only", a)) for a in archs]
+            line = (f"- {where}: feddf-datafree at or above local-only for every architecture: "
+                    f"{_verdict(all(m >= lo for _, m, lo in pairs))} ("
+                    + ", ".join(f"{a} {m:.3f} against {lo:.3f}" for a, m, lo in pairs) + ")")
+            if models == "heterogeneous" and "fedavg" in federated:
+                line += (f"; at or above FedAvg: {_verdict(federated['feddf-datafree'] >= federated['fedavg'])} "
+                         f"({federated['feddf-datafree']:.3f} against {federated['fedavg']:.3f})")
+            lines.append(line)
     return lines
 
 
