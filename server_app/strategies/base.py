@@ -76,6 +76,12 @@ def sum_eval_counts(records: list[RecordDict], weight_key: str) -> MetricRecord:
     return MetricRecord(out)
 
 
+def evaluate_message(node: int, architecture: str, arrays: ArrayRecord) -> Message:
+    """`evaluate`: the node scores `arrays`, built as `architecture`, on its local test split."""
+    return Message(RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({MODEL: architecture})}),
+                   dst_node_id=node, message_type=EVALUATE)
+
+
 def clip_update(update: ArrayRecord, base: ArrayRecord, max_norm: float) -> bool:
     """Scale `update`'s difference from `base` to an L2 norm of at most `max_norm`, in place; True if it was."""
     deltas = {k: update[k].numpy().astype(np.float64) - base[k].numpy() for k in update.keys()}
@@ -308,10 +314,7 @@ class Strategy(ABC):
             return []
         nodes = self.sampler.sample(grid, self.cfg.fraction_evaluate, 1)
         return [
-            Message(RecordDict({
-                ARRAYS: globals_[self.architecture(n, phase)],
-                CONFIG: ConfigRecord({MODEL: self.architecture(n, phase)}),
-            }), dst_node_id=n, message_type=EVALUATE)
+            evaluate_message(n, self.architecture(n, phase), globals_[self.architecture(n, phase)])
             for n in nodes
             if self.architecture(n, phase) in globals_
         ]

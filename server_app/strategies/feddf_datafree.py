@@ -4,7 +4,7 @@ keeps a group's distilled model only where the group's nodes find it no worse th
 from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import ConfigError, RunConfig
@@ -12,9 +12,9 @@ from common.data import dataset_shape, image_shape
 from common.distill import BatchFn, ValidationFn, ensemble_disagreement, ensemble_soft_targets
 from common.generator import Generator, generated_batches, train_generator
 from common.models import load_record, to_record
-from common.protocol import ARRAYS, CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVALUATE, METRICS, MODEL
+from common.protocol import EVAL_CORRECT, EVAL_EXAMPLES, METRICS
 from common.seeds import Stream, derive_seed
-from server_app.strategies.base import Globals, Round, register
+from server_app.strategies.base import Globals, Round, evaluate_message, register
 from server_app.strategies.feddf import FedDF
 
 VALIDATION_SAMPLES = 256
@@ -83,10 +83,7 @@ class FedDFDataFree(FedDF):
         asked = [(node, which) for node in nodes for which in CANDIDATES]
         candidates = dict(zip(CANDIDATES, (averaged, distilled)))
         ex = self.send(grid, [
-            Message(RecordDict({
-                ARRAYS: candidates[which][self.architecture(node, phase)],
-                CONFIG: ConfigRecord({MODEL: self.architecture(node, phase)}),
-            }), dst_node_id=node, message_type=EVALUATE)
+            evaluate_message(node, self.architecture(node, phase), candidates[which][self.architecture(node, phase)])
             for node, which in asked
         ])
         into.exchanges.append(ex)
