@@ -110,6 +110,9 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
         if not pending or time.monotonic() >= deadline:
             break
         time.sleep(FAST_POLL_SECONDS if time.monotonic() < fast_until else SLOW_POLL_SECONDS)
-    result.missing = unsent + [destination[i] for i in pending]
+    # In the order sent, not of arrival, so what a round records is the same on every run.
+    sent_order = {message_id: k for k, message_id in enumerate(pushed)}
+    result.replies.sort(key=lambda reply: sent_order.get(reply.metadata.reply_to_message_id, len(sent_order)))
+    result.missing = unsent + [node for message_id, node in destination.items() if message_id in pending]
     result.seconds = time.perf_counter() - start
     return result

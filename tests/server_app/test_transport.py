@@ -40,8 +40,16 @@ class BusyGrid:
         return [Message(RecordDict({"reply": ConfigRecord({"ok": 1})}), reply_to=self.sent[i]) for i in ids]
 
 
-def _messages():
-    return [Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=n, message_type="train") for n in (1, 2)]
+class BackwardGrid(BusyGrid):
+    """Nodes whose replies arrive in the reverse of the order they were sent, one per pull."""
+
+    def pull_messages(self, ids):
+        last = max(ids, key=lambda i: int(i[1:]))
+        return [Message(RecordDict({"reply": ConfigRecord({"ok": 1})}), reply_to=self.sent[last])]
+
+
+def _messages(nodes=(1, 2)):
+    return [Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=n, message_type="train") for n in nodes]
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +66,7 @@ def test_failed_pushes_and_pulls_are_tried_again_and_every_reply_arrives(task_id
 
 def test_a_superlink_busy_past_the_deadline_leaves_the_nodes_missing(task_identity):
     result = exchange(BusyGrid({"pull": 10**6}), _messages(), timeout=0.2)
-    assert sorted(result.missing) == [1, 2]
+    assert result.missing == [1, 2]
     assert [f["reason"] for f in result.failures()] == ["no reply before round-timeout"] * 2
 
 
@@ -68,3 +76,10 @@ def test_a_refusal_is_not_retried():
         retrying(grid.get_node_ids, 10, "list the nodes")
     assert grid.calls["get_node_ids"] == 1
     assert retrying(BusyGrid({"get_node_ids": 2}).get_node_ids, 10, "list the nodes") == [1, 2]
+
+
+def test_replies_are_recorded_in_the_order_sent_whatever_order_they_arrive_in(task_identity, monkeypatch):
+    monkeypatch.setattr(transport, "FAST_POLL_SECONDS", 0.0)
+    result = exchange(BackwardGrid({}), _messages((3, 1, 2)), timeout=10)
+    assert [m.metadata.src_node_id for m in result.replies] == [3, 1, 2]
+    assert [m.metadata.reply_to_message_id for m in result.replies] == result.message_ids == ["m0", "m1", "m2"]
