@@ -111,17 +111,25 @@ def test_the_ensemble_teacher_phase_sends_the_teacher_once_and_no_student_weight
     assert len(reached) * teacher_bytes < down < len(reached) * teacher_bytes + 60_000
 
 
-def test_feddf_datafree_checks_each_server_step_with_the_rounds_nodes(runs):
+def test_feddf_datafree_checks_each_server_step_with_the_nodes_that_did_not_train(runs):
+    from common.models import build_model, count_params
+
     _, history = runs["feddf-datafree"]
     _, feddf = runs["feddf"]
     student = [r for r in history if r["phase"] == "student"]
     assert all(set(r["distill_kept"]) == {"mlp-32", "cnn"} for r in student)
     assert all(isinstance(kept, bool) for r in student for kept in r["distill_kept"].values())
     assert all("distill_kept" not in r for r in feddf)
-    # The same nodes as FedDF's first round get their model to train, then it and the distilled one to score:
-    # three models each where FedDF sends one.
+    # The same nodes as FedDF's first round get their model to train; then each group's FedAvg and distilled
+    # models go to the group's node that did not train (3 of 4 train), or, for the other group, to its nodes
+    # that did. Partitions alternate mlp-32 and cnn.
     assert student[0]["sampled"] == feddf[0]["sampled"]
-    assert 2.9 < student[0]["bytes_down"] / feddf[0]["bytes_down"] < 3.1
+    arch = {f"partition-{i}": ("mlp-32", "cnn")[i % 2] for i in range(NODES)}
+    (held_out,) = set(arch) - set(student[0]["sampled"])
+    judges = [n for n in arch if n == held_out or (arch[n] != arch[held_out] and n in student[0]["sampled"])]
+    check = sum(2 * 4 * count_params(build_model(arch[n], "digits")) for n in judges)
+    extra = student[0]["bytes_down"] - feddf[0]["bytes_down"]
+    assert check < extra < check * 1.01
 
 
 def test_fedgen_sends_each_node_the_generator_for_its_feature_width_from_round_two(runs):

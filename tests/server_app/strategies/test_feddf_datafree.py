@@ -1,4 +1,5 @@
-"""feddf-datafree's keep-or-revert check: the round's nodes score the FedAvg and the distilled model of their group."""
+"""feddf-datafree's keep-or-revert check: the nodes that did not train this round (else the round's nodes) score
+the FedAvg and the distilled model of their group."""
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from server_app.strategies.base import Round
 from server_app.strategies.feddf_datafree import FedDFDataFree
 
 FEDAVG, DISTILLED = 0.0, 1.0
-NODES = {1: ("a", "mlp-32"), 2: ("b", "mlp-32"), 3: ("c", "cnn"), 4: ("d", "cnn")}
+NODES = {1: ("a", "mlp-32"), 2: ("b", "mlp-32"), 3: ("c", "cnn"), 4: ("d", "cnn"), 5: ("e", "mlp-32"), 6: ("f", "cnn")}
 
 
 def weights(value):
@@ -22,8 +23,11 @@ class ScoringGrid:
     """Nodes that answer `evaluate` at once: `answers[node][candidate]` is (correct, examples), an error text, or None
     for no answer; the candidate is told by the weights' value."""
 
-    def __init__(self, answers):
-        self.answers, self.sent = answers, {}
+    def __init__(self, answers, connected):
+        self.answers, self.connected, self.sent = answers, connected, {}
+
+    def get_node_ids(self):
+        return list(self.connected)
 
     def push_messages(self, messages):
         for i, m in enumerate(messages):
@@ -46,19 +50,26 @@ class ScoringGrid:
         return replies
 
 
-def keep(answers, nodes=(1, 2, 3, 4)):
+def keep(answers, trained=(1, 2, 3, 4), replied=None, connected=(1, 2, 3, 4)):
+    """The check after a round that sent training to `trained`, of which `replied` (default: all) replied."""
     sampler = NodeSampler(seed=1, timeout=1)
     sampler.names = {n: name for n, (name, _) in NODES.items()}
     sampler.models = {n: model for n, (_, model) in NODES.items()}
     strategy = FedDFDataFree(parse_run_config({"strategy": "feddf-datafree", "round-timeout": 0.2}), sampler)
-    replies = [Message(RecordDict(), dst_node_id=n, message_type=EVALUATE) for n in nodes]
+    replies = [Message(RecordDict(), dst_node_id=n, message_type=EVALUATE) for n in (trained if replied is None else replied)]
     for m in replies:
         m.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
-    grid, into = ScoringGrid(answers), Round({}, list(nodes))
+    grid, into = ScoringGrid(answers, connected), Round({}, list(trained))
     groups = ("mlp-32", "cnn")
     out = strategy.keep("student", {g: weights(FEDAVG) for g in groups}, {g: weights(DISTILLED) for g in groups},
                         replies, grid, into)
     return {g: float(out[g]["w"].numpy()[0]) for g in groups}, into, grid
+
+
+def scored_by(grid):
+    """(node, architecture, candidate) of every model the check sent."""
+    return sorted((m.metadata.dst_node_id, str(m.content[CONFIG][MODEL]), float(m.content[ARRAYS]["w"].numpy()[0]))
+                  for m in grid.sent.values())
 
 
 def test_a_group_keeps_the_distilled_model_when_its_nodes_count_at_least_as_many_right(task_identity):
@@ -67,10 +78,8 @@ def test_a_group_keeps_the_distilled_model_when_its_nodes_count_at_least_as_many
                             3: {FEDAVG: (8, 10), DISTILLED: (9, 10)}, 4: {FEDAVG: (8, 10), DISTILLED: (6, 10)}})
     assert out == {"mlp-32": DISTILLED, "cnn": FEDAVG}
     assert into.metrics["distill-kept"] == {"mlp-32": True, "cnn": False}
-    # Each node was sent both models of its own architecture, as `evaluate` messages, in one exchange.
-    sent = sorted((m.metadata.dst_node_id, str(m.content[CONFIG][MODEL]), float(m.content[ARRAYS]["w"].numpy()[0]))
-                  for m in grid.sent.values())
-    assert sent == [(n, NODES[n][1], c) for n in (1, 2, 3, 4) for c in (FEDAVG, DISTILLED)]
+    # Every node trained, so each scored both models of its own architecture, as `evaluate` messages, in one exchange.
+    assert scored_by(grid) == [(n, NODES[n][1], c) for n in (1, 2, 3, 4) for c in (FEDAVG, DISTILLED)]
     assert all(m.metadata.message_type == EVALUATE for m in grid.sent.values())
     assert len(into.exchanges) == 1 and into.exchanges[0].bytes_down > 0 and into.rejected == []
 
@@ -88,9 +97,29 @@ def test_only_nodes_that_scored_both_models_count_and_impossible_counts_are_reje
     assert [f["node"] for f in into.failures()] == [3, 4, 2]
 
 
-def test_a_group_none_of_whose_nodes_replied_this_round_keeps_fedavg(task_identity):
+def test_nodes_that_did_not_train_this_round_judge_their_group_in_place_of_those_that_did(task_identity):
+    # Nodes 1 (mlp-32) and 3 (cnn) trained; FedAvg's models fit their data, so they would keep FedAvg's.
+    answers = {1: {FEDAVG: (10, 10), DISTILLED: (2, 10)}, 3: {FEDAVG: (10, 10), DISTILLED: (2, 10)},
+               2: {FEDAVG: (4, 10), DISTILLED: (6, 10)}, 5: {FEDAVG: (5, 10), DISTILLED: (4, 10)},
+               4: {FEDAVG: (5, 10), DISTILLED: (3, 10)}, 6: {FEDAVG: (1, 10), DISTILLED: (4, 10)}}
+    out, into, grid = keep(answers, trained=(1, 3), connected=tuple(NODES))
+    # mlp-32: 6 + 4 right with the distilled against 4 + 5; cnn: 3 + 4 against 5 + 1.
+    assert out == {"mlp-32": DISTILLED, "cnn": DISTILLED}
+    assert scored_by(grid) == [(n, NODES[n][1], c) for n in (2, 4, 5, 6) for c in (FEDAVG, DISTILLED)]
+
+
+def test_a_group_all_of_whose_nodes_trained_is_judged_by_those_that_replied(task_identity):
     answers = {n: {FEDAVG: (5, 10), DISTILLED: (5, 10)} for n in NODES}
-    out, into, grid = keep(answers, nodes=(1, 2))
+    answers[6] = {FEDAVG: (9, 10), DISTILLED: (1, 10)}
+    # mlp-32: nodes 1 and 2 trained, only 1 replied; node 5 is not connected. cnn: node 6 held out.
+    out, into, grid = keep(answers, trained=(1, 2, 3), replied=(1, 3), connected=(1, 2, 3, 4, 6))
+    assert out == {"mlp-32": DISTILLED, "cnn": FEDAVG}
+    assert {(n, name) for n, name, _ in scored_by(grid)} == {(1, "mlp-32"), (4, "cnn"), (6, "cnn")}
+
+
+def test_a_group_with_no_node_to_judge_it_keeps_fedavg(task_identity):
+    answers = {n: {FEDAVG: (5, 10), DISTILLED: (5, 10)} for n in NODES}
+    out, into, grid = keep(answers, trained=(1, 2, 3, 4), replied=(1, 2))
     assert out == {"mlp-32": DISTILLED, "cnn": FEDAVG}
     assert into.metrics["distill-kept"] == {"mlp-32": True, "cnn": False}
     assert {m.metadata.dst_node_id for m in grid.sent.values()} == {1, 2}
