@@ -111,8 +111,10 @@ def test_the_ensemble_teacher_phase_sends_the_teacher_once_and_no_student_weight
     assert len(reached) * teacher_bytes < down < len(reached) * teacher_bytes + 60_000
 
 
-def test_feddf_datafree_checks_each_server_step_with_the_nodes_that_did_not_train(runs):
-    from common.models import build_model, count_params
+def test_feddf_datafree_checks_each_server_step_with_the_nodes_that_did_not_train(runs, task_identity):
+    from common.models import build_model, to_record
+    from server_app.strategies.base import evaluate_message
+    from server_app.transport import record_bytes
 
     _, history = runs["feddf-datafree"]
     _, feddf = runs["feddf"]
@@ -127,9 +129,9 @@ def test_feddf_datafree_checks_each_server_step_with_the_nodes_that_did_not_trai
     arch = {f"partition-{i}": ("mlp-32", "cnn")[i % 2] for i in range(NODES)}
     (held_out,) = set(arch) - set(student[0]["sampled"])
     judges = [n for n in arch if n == held_out or (arch[n] != arch[held_out] and n in student[0]["sampled"])]
-    check = sum(2 * 4 * count_params(build_model(arch[n], "digits")) for n in judges)
-    extra = student[0]["bytes_down"] - feddf[0]["bytes_down"]
-    assert check < extra < check * 1.01
+    check = sum(2 * record_bytes(evaluate_message(0, arch[n], to_record(build_model(arch[n], "digits"))).content)
+                for n in judges)
+    assert student[0]["bytes_down"] - feddf[0]["bytes_down"] == check
 
 
 def test_fedgen_sends_each_node_the_generator_for_its_feature_width_from_round_two(runs):
