@@ -102,12 +102,15 @@ class FedDFDataFree(FedDF):
         into.metrics["distill-kept"] = kept
         return out
 
-    def judges(self, phase: str, groups: list[str], trained: list[int], replied: list[int], grid: Grid) -> dict[str, list[int]]:
+    def judges(
+        self, phase: str, groups: list[str], trained: list[int], replied: list[int], grid: Grid
+    ) -> dict[str, list[int]]:
         """Per group, the connected nodes of its architecture that were not sent this round's training: FedAvg's
         model was fitted to the trained nodes' data, so their own test splits favour it (at Dirichlet 0.1, a
         CNN averaged from two few-class clients scores well on their classes and near chance on the rest).
         A group all of whose nodes trained is judged by those that replied."""
-        held_out = [n for n in self.sampler.nodes(grid, 0) if n not in set(trained)]
+        trained_set = set(trained)
+        held_out = [n for n in self.sampler.nodes(grid, 0) if n not in trained_set]
         return {
             name: [n for n in held_out if self.architecture(n, phase) == name]
             or [n for n in replied if self.architecture(n, phase) == name]
