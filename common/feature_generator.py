@@ -112,14 +112,14 @@ def label_weights(counts: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
 def train_feature_generator(
     gen: FeatureGenerator, heads: Sequence[nn.Linear], counts: torch.Tensor, *, steps: int, batch_size: int,
     learning_rate: float, diversity: float, seed: int,
-) -> tuple[float, list[int]]:
+) -> tuple[float | None, list[int]]:
     """Fit `gen` to the clients' `heads` and label `counts` (clients x classes) with Adam; returns the last
-    loss and the labels it learned."""
+    loss (None if no node counted a label, so nothing was fitted) and the labels it learned."""
     for width in {h.in_features for h in heads}:
         gen.add_width(width)
     weights, labels = label_weights(counts)
     if not labels:
-        return float("nan"), labels
+        return None, labels
     frozen = [h.requires_grad_(False) for h in heads]
     optimizer = Adam(gen.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)

@@ -20,12 +20,16 @@ METRIC_FIELDS = {
     "distill-validation-start": "distill_validation_start",
     "distill-validation-best": "distill_validation_best",
     "distill-kept": "distill_kept",
+    "generator-loss": "generator_loss",
     "clipped-updates": "clipped",
 }
 
 
 def metric_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The record fields that a round's `metrics` fill: None where it measured nothing, and 0 clipped."""
+    """The record fields that a round's `metrics` fill: None where it measured nothing, and 0 clipped.
+    A metric with no field is refused, so that no strategy's metric is dropped from history.json unseen."""
+    if unknown := sorted(set(metrics) - set(METRIC_FIELDS)):
+        raise ValueError(f"round metrics {unknown} have no history.json field; known: {sorted(METRIC_FIELDS)}")
     fields = {name: metrics.get(key) for key, name in METRIC_FIELDS.items()}
     return {**fields, "clipped": int(fields["clipped"] or 0)}
 
@@ -85,10 +89,12 @@ class RoundRecord(_Record):
     dp_epsilon_max: float | None = None
     # feddf-datafree only: per architecture, whether the round kept the distilled model (else FedAvg's).
     distill_kept: dict[str, bool] | None = None
+    # feddf-datafree and fedgen only: the generator's training loss on the server that round.
+    generator_loss: float | None = None
 
     omitted_when_none = (
         "evaluation_seconds", "evaluation_replies", "evaluation_failures", "dp_epsilon_by_node", "dp_epsilon_max",
-        "distill_kept",
+        "distill_kept", "generator_loss",
     )
 
 

@@ -1,6 +1,7 @@
 """Every registered strategy, `flwr run` on Flower's simulation engine with a tiny config."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -132,6 +133,15 @@ def test_feddf_datafree_checks_each_server_step_with_the_nodes_that_did_not_trai
     check = sum(2 * record_bytes(evaluate_message(0, arch[n], to_record(build_model(arch[n], "digits"))).content)
                 for n in judges)
     assert student[0]["bytes_down"] - feddf[0]["bytes_down"] == check
+
+
+def test_the_strategies_that_train_a_generator_record_its_loss_every_round(runs):
+    for name in ("feddf-datafree", "fedgen"):
+        losses = [r["generator_loss"] for r in runs[name][1] if r["phase"] == "student"]
+        # Negative log-likelihood plus the diversity loss exp(-x) (feddf-datafree), or weighted cross-entropy
+        # plus it (fedgen): positive, and for a 10-class task below the NLL of a uniform guess plus 1.
+        assert len(losses) == 2 and all(0 < loss < math.log(10) + 1 for loss in losses), (name, losses)
+    assert all("generator_loss" not in r for r in runs["feddf"][1])
 
 
 def test_fedgen_sends_each_node_the_generator_for_its_feature_width_from_round_two(runs):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from server_app.records import HISTORY, METRIC_FIELDS, RoundRecord, Summary, read_history, read_summary
+from server_app.records import HISTORY, METRIC_FIELDS, RoundRecord, Summary, metric_fields, read_history, read_summary
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DOCS = Path(__file__).parents[2] / "docs" / "outputs.md"
@@ -68,6 +68,13 @@ def test_a_malformed_summary_is_refused_naming_the_field(tmp_path):
 
 def test_every_renamed_metric_fills_a_record_field():
     assert set(METRIC_FIELDS.values()) <= set(RoundRecord.model_fields)
+
+
+def test_a_strategys_metrics_fill_their_fields_and_one_with_no_field_is_refused_by_name():
+    fields = metric_fields({"generator-loss": 1.25, "distill-kept": {"cnn": False}, "clipped-updates": 2})
+    assert (fields["generator_loss"], fields["distill_kept"], fields["clipped"], fields["train_loss"]) == (1.25, {"cnn": False}, 2, None)
+    with pytest.raises(ValueError, match=r"round metrics \['generator-los'\] have no history.json field; known: .*'generator-loss'"):
+        metric_fields({"generator-los": 1.25})
 
 
 def documented(file: str) -> set[str]:
