@@ -1,5 +1,5 @@
-"""feddf-datafree's keep-or-revert check: every connected node of a group, trained this round or not, scores the
-group's FedAvg and distilled models."""
+"""feddf-datafree's keep-or-revert check: the nodes that did not train this round (else the round's nodes) score
+the FedAvg and the distilled model of their group."""
 
 import numpy as np
 import pytest
@@ -78,7 +78,7 @@ def test_a_group_keeps_the_distilled_model_when_its_nodes_count_at_least_as_many
                             3: {FEDAVG: (8, 10), DISTILLED: (9, 10)}, 4: {FEDAVG: (8, 10), DISTILLED: (6, 10)}})
     assert out == {"mlp-32": DISTILLED, "cnn": FEDAVG}
     assert into.metrics["distill-kept"] == {"mlp-32": True, "cnn": False}
-    # Each node scored both models of its own architecture, as `evaluate` messages, in one exchange.
+    # Every node trained, so each scored both models of its own architecture, as `evaluate` messages, in one exchange.
     assert scored_by(grid) == [(n, NODES[n][1], c) for n in (1, 2, 3, 4) for c in (FEDAVG, DISTILLED)]
     assert all(m.metadata.message_type == EVALUATE for m in grid.sent.values())
     assert len(into.exchanges) == 1 and into.exchanges[0].bytes_down > 0 and into.rejected == []
@@ -97,31 +97,29 @@ def test_only_nodes_that_scored_both_models_count_and_impossible_counts_are_reje
     assert [f["node"] for f in into.failures()] == [3, 4, 2]
 
 
-def test_every_connected_node_of_a_group_judges_it_whether_it_trained_or_not(task_identity):
-    # Nodes 1 (mlp-32) and 3 (cnn) trained. Pooled, mlp-32 counts 2 + 6 + 4 right with the distilled model against
-    # 10 + 4 + 5 with FedAvg's, cnn 9 + 3 + 4 against 2 + 5 + 4: the nodes that did not train alone would decide
-    # the other way for both groups, and those that trained alone the same way.
-    answers = {1: {FEDAVG: (10, 10), DISTILLED: (2, 10)}, 2: {FEDAVG: (4, 10), DISTILLED: (6, 10)},
-               5: {FEDAVG: (5, 10), DISTILLED: (4, 10)}, 3: {FEDAVG: (2, 10), DISTILLED: (9, 10)},
-               4: {FEDAVG: (5, 10), DISTILLED: (3, 10)}, 6: {FEDAVG: (4, 10), DISTILLED: (4, 10)}}
+def test_nodes_that_did_not_train_this_round_judge_their_group_in_place_of_those_that_did(task_identity):
+    # Nodes 1 (mlp-32) and 3 (cnn) trained; FedAvg's models fit their data, so they would keep FedAvg's.
+    answers = {1: {FEDAVG: (10, 10), DISTILLED: (2, 10)}, 3: {FEDAVG: (10, 10), DISTILLED: (2, 10)},
+               2: {FEDAVG: (4, 10), DISTILLED: (6, 10)}, 5: {FEDAVG: (5, 10), DISTILLED: (4, 10)},
+               4: {FEDAVG: (5, 10), DISTILLED: (3, 10)}, 6: {FEDAVG: (1, 10), DISTILLED: (4, 10)}}
     out, into, grid = keep(answers, trained=(1, 3), connected=tuple(NODES))
-    assert out == {"mlp-32": FEDAVG, "cnn": DISTILLED}
-    assert scored_by(grid) == [(n, NODES[n][1], c) for n in NODES for c in (FEDAVG, DISTILLED)]
+    # mlp-32: 6 + 4 right with the distilled against 4 + 5; cnn: 3 + 4 against 5 + 1.
+    assert out == {"mlp-32": DISTILLED, "cnn": DISTILLED}
+    assert scored_by(grid) == [(n, NODES[n][1], c) for n in (2, 4, 5, 6) for c in (FEDAVG, DISTILLED)]
 
 
-def test_a_node_judges_while_connected_even_if_its_training_failed(task_identity):
+def test_a_group_all_of_whose_nodes_trained_is_judged_by_those_that_replied(task_identity):
     answers = {n: {FEDAVG: (5, 10), DISTILLED: (5, 10)} for n in NODES}
-    answers[2] = {FEDAVG: (9, 10), DISTILLED: (1, 10)}
-    # Nodes 1, 2 and 3 trained and node 2's reply never came; node 5 (mlp-32) is not connected.
+    answers[6] = {FEDAVG: (9, 10), DISTILLED: (1, 10)}
+    # mlp-32: nodes 1 and 2 trained, only 1 replied; node 5 is not connected. cnn: node 6 held out.
     out, into, grid = keep(answers, trained=(1, 2, 3), replied=(1, 3), connected=(1, 2, 3, 4, 6))
-    assert out == {"mlp-32": FEDAVG, "cnn": DISTILLED}
-    assert {(n, name) for n, name, _ in scored_by(grid)} == {(1, "mlp-32"), (2, "mlp-32"), (3, "cnn"), (4, "cnn"), (6, "cnn")}
+    assert out == {"mlp-32": DISTILLED, "cnn": FEDAVG}
+    assert {(n, name) for n, name, _ in scored_by(grid)} == {(1, "mlp-32"), (4, "cnn"), (6, "cnn")}
 
 
 def test_a_group_with_no_node_to_judge_it_keeps_fedavg(task_identity):
-    # The cnn nodes 3 and 4 trained and replied, then left before the check.
     answers = {n: {FEDAVG: (5, 10), DISTILLED: (5, 10)} for n in NODES}
-    out, into, grid = keep(answers, trained=(1, 2, 3, 4), connected=(1, 2))
+    out, into, grid = keep(answers, trained=(1, 2, 3, 4), replied=(1, 2))
     assert out == {"mlp-32": DISTILLED, "cnn": FEDAVG}
     assert into.metrics["distill-kept"] == {"mlp-32": True, "cnn": False}
     assert {m.metadata.dst_node_id for m in grid.sent.values()} == {1, 2}
