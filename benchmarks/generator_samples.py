@@ -11,12 +11,11 @@ real data (all classes, or a few) instead of from scratch:
 """
 
 import argparse
+import copy
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
-
-import copy
-import statistics
 
 import torch
 from torch import nn
