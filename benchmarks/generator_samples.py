@@ -212,14 +212,15 @@ def measure(seed: int, teacher_epochs: int) -> dict:
         ensemble = (ensemble_soft_targets(teachers, test.x, 1.0).argmax(1) == test.y).float().mean().item()
     out = {"teachers": {n: accuracy(t) for n, t in zip(TEACHERS, teachers)}, "ensemble": round(ensemble, 3),
            "variants": {}, "norms": {}, "starts": {}}
-    for variant in VARIANTS:
-        gen = fitted_generator(variant, teachers, seed, side)
+    generators = {variant: fitted_generator(variant, teachers, seed, side) for variant in VARIANTS}
+    for variant, gen in generators.items():
         out["variants"][variant] = {
             name: accuracy(distil(initial_model(name, DATASET, seed + 1), batches(variant, gen, teachers, seed, side), DISTILL_STEPS))
             for name in STUDENTS
         }
         print(variant, out["variants"][variant], flush=True)
-    gen = fitted_generator("fedkd", teachers, seed, side)
+    # fedkd's own generator, which sampling leaves as it was, for the normalised and the real-data students.
+    gen = generators["fedkd"]
     for norm in NORMS:
         cnns = [lambda s=s: with_norms(initial_model("cnn", DATASET, seed + 1 + s), norm) for s in range(NORM_SEEDS)]
         out["norms"][norm] = {
