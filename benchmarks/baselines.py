@@ -18,8 +18,16 @@ def _accuracy(cfg: RunConfig, name: str, data: Split, epochs: int, stream: int, 
     seed = derive_seed(cfg.seed, Stream.BASELINE_TRAINING, stream)
     # The noise seed is derived from the batch seed as client_app/app.py derives it.
     privacy = DPSGD(ledger, derive_seed(cfg.seed, Stream.DP_NOISE, seed)) if ledger else None
-    train(model, data.x, (data.y,), epochs=epochs, batch_size=cfg.batch_size,
-          learning_rate=cfg.learning_rate, seed=seed, privacy=privacy)
+    train(
+        model,
+        data.x,
+        (data.y,),
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=seed,
+        privacy=privacy,
+    )
     test = load_server_testset(cfg)
     return evaluate(model, test.x, test.y)[1] / len(test)
 
@@ -29,8 +37,9 @@ def private_ledger(cfg: RunConfig, num_examples: int, epochs: int) -> Ledger:
     calibrated as a node's (client_app/app.py `_ledger`) with those epochs as its private horizon."""
     rate = sample_rate(num_examples, cfg.batch_size)
     steps = epochs * steps_per_epoch(num_examples, cfg.batch_size)
-    return Ledger(cfg.dp_epsilon, cfg.dp_delta, cfg.dp_max_grad_norm,
-                  noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, rate, steps))
+    return Ledger(
+        cfg.dp_epsilon, cfg.dp_delta, cfg.dp_max_grad_norm, noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, rate, steps)
+    )
 
 
 def centralised(cfg: RunConfig, names: list[str], num_partitions: int, epochs: int) -> dict[str, float]:
@@ -40,8 +49,9 @@ def centralised(cfg: RunConfig, names: list[str], num_partitions: int, epochs: i
     return {name: _accuracy(cfg, name, pooled, epochs, 0) for name in names}
 
 
-def local_only(cfg: RunConfig, num_partitions: int, epochs: int,
-               privacy: dict[int, Ledger] | None = None) -> dict[str, float]:
+def local_only(
+    cfg: RunConfig, num_partitions: int, epochs: int, privacy: dict[int, Ledger] | None = None
+) -> dict[str, float]:
     """Each client trains its own architecture on its own data alone; mean accuracy per architecture.
 
     With `privacy` (a dict, filled here), each client trains with DP-SGD under the run config's

@@ -51,8 +51,13 @@ def main() -> None:
     args = parser.parse_args()
     if reason := docker_unavailable():
         raise SystemExit(f"compose latency needs Docker: {reason}")
-    base = {"num-teacher-rounds": args.rounds, "num-student-rounds": 1, "fraction-train": 1.0,
-            "fraction-evaluate": 1.0, "local-epochs": 3}
+    base = {
+        "num-teacher-rounds": args.rounds,
+        "num-student-rounds": 1,
+        "fraction-train": 1.0,
+        "fraction-evaluate": 1.0,
+        "local-epochs": 3,
+    }
     images = flower_images()
     runs = []
     with tempfile.TemporaryDirectory() as tmp, sigterm_unwinds():
@@ -65,43 +70,68 @@ def main() -> None:
             quiet = before_timing(args)
             stack.compose("up", "-d")
             for i in range(3):
-                stack.flwr(["supernode", "register", str(stack.work / "certs" / f"supernode-{i}.pub"), stack.connection])
+                stack.flwr(
+                    ["supernode", "register", str(stack.work / "certs" / f"supernode-{i}.pub"), stack.connection]
+                )
             stack.wait_online(3, timeout=180)
             with deployment(tmp / "local", sorted(data.glob("part-*.npz"))) as dep:
                 for repeat in range(args.repeats):
                     out = tmp / f"local-{repeat}"
                     before = reading()
-                    seconds = teacher_rounds(dep, {**base, "output-dir": str(out),
-                                                   "server-test": str(data / "server-test.npz")}, None, out)
-                    runs.append({"deployment": "deploy.local", "repeat": repeat, "before_run": before, "rounds": seconds})
+                    seconds = teacher_rounds(
+                        dep, {**base, "output-dir": str(out), "server-test": str(data / "server-test.npz")}, None, out
+                    )
+                    runs.append(
+                        {"deployment": "deploy.local", "repeat": repeat, "before_run": before, "rounds": seconds}
+                    )
                     before = reading()
-                    seconds = teacher_rounds(stack, {**base, "server-test": "/data/server-test.npz"}, stack.work,
-                                             stack.work / "outputs")
+                    seconds = teacher_rounds(
+                        stack, {**base, "server-test": "/data/server-test.npz"}, stack.work, stack.work / "outputs"
+                    )
                     runs.append({"deployment": "compose", "repeat": repeat, "before_run": before, "rounds": seconds})
                     print(f"repeat {repeat}: {runs[-2]['rounds']} / {runs[-1]['rounds']}", flush=True)
         finally:
             stack.down()
-    median = {d: statistics.median(s for r in runs if r["deployment"] == d for s in r["rounds"])
-              for d in ("deploy.local", "compose")}
-    spread = {d: (min(s for r in runs if r["deployment"] == d for s in r["rounds"]),
-                  max(s for r in runs if r["deployment"] == d for s in r["rounds"])) for d in median}
+    median = {
+        d: statistics.median(s for r in runs if r["deployment"] == d for s in r["rounds"])
+        for d in ("deploy.local", "compose")
+    }
+    spread = {
+        d: (
+            min(s for r in runs if r["deployment"] == d for s in r["rounds"]),
+            max(s for r in runs if r["deployment"] == d for s in r["rounds"]),
+        )
+        for d in median
+    }
     loads = {d: [r["before_run"] for r in runs if r["deployment"] == d] for d in median}
     info = {**provenance(), "flower_images": images}
-    table = "\n".join([
-        f"3 SuperNodes, digits (README's node files), TLS + SuperNode authentication, process isolation, "
-        f"every node sampled, {args.rounds} teacher rounds x {args.repeats} runs per deployment, alternately.", "",
-        "| deployment | median round (s) | fastest-slowest (s) | ratio to deploy.local | CPU in use / load average before each run |",
-        "|---|---|---|---|---|",
-        *(f"| {name} | {median[d]:.2f} | {spread[d][0]:.2f}-{spread[d][1]:.2f} | {median[d] / median['deploy.local']:.2f} "
-          f"| {', '.join(load_cell(x) for x in loads[d])} |"
-          for d, name in (("deploy.local", "`deploy.local` (processes)"), ("compose", "`docker-compose.yml` (containers)"))),
-        "", quiet_line([quiet, *(r["before_run"] for r in runs)], info["cores"]) + " The quiet check ran before "
-        "the deployments came up; with both up, their idle polling keeps part of the CPU busy.", "",
-        provenance_line(info),
-        "Flower images: " + ", ".join(f"`{k}` {v}" for k, v in images.items()) + ".",
-    ])
+    table = "\n".join(
+        [
+            f"3 SuperNodes, digits (README's node files), TLS + SuperNode authentication, process isolation, "
+            f"every node sampled, {args.rounds} teacher rounds x {args.repeats} runs per deployment, alternately.",
+            "",
+            "| deployment | median round (s) | fastest-slowest (s) | ratio to deploy.local | CPU in use / load average before each run |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {name} | {median[d]:.2f} | {spread[d][0]:.2f}-{spread[d][1]:.2f} | {median[d] / median['deploy.local']:.2f} "
+                f"| {', '.join(load_cell(x) for x in loads[d])} |"
+                for d, name in (
+                    ("deploy.local", "`deploy.local` (processes)"),
+                    ("compose", "`docker-compose.yml` (containers)"),
+                )
+            ),
+            "",
+            quiet_line([quiet, *(r["before_run"] for r in runs)], info["cores"]) + " The quiet check ran before "
+            "the deployments came up; with both up, their idle polling keeps part of the CPU busy.",
+            "",
+            provenance_line(info),
+            "Flower images: " + ", ".join(f"`{k}` {v}" for k, v in images.items()) + ".",
+        ]
+    )
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "compose_latency.json").write_text(json.dumps({"provenance": info, "quiet_check": quiet, "runs": runs}, indent=2))
+    (args.results / "compose_latency.json").write_text(
+        json.dumps({"provenance": info, "quiet_check": quiet, "runs": runs}, indent=2)
+    )
     (args.results / "compose_latency.md").write_text(table + "\n")
     print(table)
 

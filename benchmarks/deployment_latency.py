@@ -33,8 +33,11 @@ RESULTS = PROJECT / "benchmarks" / "results"
 def stock_app(tmp: Path) -> Path:
     """A copy of the project whose ServerApp is benchmarks.stock_loop (same ClientApp)."""
     pyproject = (PROJECT / "pyproject.toml").read_text()
-    return app_copy(tmp / "stock-app", (*APP_PARTS, "benchmarks", "deploy"),
-                    pyproject.replace('serverapp = "server_app.app:app"', 'serverapp = "benchmarks.stock_loop:app"'))
+    return app_copy(
+        tmp / "stock-app",
+        (*APP_PARTS, "benchmarks", "deploy"),
+        pyproject.replace('serverapp = "server_app.app:app"', 'serverapp = "benchmarks.stock_loop:app"'),
+    )
 
 
 def submit(dep, app: Path, run_config: dict) -> None:
@@ -62,8 +65,13 @@ def main() -> None:
     args = parser.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
     info = provenance()
-    base = {"num-teacher-rounds": args.rounds, "num-student-rounds": 1, "fraction-train": 1.0,
-            "fraction-evaluate": 1.0, "local-epochs": 3}
+    base = {
+        "num-teacher-rounds": args.rounds,
+        "num-student-rounds": 1,
+        "fraction-train": 1.0,
+        "fraction-evaluate": 1.0,
+        "local-epochs": 3,
+    }
     fedkd, stock, breakdown, loads = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -83,30 +91,52 @@ def main() -> None:
                 loads.append({"loop": "stock", "repeat": repeat, **reading()})
                 submit(dep, app, {**base, "output-dir": str(out)})
                 stock += json.loads((out / "stock-rounds.json").read_text())
-                print(f"repeat {repeat}: fedkd {statistics.median(fedkd):.2f} s, stock {statistics.median(stock):.2f} s", flush=True)
+                print(
+                    f"repeat {repeat}: fedkd {statistics.median(fedkd):.2f} s, stock {statistics.median(stock):.2f} s",
+                    flush=True,
+                )
     # The import timing comes right after the deployment stops, so it waits for the machine to settle too.
     loads.append({"loop": "ClientApp import", "repeat": 0, **before_timing(args)})
     imports = statistics.median(fresh_clientapp_import_seconds() for _ in range(3))
     med = {k: statistics.median(v) for k, v in {"fedkd": fedkd, "stock": stock}.items()}
     client = statistics.median(b[1] for b in breakdown)
     server = statistics.median(b[2] for b in breakdown)
-    table = "\n".join([
-        f"3 SuperNodes, one host, TLS + SuperNode authentication, {args.rounds} teacher rounds x {args.repeats} runs per loop.", "",
-        "| loop | exchanges per round | median round (s) | ratio to stock |", "|---|---|---|---|",
-        f"| Flower stock (`Strategy.start`, `send_and_receive`) | 2 (train, evaluate) | {med['stock']:.2f} | 1.00 |",
-        f"| fedkd (own push/pull loop, evaluation fused) | 1 | {med['fedkd']:.2f} | {med['fedkd'] / med['stock']:.2f} |", "",
-        "Where a fedkd round goes (medians):", "",
-        f"- ClientApp handler (data, evaluation of the incoming model, training): {client:.2f} s",
-        f"- ServerApp between exchanges (aggregation, centralised evaluation, history): {server:.3f} s",
-        f"- Flower's engine, the rest: {med['fedkd'] - client - server:.2f} s. It holds the SuperNode's fixed 3 s idle "
-        "poll (a node that has just replied polls once, finds nothing and sleeps 3 s, so every round waits it out), "
-        f"a fresh ClientApp process per message (importing flwr and fedkd's ClientApp alone takes {imports:.2f} s "
-        f"here, three nodes importing at once on {info['cores']} cores), the SuperExec poll (0.05 s) and the transfers.", "",
-        quiet_line(loads, info["cores"]), "", provenance_line(info),
-    ])
-    (args.results / "deployment_latency.json").write_text(json.dumps(
-        {"provenance": info, "fedkd_rounds": fedkd, "stock_rounds": stock, "breakdown": breakdown,
-         "clientapp_import_seconds": imports, "before_runs": loads}, indent=2))
+    table = "\n".join(
+        [
+            f"3 SuperNodes, one host, TLS + SuperNode authentication, {args.rounds} teacher rounds x {args.repeats} runs per loop.",
+            "",
+            "| loop | exchanges per round | median round (s) | ratio to stock |",
+            "|---|---|---|---|",
+            f"| Flower stock (`Strategy.start`, `send_and_receive`) | 2 (train, evaluate) | {med['stock']:.2f} | 1.00 |",
+            f"| fedkd (own push/pull loop, evaluation fused) | 1 | {med['fedkd']:.2f} | {med['fedkd'] / med['stock']:.2f} |",
+            "",
+            "Where a fedkd round goes (medians):",
+            "",
+            f"- ClientApp handler (data, evaluation of the incoming model, training): {client:.2f} s",
+            f"- ServerApp between exchanges (aggregation, centralised evaluation, history): {server:.3f} s",
+            f"- Flower's engine, the rest: {med['fedkd'] - client - server:.2f} s. It holds the SuperNode's fixed 3 s idle "
+            "poll (a node that has just replied polls once, finds nothing and sleeps 3 s, so every round waits it out), "
+            f"a fresh ClientApp process per message (importing flwr and fedkd's ClientApp alone takes {imports:.2f} s "
+            f"here, three nodes importing at once on {info['cores']} cores), the SuperExec poll (0.05 s) and the transfers.",
+            "",
+            quiet_line(loads, info["cores"]),
+            "",
+            provenance_line(info),
+        ]
+    )
+    (args.results / "deployment_latency.json").write_text(
+        json.dumps(
+            {
+                "provenance": info,
+                "fedkd_rounds": fedkd,
+                "stock_rounds": stock,
+                "breakdown": breakdown,
+                "clientapp_import_seconds": imports,
+                "before_runs": loads,
+            },
+            indent=2,
+        )
+    )
     (args.results / "deployment_latency.md").write_text(table + "\n")
     print(table)
 

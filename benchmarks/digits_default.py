@@ -15,11 +15,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from deploy.simulation import run_summary, simulation_superlink
-from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments, quiet_line
-from deploy.processes import PROJECT
 from benchmarks.baselines import centralised
+from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments, quiet_line
 from common.config import parse_run_config
+from deploy.processes import PROJECT
+from deploy.simulation import run_summary, simulation_superlink
 
 RESULTS = PROJECT / "benchmarks" / "results"
 CENTRAL_EPOCHS = 30
@@ -48,8 +48,19 @@ def main() -> None:
             # The previous seed's centralised training is the load this waits out.
             before = before_timing(args)
             summary = run_summary(env, {"seed": seed}, 10, Path(tmp) / f"out-{seed}")
-            fed.append({k: getattr(summary, k) for k in ("teacher_accuracy", "student_accuracy", "student_federated_accuracy",
-                                                "median_round_seconds", "bytes_total", "wall_seconds")})
+            fed.append(
+                {
+                    k: getattr(summary, k)
+                    for k in (
+                        "teacher_accuracy",
+                        "student_accuracy",
+                        "student_federated_accuracy",
+                        "median_round_seconds",
+                        "bytes_total",
+                        "wall_seconds",
+                    )
+                }
+            )
             fed[-1]["before_run"] = before
             central.append(centralised_models(seed))
             print(f"seed {seed}: fedkd {fed[-1]}\n         centralised {central[-1]}", flush=True)
@@ -58,18 +69,29 @@ def main() -> None:
         values = [r[key] for r in rows]
         return f"{statistics.mean(values):.3f} ({statistics.stdev(values) if len(values) > 1 else 0.0:.3f})"
 
-    lines = [f"Seeds {seeds}; mean (std).", "",
-             "| model | centralised (pooled data) | fedkd, 10 clients, Dirichlet 0.5 | fedkd / centralised |", "|---|---|---|---|"]
+    lines = [
+        f"Seeds {seeds}; mean (std).",
+        "",
+        "| model | centralised (pooled data) | fedkd, 10 clients, Dirichlet 0.5 | fedkd / centralised |",
+        "|---|---|---|---|",
+    ]
     for role in ("teacher", "student"):
         key = f"{role}_accuracy"
         ratio = statistics.mean(r[key] for r in fed) / statistics.mean(r[key] for r in central)
         lines.append(f"| {role} accuracy | {ms(central, key)} | {ms(fed, key)} | {ratio:.3f} |")
-    lines += ["", f"Student federated accuracy (clients' local test splits): {ms(fed, 'student_federated_accuracy')}; "
-              f"median round {ms(fed, 'median_round_seconds')} s; {statistics.mean(r['bytes_total'] for r in fed) / 1e6:.1f} MB per run.",
-              "", quiet_line([r["before_run"] for r in fed], info["cores"]), "", provenance_line(info)]
+    lines += [
+        "",
+        f"Student federated accuracy (clients' local test splits): {ms(fed, 'student_federated_accuracy')}; "
+        f"median round {ms(fed, 'median_round_seconds')} s; {statistics.mean(r['bytes_total'] for r in fed) / 1e6:.1f} MB per run.",
+        "",
+        quiet_line([r["before_run"] for r in fed], info["cores"]),
+        "",
+        provenance_line(info),
+    ]
     table = "\n".join(lines)
-    (args.results / "digits_default.json").write_text(json.dumps(
-        {"seeds": seeds, "provenance": info, "fedkd": fed, "centralised": central}, indent=2))
+    (args.results / "digits_default.json").write_text(
+        json.dumps({"seeds": seeds, "provenance": info, "fedkd": fed, "centralised": central}, indent=2)
+    )
     (args.results / "digits_default.md").write_text(table + "\n")
     print(table)
 

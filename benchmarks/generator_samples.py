@@ -78,7 +78,7 @@ def shifted(x: torch.Tensor, side: int, max_shift: int, rng: torch.Generator) ->
     """Each flat square image moved by its own random offset of up to `max_shift` pixels, zeros coming in."""
     padded = torch.nn.functional.pad(x.view(len(x), side, side), (max_shift,) * 4)
     offsets = torch.randint(0, 2 * max_shift + 1, (len(x), 2), generator=rng).tolist()
-    return torch.stack([padded[i, a:a + side, b:b + side] for i, (a, b) in enumerate(offsets)]).flatten(1)
+    return torch.stack([padded[i, a : a + side, b : b + side] for i, (a, b) in enumerate(offsets)]).flatten(1)
 
 
 def mixed(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -96,15 +96,21 @@ def with_batch_norm(gen: Generator) -> Generator:
     """`gen` with batch norm before the ReLU of its quarter-size and half-size maps, as DAFL's generator has."""
     linear, relu, unflatten, up, relu2, out, sigmoid, flatten = gen.net
     wide, narrow = up.in_channels, up.out_channels
-    gen.net = nn.Sequential(linear, unflatten, nn.BatchNorm2d(wide), relu, up, nn.BatchNorm2d(narrow), relu2,
-                            out, sigmoid, flatten)
+    gen.net = nn.Sequential(
+        linear, unflatten, nn.BatchNorm2d(wide), relu, up, nn.BatchNorm2d(narrow), relu2, out, sigmoid, flatten
+    )
     return gen
 
 
 def with_norms(model: nn.Sequential, norm: str) -> nn.Sequential:
     """`model` with a normalisation layer of kind `norm` (NORMS) after each convolution."""
-    make = {"none": None, "batch": nn.BatchNorm2d, "group": lambda c: nn.GroupNorm(4, c),
-            "layer": lambda c: nn.GroupNorm(1, c), "instance": lambda c: nn.GroupNorm(c, c)}[norm]
+    make = {
+        "none": None,
+        "batch": nn.BatchNorm2d,
+        "group": lambda c: nn.GroupNorm(4, c),
+        "layer": lambda c: nn.GroupNorm(1, c),
+        "instance": lambda c: nn.GroupNorm(c, c),
+    }[norm]
     layers = []
     for layer in model:
         layers.append(layer)
@@ -114,7 +120,10 @@ def with_norms(model: nn.Sequential, norm: str) -> nn.Sequential:
 
 
 def generator_step(
-    gen: Generator, teachers: list[torch.nn.Module], optimizer: torch.optim.Optimizer, rng: torch.Generator,
+    gen: Generator,
+    teachers: list[torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    rng: torch.Generator,
     extra: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> None:
     """One Adam step on fedkd's generator objective, plus `extra` of the generated batch if given."""
@@ -132,8 +141,10 @@ def fitted_generator(variant: str, teachers: list[torch.nn.Module], seed: int, s
     features, classes = dataset_shape(DATASET)
     torch.manual_seed(seed)
     gen = Generator(features, classes, image_shape(DATASET))
-    extra = {"tv-prior": lambda x: TV_WEIGHT * total_variation(x, side),
-             "activation": lambda x: ACTIVATION_WEIGHT * activation(x, teachers)}.get(variant)
+    extra = {
+        "tv-prior": lambda x: TV_WEIGHT * total_variation(x, side),
+        "activation": lambda x: ACTIVATION_WEIGHT * activation(x, teachers),
+    }.get(variant)
     if extra is None:
         guides = teachers[:1] if variant == "cnn-teacher" else teachers
         gen = with_batch_norm(gen) if variant == "generator-bn" else gen
@@ -203,19 +214,36 @@ def measure(seed: int, teacher_epochs: int) -> dict:
         return round(evaluate(model, test.x, test.y)[1] / len(test), 3)
 
     def trained(model: nn.Module, mask: torch.Tensor, epochs: int) -> nn.Module:
-        train(model, x[mask], (y[mask],), epochs=epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=seed)
+        train(
+            model,
+            x[mask],
+            (y[mask],),
+            epochs=epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            seed=seed,
+        )
         return model.eval()
 
     everything = torch.ones(len(y), dtype=torch.bool)
     teachers = [trained(initial_model(name, DATASET, seed), everything, teacher_epochs) for name in TEACHERS]
     with torch.no_grad():
         ensemble = (ensemble_soft_targets(teachers, test.x, 1.0).argmax(1) == test.y).float().mean().item()
-    out = {"teachers": {n: accuracy(t) for n, t in zip(TEACHERS, teachers)}, "ensemble": round(ensemble, 3),
-           "variants": {}, "norms": {}, "starts": {}}
+    out = {
+        "teachers": {n: accuracy(t) for n, t in zip(TEACHERS, teachers)},
+        "ensemble": round(ensemble, 3),
+        "variants": {},
+        "norms": {},
+        "starts": {},
+    }
     generators = {variant: fitted_generator(variant, teachers, seed, side) for variant in VARIANTS}
     for variant, gen in generators.items():
         out["variants"][variant] = {
-            name: accuracy(distil(initial_model(name, DATASET, seed + 1), batches(variant, gen, teachers, seed, side), DISTILL_STEPS))
+            name: accuracy(
+                distil(
+                    initial_model(name, DATASET, seed + 1), batches(variant, gen, teachers, seed, side), DISTILL_STEPS
+                )
+            )
             for name in STUDENTS
         }
         print(variant, out["variants"][variant], flush=True)
@@ -224,18 +252,33 @@ def measure(seed: int, teacher_epochs: int) -> dict:
     for norm in NORMS:
         cnns = [lambda s=s: with_norms(initial_model("cnn", DATASET, seed + 1 + s), norm) for s in range(NORM_SEEDS)]
         out["norms"][norm] = {
-            "distilled": [accuracy(distil(make(), batches("fedkd", gen, teachers, seed, side), DISTILL_STEPS)) for make in cnns],
+            "distilled": [
+                accuracy(distil(make(), batches("fedkd", gen, teachers, seed, side), DISTILL_STEPS)) for make in cnns
+            ],
             "real": [accuracy(trained(make(), everything, 1)) for make in cnns],
         }
         print(norm, out["norms"][norm], flush=True)
     for classes in FEW_CLASSES:
         mask = torch.isin(y, torch.tensor(classes))
-        for start, model in (("all, then few", copy.deepcopy(teachers[0])), ("few only", initial_model("cnn", DATASET, seed + 1))):
+        for start, model in (
+            ("all, then few", copy.deepcopy(teachers[0])),
+            ("few only", initial_model("cnn", DATASET, seed + 1)),
+        ):
             model = trained(model.requires_grad_(True), mask, FEW_CLASS_EPOCHS)
-            out["starts"][f"{start} {classes}"] = {"start": accuracy(model), **{
-                step: accuracy(distil(copy.deepcopy(model), batches("fedkd", gen, teachers, seed, side), SERVER_STEPS, step == "head"))
-                for step in ("full", "head")
-            }}
+            out["starts"][f"{start} {classes}"] = {
+                "start": accuracy(model),
+                **{
+                    step: accuracy(
+                        distil(
+                            copy.deepcopy(model),
+                            batches("fedkd", gen, teachers, seed, side),
+                            SERVER_STEPS,
+                            step == "head",
+                        )
+                    )
+                    for step in ("full", "head")
+                },
+            }
             print(start, classes, out["starts"][f"{start} {classes}"], flush=True)
     return out
 
@@ -243,26 +286,42 @@ def measure(seed: int, teacher_epochs: int) -> dict:
 def report(result: dict, info: dict) -> str:
     """The results page: one table each for the variants, the normalised CNNs and the starting points."""
     teachers = ", ".join(f"`{n}` {a:.3f}" for n, a in result["teachers"].items())
-    lines = [f"# What a student learns from feddf-datafree's generated samples ({DATASET})", "",
-             f"Teachers trained on the pooled training data: {teachers}; their ensemble {result['ensemble']:.3f}. "
-             f"Generator: {GENERATOR_STEPS} steps; students freshly initialised, {DISTILL_STEPS} distillation "
-             "steps; accuracy on the server's test set.", "",
-             "| generator, distillation | " + " | ".join(f"fresh `{s}`" for s in STUDENTS) + " |",
-             "|---" * (1 + len(STUDENTS)) + "|"]
+    lines = [
+        f"# What a student learns from feddf-datafree's generated samples ({DATASET})",
+        "",
+        f"Teachers trained on the pooled training data: {teachers}; their ensemble {result['ensemble']:.3f}. "
+        f"Generator: {GENERATOR_STEPS} steps; students freshly initialised, {DISTILL_STEPS} distillation "
+        "steps; accuracy on the server's test set.",
+        "",
+        "| generator, distillation | " + " | ".join(f"fresh `{s}`" for s in STUDENTS) + " |",
+        "|---" * (1 + len(STUDENTS)) + "|",
+    ]
     for variant, label in VARIANTS.items():
         lines.append(f"| {label} | " + " | ".join(f"{result['variants'][variant][s]:.3f}" for s in STUDENTS) + " |")
-    lines += ["", f"A fresh `cnn` with normalisation layers after each convolution (its other weights the plain one's; "
-              f"{NORM_SEEDS} initialisations, mean and range), distilled as in fedkd, and for comparison trained one "
-              "epoch on the pooled data:", "",
-              "| normalisation | distilled on generated samples | trained on the pooled data |", "|---|---|---|"]
+    lines += [
+        "",
+        f"A fresh `cnn` with normalisation layers after each convolution (its other weights the plain one's; "
+        f"{NORM_SEEDS} initialisations, mean and range), distilled as in fedkd, and for comparison trained one "
+        "epoch on the pooled data:",
+        "",
+        "| normalisation | distilled on generated samples | trained on the pooled data |",
+        "|---|---|---|",
+    ]
     for norm, label in NORMS.items():
         cells = [result["norms"][norm][k] for k in ("distilled", "real")]
-        lines.append(f"| {label} | " + " | ".join(f"{statistics.fmean(c):.3f} ({min(c):.3f}-{max(c):.3f})" for c in cells) + " |")
-    lines += ["", f"One server step ({SERVER_STEPS} distillation steps, as in fedkd) for a `cnn` that learned from real "
-              f"data: the CNN teacher then {FEW_CLASS_EPOCHS} epochs on a few classes (features from every class, its "
-              f"predictions collapsed), or a fresh CNN trained {FEW_CLASS_EPOCHS} epochs on those classes only; every "
-              "weight distilled, or the last layer only:", "",
-              "| start | its accuracy | all layers distilled | last layer only |", "|---|---|---|---|"]
+        lines.append(
+            f"| {label} | " + " | ".join(f"{statistics.fmean(c):.3f} ({min(c):.3f}-{max(c):.3f})" for c in cells) + " |"
+        )
+    lines += [
+        "",
+        f"One server step ({SERVER_STEPS} distillation steps, as in fedkd) for a `cnn` that learned from real "
+        f"data: the CNN teacher then {FEW_CLASS_EPOCHS} epochs on a few classes (features from every class, its "
+        f"predictions collapsed), or a fresh CNN trained {FEW_CLASS_EPOCHS} epochs on those classes only; every "
+        "weight distilled, or the last layer only:",
+        "",
+        "| start | its accuracy | all layers distilled | last layer only |",
+        "|---|---|---|---|",
+    ]
     for start, row in result["starts"].items():
         lines.append(f"| {start} | {row['start']:.3f} | {row['full']:.3f} | {row['head']:.3f} |")
     return "\n".join([*lines, "", provenance_line(info)])
@@ -277,7 +336,9 @@ def main() -> None:
     args = parser.parse_args()
     info, result = provenance(), measure(args.seed, args.teacher_epochs)
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "generator_samples.json").write_text(json.dumps({"seed": args.seed, **result, "provenance": info}, indent=2))
+    (args.results / "generator_samples.json").write_text(
+        json.dumps({"seed": args.seed, **result, "provenance": info}, indent=2)
+    )
     page = report(result, info)
     (args.results / "generator_samples.md").write_text(page + "\n")
     print(page)

@@ -29,12 +29,12 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
-from deploy.simulation import flower_pids, flwr_run, run_directory, simulation_superlink
 from benchmarks.provenance import before_timing, load_average, provenance, provenance_line, quiet_arguments
 from common.config import parse_run_config
 from common.data import export_partitions
 from deploy.local import Deployment, deployment
 from deploy.processes import PROJECT
+from deploy.simulation import flower_pids, flwr_run, run_directory, simulation_superlink
 from server_app.records import read_history, read_summary
 
 RESULTS = PROJECT / "benchmarks" / "results"
@@ -42,16 +42,30 @@ SAMPLE_SECONDS = 0.2
 
 Measure = Callable[[], dict[str, float]]
 Quiet = Callable[[], dict]
-SIM_GROWTH = ("median_round_s", "mean_round_s", "median_client_s", "round_over_client", "serverapp_outside_rounds_s",
-              "serverapp_cpu_s", "serverapp_mib", "tree_mib")
+SIM_GROWTH = (
+    "median_round_s",
+    "mean_round_s",
+    "median_client_s",
+    "round_over_client",
+    "serverapp_outside_rounds_s",
+    "serverapp_cpu_s",
+    "serverapp_mib",
+    "tree_mib",
+)
 DEPLOY_GROWTH = ("median_round_s", "superlink_mib", "serverapp_mib", "supernode_host_max_mib", "supernodes_sum_mib")
-LABELS = {"median_round_s": "median round (s)", "mean_round_s": "mean round (s)",
-          "median_client_s": "slowest client's handler, median over rounds (s)",
-          "round_over_client": "median round / median slowest client's handler",
-          "serverapp_outside_rounds_s": "ServerApp outside rounds (s)",
-          "serverapp_cpu_s": "CPU time of the simulation process (s)", "serverapp_mib": "ServerApp process (MiB)",
-          "tree_mib": "whole run (MiB)", "superlink_mib": "SuperLink (MiB)",
-          "supernode_host_max_mib": "SuperNode host, max (MiB)", "supernodes_sum_mib": "SuperNode hosts, sum (MiB)"}
+LABELS = {
+    "median_round_s": "median round (s)",
+    "mean_round_s": "mean round (s)",
+    "median_client_s": "slowest client's handler, median over rounds (s)",
+    "round_over_client": "median round / median slowest client's handler",
+    "serverapp_outside_rounds_s": "ServerApp outside rounds (s)",
+    "serverapp_cpu_s": "CPU time of the simulation process (s)",
+    "serverapp_mib": "ServerApp process (MiB)",
+    "tree_mib": "whole run (MiB)",
+    "superlink_mib": "SuperLink (MiB)",
+    "supernode_host_max_mib": "SuperNode host, max (MiB)",
+    "supernodes_sum_mib": "SuperNode hosts, sum (MiB)",
+}
 
 
 def process_table() -> dict[int, tuple[int, str]]:
@@ -66,7 +80,7 @@ def process_table() -> dict[int, tuple[int, str]]:
         except OSError:
             continue
         # The command name in parentheses may hold spaces; the parent pid is the second field after it.
-        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
         table[int(entry.name)] = (ppid, cmdline.replace(b"\0", b" ").decode(errors="replace"))
     return table
 
@@ -102,7 +116,7 @@ def cpu_seconds(pid: int) -> float:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return 0.0
-    fields = stat[stat.rindex(b")") + 2:].split()
+    fields = stat[stat.rindex(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -133,8 +147,11 @@ class PeakMemory:
 
 def role(cmdline: str) -> str:
     """Which part of a simulation a process is."""
-    for marker, name in (("flower-superlink", "SuperLink"), ("flower-superexec", "SuperExec"),
-                         ("flwr-simulation", "simulation process (ServerApp)")):
+    for marker, name in (
+        ("flower-superlink", "SuperLink"),
+        ("flower-superexec", "SuperExec"),
+        ("flwr-simulation", "simulation process (ServerApp)"),
+    ):
         if marker in cmdline:
             return name
     # A Ray worker changes its title as it starts (setup_worker.py, default_worker.py, ray::IDLE)
@@ -219,9 +236,17 @@ def simulation(clients: int, sampled: int, rounds: int, timeout: float, tmp: Pat
     """One `flwr run` with `clients` simulated nodes on a fresh SuperLink: round times and peak memory."""
     out, home = tmp / f"sim-out-{clients}", tmp / f"sim-home-{clients}"
     fraction = sampled / clients
-    config = {"dataset": "synthetic", "samples-per-client": 200, "num-teacher-rounds": rounds,
-              "num-student-rounds": rounds, "fraction-train": fraction, "fraction-evaluate": fraction,
-              "min-train-nodes": sampled, "round-timeout": timeout, "output-dir": str(out)}
+    config = {
+        "dataset": "synthetic",
+        "samples-per-client": 200,
+        "num-teacher-rounds": rounds,
+        "num-student-rounds": rounds,
+        "fraction-train": fraction,
+        "fraction-evaluate": fraction,
+        "min-train-nodes": sampled,
+        "round-timeout": timeout,
+        "output-dir": str(out),
+    }
     row: dict = {"clients": clients, "status": "complete"}
     with simulation_superlink(home) as env:
         # Waiting once the SuperLink is up lets its start-up load pass too.
@@ -252,13 +277,21 @@ def superlink_errors(log: str) -> dict[str, int]:
     return found
 
 
-def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float, tmp: Path, database: str,
-             quiet: Quiet) -> dict:
+def deployed(
+    supernodes: int, rounds: int, round_timeout: float, timeout: float, tmp: Path, database: str, quiet: Quiet
+) -> dict:
     """One run on a fresh deployment of `supernodes` SuperNodes, every node sampled: round times and peak memory."""
     files = export_partitions(parse_run_config({"dataset": "synthetic"}), supernodes, tmp / f"data-{supernodes}")
     out, work = tmp / f"deploy-out-{supernodes}", tmp / f"deploy-{supernodes}"
-    config = {"dataset": "synthetic", "num-teacher-rounds": rounds, "num-student-rounds": rounds,
-              "fraction-train": 1.0, "fraction-evaluate": 1.0, "round-timeout": round_timeout, "output-dir": str(out)}
+    config = {
+        "dataset": "synthetic",
+        "num-teacher-rounds": rounds,
+        "num-student-rounds": rounds,
+        "fraction-train": 1.0,
+        "fraction-evaluate": 1.0,
+        "round-timeout": round_timeout,
+        "output-dir": str(out),
+    }
     # Checked before the deployment is up: its SuperNodes' idle polling is part of what is measured.
     before = quiet()
     with deployment(work, files, database=database) as dep:
@@ -275,16 +308,35 @@ def deployed(supernodes: int, rounds: int, round_timeout: float, timeout: float,
     # `flwr run` exits 0 even when the ServerApp failed: only a complete summary counts as complete, and a
     # run that stopped early keeps what it measured, with the end of its output and of the SuperLink's log.
     complete = bool(summaries) and read_summary(summaries[0]).status == "complete"
-    ended = {} if complete else {"output_tail": output[-3000:], "superlink_log_tail": "\n".join(
-        line for line in superlink_log.splitlines() if "Push replies" not in line and "uvicorn.access" not in line)[-3000:]}
+    ended = (
+        {}
+        if complete
+        else {
+            "output_tail": output[-3000:],
+            "superlink_log_tail": "\n".join(
+                line
+                for line in superlink_log.splitlines()
+                if "Push replies" not in line and "uvicorn.access" not in line
+            )[-3000:],
+        }
+    )
     peak = memory.peak
-    row = {"supernodes": supernodes, "database": database, "status": "complete" if complete else "stopped early", **ended,
-           "wall_s": wall, "before_run": before, "busy": before["busy"], "load_average_after": after,
-           "superlink_mib": peak["superlink_mib"],
-           "serverapp_mib": peak["serverapp_mib"], "supernodes_sum_mib": peak["supernodes_sum_mib"],
-           "supernode_host_max_mib": max(v for k, v in peak.items() if k.endswith("_host_mib")),
-           "supernode_process_max_mib": max(v for k, v in peak.items() if k.endswith("_process_mib")),
-           "superlink_errors": superlink_errors(superlink_log)}
+    row = {
+        "supernodes": supernodes,
+        "database": database,
+        "status": "complete" if complete else "stopped early",
+        **ended,
+        "wall_s": wall,
+        "before_run": before,
+        "busy": before["busy"],
+        "load_average_after": after,
+        "superlink_mib": peak["superlink_mib"],
+        "serverapp_mib": peak["serverapp_mib"],
+        "supernodes_sum_mib": peak["supernodes_sum_mib"],
+        "supernode_host_max_mib": max(v for k, v in peak.items() if k.endswith("_host_mib")),
+        "supernode_process_max_mib": max(v for k, v in peak.items() if k.endswith("_process_mib")),
+        "superlink_errors": superlink_errors(superlink_log),
+    }
     return {**row, **round_times(out)}
 
 
@@ -300,23 +352,33 @@ def growth(rows: list[dict], size: str, keys: tuple[str, ...]) -> dict:
         fit = statistics.linear_regression([r[size] for r in rows], [r[key] for r in rows])
         first, last = (statistics.mean(r[key] for r in rows if r[size] == n) for n in (sizes[0], sizes[-1]))
         # How many of the runs behind a line started busy, or with no record of the load before them.
-        out[key] = {"ratio": last / first, "from": sizes[0], "to": sizes[-1],
-                    "intercept": fit.intercept, "slope": fit.slope, "runs": len(rows),
-                    "busy": sum(r.get("busy") is True for r in rows), "unchecked": sum("busy" not in r for r in rows)}
+        out[key] = {
+            "ratio": last / first,
+            "from": sizes[0],
+            "to": sizes[-1],
+            "intercept": fit.intercept,
+            "slope": fit.slope,
+            "runs": len(rows),
+            "busy": sum(r.get("busy") is True for r in rows),
+            "unchecked": sum("busy" not in r for r in rows),
+        }
     return out
 
 
 def growth_lines(fits: dict, unit: int, unit_name: str) -> list[str]:
     """Markdown bullets: ratio from the smallest to the largest size, the fitted line, and the busy runs in it."""
+
     def runs(f: dict) -> str:
         if "runs" not in f:
             return ""
         unchecked = f", {f['unchecked']} with no load record before the run" if f["unchecked"] else ""
         return f"; {f['runs']} runs, {f['busy']} busy{unchecked}"
 
-    return [f"- {LABELS[key]}: x{f['ratio']:.2f} from {f['from']} to {f['to']} {unit_name} (means); "
-            f"least-squares line {f['intercept']:.4g} {f['slope'] * unit:+.3g} per {unit} {unit_name}{runs(f)}"
-            for key, f in fits.items()]
+    return [
+        f"- {LABELS[key]}: x{f['ratio']:.2f} from {f['from']} to {f['to']} {unit_name} (means); "
+        f"least-squares line {f['intercept']:.4g} {f['slope'] * unit:+.3g} per {unit} {unit_name}{runs(f)}"
+        for key, f in fits.items()
+    ]
 
 
 def load_cell(row: dict) -> str:
@@ -333,9 +395,11 @@ def load_note(rows: list[dict]) -> str:
     thresholds = sorted({r["before_run"]["threshold"] for r in rows if "before_run" in r})
     if not thresholds:
         return "Load: the 1-minute load average right after the run; these runs have no reading from before it."
-    return (f"Load: the 1-minute load average right before the run (after waiting until at most "
-            f"{'/'.join(f'{t:.0%}' for t in thresholds)} of the CPU was in use) and right after it; **busy** marks a "
-            "run that started with more of the CPU in use, n/a a run with no reading from before it.")
+    return (
+        f"Load: the 1-minute load average right before the run (after waiting until at most "
+        f"{'/'.join(f'{t:.0%}' for t in thresholds)} of the CPU was in use) and right after it; **busy** marks a "
+        "run that started with more of the CPU in use, n/a a run with no reading from before it."
+    )
 
 
 def provenance_lines(records: list[dict]) -> list[str]:
@@ -354,52 +418,92 @@ def simulation_report(part: dict) -> list[str]:
     """The simulation's table, how its figures grow with the number of clients, and the largest run's memory by role."""
     args, sim = part["args"], part["runs"]
     sampled = sorted({r["sampled_per_round"] for r in sim if "sampled_per_round" in r})
-    lines = [f"Simulation: synthetic task, 200 samples per client, {args['sampled']} clients per round "
-             f"(sampled: {sampled}) and as many scoring each phase's final model, {args['rounds']} teacher + "
-             f"{args['rounds']} student rounds, 5 ClientApp workers; a fresh simulation SuperLink per run, "
-             f"{args['repeats']} runs per size (sizes in alternating order). Peak RSS sampled every 0.2 s.", "",
-             "| clients | run | status | median round (s) | mean round (s) | slowest client's handler, median (s) "
-             "| round / handler | ServerApp outside rounds (s) | wall (s) | CPU, simulation process (s) "
-             "| peak RSS, simulation process with the ServerApp (MiB) | peak RSS, whole run (MiB) | load before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Simulation: synthetic task, 200 samples per client, {args['sampled']} clients per round "
+        f"(sampled: {sampled}) and as many scoring each phase's final model, {args['rounds']} teacher + "
+        f"{args['rounds']} student rounds, 5 ClientApp workers; a fresh simulation SuperLink per run, "
+        f"{args['repeats']} runs per size (sizes in alternating order). Peak RSS sampled every 0.2 s.",
+        "",
+        "| clients | run | status | median round (s) | mean round (s) | slowest client's handler, median (s) "
+        "| round / handler | ServerApp outside rounds (s) | wall (s) | CPU, simulation process (s) "
+        "| peak RSS, simulation process with the ServerApp (MiB) | peak RSS, whole run (MiB) | load before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(sim, key=lambda r: (r["clients"], r["repeat"])):
-        cells = [str(r["clients"]), str(r["repeat"]), r["status"], fmt(r, "median_round_s", ".3f"),
-                 fmt(r, "mean_round_s", ".3f"), fmt(r, "median_client_s", ".3f"), fmt(r, "round_over_client", ".1f"),
-                 fmt(r, "serverapp_outside_rounds_s", ".1f"), fmt(r, "wall_s", ".1f"), fmt(r, "serverapp_cpu_s", ".1f"),
-                 fmt(r, "serverapp_mib", ".0f"), fmt(r, "tree_mib", ".0f"), load_cell(r)]
+        cells = [
+            str(r["clients"]),
+            str(r["repeat"]),
+            r["status"],
+            fmt(r, "median_round_s", ".3f"),
+            fmt(r, "mean_round_s", ".3f"),
+            fmt(r, "median_client_s", ".3f"),
+            fmt(r, "round_over_client", ".1f"),
+            fmt(r, "serverapp_outside_rounds_s", ".1f"),
+            fmt(r, "wall_s", ".1f"),
+            fmt(r, "serverapp_cpu_s", ".1f"),
+            fmt(r, "serverapp_mib", ".0f"),
+            fmt(r, "tree_mib", ".0f"),
+            load_cell(r),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", load_note(sim), *(["", *growth_lines(part["growth"], 1000, "clients")] if part["growth"] else [])]
     largest = max(sim, key=lambda r: r["clients"])
     roles = {k[:-4]: v for k, v in largest.items() if k.endswith("_mib") and k not in LABELS}
-    return lines + ["", f"Peak RSS by role with {largest['clients']} clients (MiB): "
-                    + ", ".join(f"{name} {value:.0f}" for name, value in roles.items()) + ".",
-                    # The simulation runs share their invocation's record.
-                    "", *provenance_lines([part] * len(sim))]
+    return lines + [
+        "",
+        f"Peak RSS by role with {largest['clients']} clients (MiB): "
+        + ", ".join(f"{name} {value:.0f}" for name, value in roles.items())
+        + ".",
+        # The simulation runs share their invocation's record.
+        "",
+        *provenance_lines([part] * len(sim)),
+    ]
 
 
 def deployment_report(part: dict) -> list[str]:
     """The deployment's table, how its figures grow with the number of SuperNodes, and the SuperLink's errors."""
     args, dep = part["args"], part["runs"]
-    lines = ["Deployment: deploy.local on this machine (TLS, SuperNode authentication, process isolation), synthetic "
-             f"task, every node sampled, {args['rounds']} teacher + {args['rounds']} student rounds, round-timeout "
-             f"{args['round_timeout']:.0f} s (a lost reply makes its round wait that long). A SuperNode host is the "
-             "SuperNode with its SuperExec and the ClientApp processes it starts.", "",
-             "| SuperNodes | SuperLink state | rounds done | median round (s) | mean round (s) | wall (s) | SuperLink (MiB) | ServerApp process (MiB) "
-             "| SuperNode process, max (MiB) | SuperNode host, max (MiB) | SuperNode hosts, sum (MiB) "
-             "| failed replies | load before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "Deployment: deploy.local on this machine (TLS, SuperNode authentication, process isolation), synthetic "
+        f"task, every node sampled, {args['rounds']} teacher + {args['rounds']} student rounds, round-timeout "
+        f"{args['round_timeout']:.0f} s (a lost reply makes its round wait that long). A SuperNode host is the "
+        "SuperNode with its SuperExec and the ClientApp processes it starts.",
+        "",
+        "| SuperNodes | SuperLink state | rounds done | median round (s) | mean round (s) | wall (s) | SuperLink (MiB) | ServerApp process (MiB) "
+        "| SuperNode process, max (MiB) | SuperNode host, max (MiB) | SuperNode hosts, sum (MiB) "
+        "| failed replies | load before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in dep:
         done = str(r["rounds"]) + ("" if r["status"] == "complete" else " (stopped early)")
-        cells = [str(r["supernodes"]), r["database"], done, f"{r['median_round_s']:.2f}", f"{r['mean_round_s']:.2f}", f"{r['wall_s']:.0f}",
-                 f"{r['superlink_mib']:.0f}", f"{r['serverapp_mib']:.0f}", f"{r['supernode_process_max_mib']:.0f}",
-                 f"{r['supernode_host_max_mib']:.0f}", f"{r['supernodes_sum_mib']:.0f}", str(r["failures"]),
-                 load_cell(r)]
+        cells = [
+            str(r["supernodes"]),
+            r["database"],
+            done,
+            f"{r['median_round_s']:.2f}",
+            f"{r['mean_round_s']:.2f}",
+            f"{r['wall_s']:.0f}",
+            f"{r['superlink_mib']:.0f}",
+            f"{r['serverapp_mib']:.0f}",
+            f"{r['supernode_process_max_mib']:.0f}",
+            f"{r['supernode_host_max_mib']:.0f}",
+            f"{r['supernodes_sum_mib']:.0f}",
+            str(r["failures"]),
+            load_cell(r),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     bullets = growth_lines(part["growth"], 1, "SuperNode")
-    bullets += [f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the run stopped after {r['rounds']} rounds; the end of its output and of "
-                "the SuperLink's log are in load.json" for r in dep if r["status"] != "complete"]
-    bullets += [f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the SuperLink answered {count} request(s) with HTTP 500, {error}"
-                for r in dep for error, count in r["superlink_errors"].items()]
+    bullets += [
+        f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the run stopped after {r['rounds']} rounds; the end of its output and of "
+        "the SuperLink's log are in load.json"
+        for r in dep
+        if r["status"] != "complete"
+    ]
+    bullets += [
+        f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the SuperLink answered {count} request(s) with HTTP 500, {error}"
+        for r in dep
+        for error, count in r["superlink_errors"].items()
+    ]
     return lines + ["", load_note(dep), *(["", *bullets] if bullets else []), "", *provenance_lines(dep)]
 
 
@@ -412,8 +516,10 @@ def report(results: dict) -> str:
 
 def code_state() -> dict:
     """The commit measured, and the files that differed from it then (the FAB carries the working tree)."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True).stdout
+
     return {"commit": git("rev-parse", "HEAD").strip(), "uncommitted": git("status", "--porcelain").splitlines()}
 
 
@@ -426,12 +532,20 @@ def write(args: argparse.Namespace, code: dict, info: dict, sim: list[dict], dep
         results["simulation"] = {**measured, "runs": sim, "growth": growth(sim, "clients", SIM_GROWTH)}
     if args.supernodes:
         # A size this invocation does not run keeps its last row, so sizes can be measured in separate sessions.
-        kept = [r for r in results.get("deployment", {}).get("runs", [])
-                if r["supernodes"] not in args.supernodes or r["database"] != args.superlink_database]
-        runs = sorted(kept + [{**r, "code": code, "provenance": info} for r in dep],
-                      key=lambda r: (r["database"] != "file", r["supernodes"]))
-        results["deployment"] = {**measured, "runs": runs, "growth": growth(
-            [r for r in runs if r["database"] == "file"], "supernodes", DEPLOY_GROWTH)}
+        kept = [
+            r
+            for r in results.get("deployment", {}).get("runs", [])
+            if r["supernodes"] not in args.supernodes or r["database"] != args.superlink_database
+        ]
+        runs = sorted(
+            kept + [{**r, "code": code, "provenance": info} for r in dep],
+            key=lambda r: (r["database"] != "file", r["supernodes"]),
+        )
+        results["deployment"] = {
+            **measured,
+            "runs": runs,
+            "growth": growth([r for r in runs if r["database"] == "file"], "supernodes", DEPLOY_GROWTH),
+        }
     args.results.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     table = report(results)
@@ -442,16 +556,20 @@ def write(args: argparse.Namespace, code: dict, info: dict, sim: list[dict], dep
 def main() -> None:
     """Run every simulation size, then every deployment size, writing the results after each."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, nargs="*", default=[100, 250, 500, 1000],
-                        help="simulated clients per run")
+    parser.add_argument(
+        "--clients", type=int, nargs="*", default=[100, 250, 500, 1000], help="simulated clients per run"
+    )
     parser.add_argument("--sampled", type=int, default=50, help="clients per round (and per final evaluation)")
     parser.add_argument("--repeats", type=int, default=2, help="simulation runs per size, sizes in alternating order")
-    parser.add_argument("--supernodes", type=int, nargs="*", default=[2, 4, 8],
-                        help="SuperNodes per deployment")
+    parser.add_argument("--supernodes", type=int, nargs="*", default=[2, 4, 8], help="SuperNodes per deployment")
     parser.add_argument("--rounds", type=int, default=3, help="teacher rounds, and as many student rounds")
     parser.add_argument("--round-timeout", type=float, default=150, help="deadline of a deployment's exchanges (s)")
-    parser.add_argument("--superlink-database", default="file", choices=["file", ":flwr-in-memory:"],
-                        help="the deployed SuperLink's state: a SQLite file, or in memory")
+    parser.add_argument(
+        "--superlink-database",
+        default="file",
+        choices=["file", ":flwr-in-memory:"],
+        help="the deployed SuperLink's state: a SQLite file, or in memory",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for load.{json,md}")
     quiet_arguments(parser)
@@ -465,17 +583,28 @@ def main() -> None:
         # Alternating the order of sizes between repeats spreads the shared machine's load drift over all sizes.
         for repeat in range(args.repeats):
             for clients in args.clients[::-1] if repeat % 2 else args.clients:
-                run = simulation(clients, args.sampled, args.rounds, args.timeout, Path(tmp) / f"repeat-{repeat}", quiet)
+                run = simulation(
+                    clients, args.sampled, args.rounds, args.timeout, Path(tmp) / f"repeat-{repeat}", quiet
+                )
                 sim.append({"repeat": repeat, **run})
                 write(args, code, info, sim, dep)
-                print(f"{clients} clients: {sim[-1]['status']}, {fmt(sim[-1], 'median_round_s', '.3f')} s per round, "
-                      f"{fmt(sim[-1], 'tree_mib', '.0f')} MiB peak{', busy' if run['busy'] else ''}", flush=True)
+                print(
+                    f"{clients} clients: {sim[-1]['status']}, {fmt(sim[-1], 'median_round_s', '.3f')} s per round, "
+                    f"{fmt(sim[-1], 'tree_mib', '.0f')} MiB peak{', busy' if run['busy'] else ''}",
+                    flush=True,
+                )
         for supernodes in args.supernodes:
-            dep.append(deployed(supernodes, args.rounds, args.round_timeout, args.timeout, Path(tmp),
-                                args.superlink_database, quiet))
+            dep.append(
+                deployed(
+                    supernodes, args.rounds, args.round_timeout, args.timeout, Path(tmp), args.superlink_database, quiet
+                )
+            )
             write(args, code, info, sim, dep)
-            print(f"{supernodes} SuperNodes: {dep[-1]['median_round_s']:.2f} s per round"
-                  f"{', busy' if dep[-1]['busy'] else ''}", flush=True)
+            print(
+                f"{supernodes} SuperNodes: {dep[-1]['median_round_s']:.2f} s per round"
+                f"{', busy' if dep[-1]['busy'] else ''}",
+                flush=True,
+            )
     print(write(args, code, info, sim, dep))
 
 

@@ -76,16 +76,35 @@ def measure(args: argparse.Namespace, path: Path) -> None:
                             summary = run_summary(env, config, CLIENTS, out)
                             if summary.status != "complete":
                                 raise RuntimeError(f"{run_directory(out)}: run {summary.status}: {summary.reason}")
-                            accuracy, spent, median = summary.student_accuracy, summary.dp_epsilon_max, summary.median_round_seconds
-                        row = {"dataset": dataset, "split": SPLIT, "models": MODELS, "rounds": args.rounds,
-                               "strategy": strategy, "epsilon": epsilon, "delta": DELTA if epsilon else None,
-                               "seed": seed, "accuracy": accuracy, "dp_epsilon_max": spent,
-                               "median_round_seconds": median, "wall_seconds": time.perf_counter() - start,
-                               "quiet_check": quiet, "busy": quiet["busy"], "load_average": load_average(),
-                               "provenance": provenance()}
+                            accuracy, spent, median = (
+                                summary.student_accuracy,
+                                summary.dp_epsilon_max,
+                                summary.median_round_seconds,
+                            )
+                        row = {
+                            "dataset": dataset,
+                            "split": SPLIT,
+                            "models": MODELS,
+                            "rounds": args.rounds,
+                            "strategy": strategy,
+                            "epsilon": epsilon,
+                            "delta": DELTA if epsilon else None,
+                            "seed": seed,
+                            "accuracy": accuracy,
+                            "dp_epsilon_max": spent,
+                            "median_round_seconds": median,
+                            "wall_seconds": time.perf_counter() - start,
+                            "quiet_check": quiet,
+                            "busy": quiet["busy"],
+                            "load_average": load_average(),
+                            "provenance": provenance(),
+                        }
                         _append(path, row)
-                        print(f"{dataset} {strategy} ε={epsilon} seed {seed}: {accuracy:.3f}, ε spent {spent}, "
-                              f"median round {median} s, wall {row['wall_seconds']:.0f} s", flush=True)
+                        print(
+                            f"{dataset} {strategy} ε={epsilon} seed {seed}: {accuracy:.3f}, ε spent {spent}, "
+                            f"median round {median} s, wall {row['wall_seconds']:.0f} s",
+                            flush=True,
+                        )
 
 
 def _eps_label(epsilon: float | None) -> str:
@@ -94,15 +113,21 @@ def _eps_label(epsilon: float | None) -> str:
 
 def _order(rows: list[dict]) -> tuple[list[tuple], list[str], list[float | None]]:
     """The (dataset, rounds) cells, strategies and ε values of `rows`, in table order (no DP last)."""
-    cells = sorted({(r["dataset"], r["rounds"]) for r in rows},
-                   key=lambda c: (DATASETS.index(c[0]) if c[0] in DATASETS else len(DATASETS), c[0], c[1]))
-    strategies = sorted({r["strategy"] for r in rows}, key=lambda s: (STRATEGIES.index(s) if s in STRATEGIES else len(STRATEGIES), s))
+    cells = sorted(
+        {(r["dataset"], r["rounds"]) for r in rows},
+        key=lambda c: (DATASETS.index(c[0]) if c[0] in DATASETS else len(DATASETS), c[0], c[1]),
+    )
+    strategies = sorted(
+        {r["strategy"] for r in rows}, key=lambda s: (STRATEGIES.index(s) if s in STRATEGIES else len(STRATEGIES), s)
+    )
     epsilons = sorted({r["epsilon"] for r in rows}, key=lambda e: (e is None, e or 0.0))
     return cells, strategies, epsilons
 
 
 def _pick(rows: list[dict], cell: tuple, strategy: str, epsilon: float | None) -> list[dict]:
-    return [r for r in rows if (r["dataset"], r["rounds"]) == cell and r["strategy"] == strategy and r["epsilon"] == epsilon]
+    return [
+        r for r in rows if (r["dataset"], r["rounds"]) == cell and r["strategy"] == strategy and r["epsilon"] == epsilon
+    ]
 
 
 def report(path: Path) -> str:
@@ -112,51 +137,96 @@ def report(path: Path) -> str:
     private = [e for e in epsilons if e is not None]
     head = "| strategy | " + " | ".join(_eps_label(e) for e in epsilons) + " |"
     rule = "|---" * (1 + len(epsilons)) + "|"
-    lines = [f"Student accuracy on the server's test set after the last round, mean (std) over seeds, under sample-level "
-             f"DP-SGD at δ = {DELTA:g} on every node (docs/privacy.md); [ε max]: the largest ε a node reported spent, "
-             "the highest over seeds. Dirichlet 0.5, 10 clients (5 per round), homogeneous models; local-only: each "
-             "client alone for rounds x local-epochs epochs, its noise calibrated to spend ε over them.", ""]
+    lines = [
+        f"Student accuracy on the server's test set after the last round, mean (std) over seeds, under sample-level "
+        f"DP-SGD at δ = {DELTA:g} on every node (docs/privacy.md); [ε max]: the largest ε a node reported spent, "
+        "the highest over seeds. Dirichlet 0.5, 10 clients (5 per round), homogeneous models; local-only: each "
+        "client alone for rounds x local-epochs epochs, its noise calibrated to spend ε over them.",
+        "",
+    ]
     recorded = [r["provenance"] for r in rows if "provenance" in r]
     if recorded:
         commits = sorted({p["commit"] for p in recorded})
-        lines += [provenance_line(recorded[-1]) + (f" Rows from commits {', '.join(commits)}." if len(commits) > 1 else ""), ""]
+        lines += [
+            provenance_line(recorded[-1]) + (f" Rows from commits {', '.join(commits)}." if len(commits) > 1 else ""),
+            "",
+        ]
     checks = [r["quiet_check"] for r in rows if "quiet_check" in r]
     if checks:
-        lines += [quiet_line(checks, recorded[-1]["cores"] if recorded else "?")
-                  + (f" {sum(r['busy'] for r in rows)} rows ran on a busy machine (--allow-busy)." if any(r["busy"] for r in rows) else ""), ""]
+        lines += [
+            quiet_line(checks, recorded[-1]["cores"] if recorded else "?")
+            + (
+                f" {sum(r['busy'] for r in rows)} rows ran on a busy machine (--allow-busy)."
+                if any(r["busy"] for r in rows)
+                else ""
+            ),
+            "",
+        ]
     for cell in cells:
-        means = {(s, e): statistics.fmean(r["accuracy"] for r in picked)
-                 for s in strategies for e in epsilons if (picked := _pick(rows, cell, s, e))}
+        means = {
+            (s, e): statistics.fmean(r["accuracy"] for r in picked)
+            for s in strategies
+            for e in epsilons
+            if (picked := _pick(rows, cell, s, e))
+        }
         lines += [f"### {cell[0]}, {cell[1]} rounds per phase: accuracy (seeds) [ε max]", "", head, rule]
         for s in strategies:
             values = []
             for e in epsilons:
                 picked = _pick(rows, cell, s, e)
                 spent = [r["dp_epsilon_max"] for r in picked if r["dp_epsilon_max"] is not None]
-                values.append("-" if not picked else f"{_ms([r['accuracy'] for r in picked])} ({len(picked)})"
-                              + (f" [{max(spent):.2f}]" if spent else ""))
+                values.append(
+                    "-"
+                    if not picked
+                    else f"{_ms([r['accuracy'] for r in picked])} ({len(picked)})"
+                    + (f" [{max(spent):.2f}]" if spent else "")
+                )
             lines.append(f"| {s} | " + " | ".join(values) + " |")
-        best = [f"{_eps_label(e)}: {max(found, key=found.get)} {found[max(found, key=found.get)]:.3f}"
-                for e in epsilons if (found := {s: means[(s, e)] for s in strategies if (s, e) in means})]
+        best = [
+            f"{_eps_label(e)}: {max(found, key=found.get)} {found[max(found, key=found.get)]:.3f}"
+            for e in epsilons
+            if (found := {s: means[(s, e)] for s in strategies if (s, e) in means})
+        ]
         lines += ["", "Most accurate: " + "; ".join(best) + ".", ""]
         if private and any((s, None) in means for s in strategies):
-            lines += [f"### {cell[0]}, {cell[1]} rounds: accuracy lost against no DP (points)", "",
-                      "| strategy | " + " | ".join(_eps_label(e) for e in private) + " |", "|---" * (1 + len(private)) + "|"]
+            lines += [
+                f"### {cell[0]}, {cell[1]} rounds: accuracy lost against no DP (points)",
+                "",
+                "| strategy | " + " | ".join(_eps_label(e) for e in private) + " |",
+                "|---" * (1 + len(private)) + "|",
+            ]
             for s in strategies:
-                lines.append(f"| {s} | " + " | ".join(
-                    f"{100 * (means[(s, None)] - means[(s, e)]):.1f}" if (s, None) in means and (s, e) in means else "-"
-                    for e in private) + " |")
+                lines.append(
+                    f"| {s} | "
+                    + " | ".join(
+                        f"{100 * (means[(s, None)] - means[(s, e)]):.1f}"
+                        if (s, None) in means and (s, e) in means
+                        else "-"
+                        for e in private
+                    )
+                    + " |"
+                )
             lines.append("")
-        timed = [s for s in strategies if any(r["median_round_seconds"] is not None for e in epsilons for r in _pick(rows, cell, s, e))]
+        timed = [
+            s
+            for s in strategies
+            if any(r["median_round_seconds"] is not None for e in epsilons for r in _pick(rows, cell, s, e))
+        ]
         if private and timed:
-            lines += [f"### {cell[0]}, {cell[1]} rounds: median round seconds with DP, without, and their ratio", "",
-                      "| strategy | " + " | ".join(_eps_label(e) for e in private) + " | no DP |", "|---" * (2 + len(private)) + "|"]
+            lines += [
+                f"### {cell[0]}, {cell[1]} rounds: median round seconds with DP, without, and their ratio",
+                "",
+                "| strategy | " + " | ".join(_eps_label(e) for e in private) + " | no DP |",
+                "|---" * (2 + len(private)) + "|",
+            ]
             for s in timed:
                 plain = _median_round(rows, cell, s, None)
                 cells_ = []
                 for e in private:
                     with_dp = _median_round(rows, cell, s, e)
-                    cells_.append("-" if with_dp is None else f"{with_dp:.2f}" + (f" (x{with_dp / plain:.2f})" if plain else ""))
+                    cells_.append(
+                        "-" if with_dp is None else f"{with_dp:.2f}" + (f" (x{with_dp / plain:.2f})" if plain else "")
+                    )
                 lines.append(f"| {s} | " + " | ".join(cells_) + f" | {'-' if plain is None else f'{plain:.2f}'} |")
             lines.append("")
     if rows:
@@ -166,7 +236,9 @@ def report(path: Path) -> str:
 
 def _median_round(rows: list[dict], cell: tuple, strategy: str, epsilon: float | None) -> float | None:
     """The median over seeds of each run's median round seconds; None if no run timed its rounds."""
-    found = [r["median_round_seconds"] for r in _pick(rows, cell, strategy, epsilon) if r["median_round_seconds"] is not None]
+    found = [
+        r["median_round_seconds"] for r in _pick(rows, cell, strategy, epsilon) if r["median_round_seconds"] is not None
+    ]
     return statistics.median(found) if found else None
 
 
@@ -180,16 +252,28 @@ def _plot(rows: list[dict], cells: list[tuple], strategies: list[str], out: Path
     fig, axes = plt.subplots(1, len(cells), figsize=(5.5 * len(cells), 4), squeeze=False)
     for ax, cell in zip(axes.flat, cells):
         for i, s in enumerate(strategies):
-            points = sorted((e, statistics.fmean(r["accuracy"] for r in picked))
-                            for e in {r["epsilon"] for r in rows if r["epsilon"] is not None}
-                            if (picked := _pick(rows, cell, s, e)))
+            points = sorted(
+                (e, statistics.fmean(r["accuracy"] for r in picked))
+                for e in {r["epsilon"] for r in rows if r["epsilon"] is not None}
+                if (picked := _pick(rows, cell, s, e))
+            )
             colour = f"C{STRATEGIES.index(s) if s in STRATEGIES else i}"
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colour, label=s)
             if plain := _pick(rows, cell, s, None):
-                ax.axhline(statistics.fmean(r["accuracy"] for r in plain), linestyle="--", color=colour, alpha=0.7,
-                           label=f"{s}, no DP")
-        ax.set(title=f"{cell[0]}, {cell[1]} rounds per phase", xlabel=f"ε (δ = {DELTA:g})", ylabel="student accuracy", xscale="log")
+                ax.axhline(
+                    statistics.fmean(r["accuracy"] for r in plain),
+                    linestyle="--",
+                    color=colour,
+                    alpha=0.7,
+                    label=f"{s}, no DP",
+                )
+        ax.set(
+            title=f"{cell[0]}, {cell[1]} rounds per phase",
+            xlabel=f"ε (δ = {DELTA:g})",
+            ylabel="student accuracy",
+            xscale="log",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

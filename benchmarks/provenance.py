@@ -26,8 +26,12 @@ def _commit() -> str:
     if done.returncode != 0:
         return "unknown"
     # Results files are what benchmarks write, not code: they do not make the commit's code differ.
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                            ":(exclude)benchmarks/results"], cwd=PROJECT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return done.stdout.strip() + ("+changes" if dirty else "")
 
 
@@ -47,8 +51,10 @@ def provenance() -> dict[str, object]:
 
 def provenance_line(info: dict[str, object]) -> str:
     """One line for a results page: 'commit abc1234, 2-core x86_64 (CPU model), Linux ..., torch .., flwr ..'."""
-    return (f"Measured at commit `{info['commit']}` on a {info['cores']}-core {info['machine']} ({info['cpu']}), "
-            f"{info['os']}, Python {info['python']}, torch {info['torch']}, flwr {info['flwr']}.")
+    return (
+        f"Measured at commit `{info['commit']}` on a {info['cores']}-core {info['machine']} ({info['cpu']}), "
+        f"{info['os']}, Python {info['python']}, torch {info['torch']}, flwr {info['flwr']}."
+    )
 
 
 def load_average() -> float:
@@ -61,6 +67,7 @@ QUIET_CPU_SHARE = 0.25
 
 def cpu_busy_share(window: float = 2.0) -> float:
     """Share of all cores' time spent busy over the next `window` seconds (/proc/stat): what runs right now."""
+
     def sample() -> tuple[int, int]:
         with open("/proc/stat", encoding="ascii") as stat:
             ticks = [int(x) for x in stat.readline().split()[1:]]
@@ -87,16 +94,28 @@ def wait_until_quiet(threshold: float | None = None, max_wait: float = 180.0, wi
     start = time.monotonic()
     while (busy := cpu_busy_share(window)) > limit and time.monotonic() - start < max_wait:
         pass
-    return {"cpu_busy": busy, "load_average": load_average(), "threshold": limit,
-            "waited_seconds": round(time.monotonic() - start, 1), "busy": busy > limit}
+    return {
+        "cpu_busy": busy,
+        "load_average": load_average(),
+        "threshold": limit,
+        "waited_seconds": round(time.monotonic() - start, 1),
+        "busy": busy > limit,
+    }
 
 
 def quiet_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --allow-busy, --quiet-cpu and --max-wait: how a timed run waits for a quiet machine."""
-    parser.add_argument("--allow-busy", action="store_true",
-                        help="run even when the CPU stays busier than --quiet-cpu; such runs are marked busy")
-    parser.add_argument("--quiet-cpu", type=float, default=QUIET_CPU_SHARE,
-                        help="share of the CPU that may be busy when a timed run starts (default %(default)s)")
+    parser.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="run even when the CPU stays busier than --quiet-cpu; such runs are marked busy",
+    )
+    parser.add_argument(
+        "--quiet-cpu",
+        type=float,
+        default=QUIET_CPU_SHARE,
+        help="share of the CPU that may be busy when a timed run starts (default %(default)s)",
+    )
     parser.add_argument("--max-wait", type=float, default=180.0, help="seconds to wait for it before each timed run")
 
 
@@ -104,10 +123,12 @@ def before_timing(args: argparse.Namespace) -> dict:
     """wait_until_quiet with the command line's settings; stop unless the machine got quiet or --allow-busy."""
     quiet = wait_until_quiet(args.quiet_cpu, args.max_wait)
     if quiet["busy"] and not args.allow_busy:
-        raise SystemExit(f"the machine is busy: {quiet['cpu_busy']:.0%} of its CPU in use, above "
-                         f"{quiet['threshold']:.0%}, after {quiet['waited_seconds']:.0f} s (1-minute load average "
-                         f"{quiet['load_average']:.2f}); rerun on a quiet machine, or pass --allow-busy to measure "
-                         "anyway (runs marked busy)")
+        raise SystemExit(
+            f"the machine is busy: {quiet['cpu_busy']:.0%} of its CPU in use, above "
+            f"{quiet['threshold']:.0%}, after {quiet['waited_seconds']:.0f} s (1-minute load average "
+            f"{quiet['load_average']:.2f}); rerun on a quiet machine, or pass --allow-busy to measure "
+            "anyway (runs marked busy)"
+        )
     return quiet
 
 
@@ -117,7 +138,13 @@ def quiet_line(records: list[dict], cores: object) -> str:
     cpu = [r["cpu_busy"] for r in records if "cpu_busy" in r]
     waited = [r for r in records if "busy" in r]
     share = f"CPU in use before each timed run {min(cpu):.0%}-{max(cpu):.0%}; " if cpu else ""
-    checked = (f"; {sum(r['busy'] for r in waited)} of {len(waited)} quiet checks (at most "
-               f"{waited[0]['threshold']:.0%} of the CPU in use) found the machine busy" if waited else "")
-    return (f"{share}1-minute load average before each timed run {min(loads):.2f}-{max(loads):.2f} "
-            f"(mean {statistics.mean(loads):.2f}) on {cores} cores{checked}.")
+    checked = (
+        f"; {sum(r['busy'] for r in waited)} of {len(waited)} quiet checks (at most "
+        f"{waited[0]['threshold']:.0%} of the CPU in use) found the machine busy"
+        if waited
+        else ""
+    )
+    return (
+        f"{share}1-minute load average before each timed run {min(loads):.2f}-{max(loads):.2f} "
+        f"(mean {statistics.mean(loads):.2f}) on {cores} cores{checked}."
+    )

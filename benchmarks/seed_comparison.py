@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from deploy.simulation import run_directory, run_summary, simulation_superlink
 from benchmarks.provenance import before_timing, provenance, provenance_line, quiet_arguments, quiet_line
 from deploy.processes import PROJECT
+from deploy.simulation import run_directory, run_summary, simulation_superlink
 
 SEED_SCRIPT = PROJECT.parent / "shared" / "seed" / "tutorial_055.py"
 RESULTS = PROJECT / "benchmarks" / "results"
@@ -33,9 +33,20 @@ TEST_SAMPLES = 20_000
 # seeds torch's global generator with the run's seed, so neither ever draws this array.
 COMMON_TEST_SEED = 20_250_055
 FEATURES, CLASSES = 32, 10
-APP_CONFIG = {"dataset": "synthetic", "partitioner": "iid", "num-teacher-rounds": 25, "num-student-rounds": 25,
-              "fraction-train": 0.5, "local-epochs": 3, "batch-size": 32, "learning-rate": 0.01,
-              "temperature": 3.0, "alpha": 0.5, "teacher-model": "mlp-128x64", "model": "mlp-32"}
+APP_CONFIG = {
+    "dataset": "synthetic",
+    "partitioner": "iid",
+    "num-teacher-rounds": 25,
+    "num-student-rounds": 25,
+    "fraction-train": 0.5,
+    "local-epochs": 3,
+    "batch-size": 32,
+    "learning-rate": 0.01,
+    "temperature": 3.0,
+    "alpha": 0.5,
+    "teacher-model": "mlp-128x64",
+    "model": "mlp-32",
+}
 
 
 def common_test_set(n: int):
@@ -132,17 +143,25 @@ def _standard_error(p: float, n: int) -> float:
 def report(seed_runs: list[dict], app_runs: list[dict], seeds: list[int], test_samples: int, info: dict) -> str:
     """Markdown table: mean (std) per system, and fedkd as a ratio to the seed; then test sets, load, provenance."""
     own_seed, own_app = seed_runs[0]["own_test_samples"], app_runs[0]["own_test_samples"]
-    rows = [(f"teacher accuracy, common test set ({test_samples:,})", "common_teacher_accuracy", "{:.3f}"),
-            (f"student accuracy, common test set ({test_samples:,})", "common_student_accuracy", "{:.3f}"),
-            (f"teacher accuracy, own test set (seed {own_seed:,}, fedkd {own_app:,})", "teacher_accuracy", "{:.3f}"),
-            (f"student accuracy, own test set (seed {own_seed:,}, fedkd {own_app:,})", "student_accuracy", "{:.3f}"),
-            ("median time per round (s)", "median_round_seconds", "{:.3f}"),
-            ("end-to-end wall time (s)", "wall_seconds", "{:.1f}")]
-    lines = [f"Seeds {seeds}; mean (std) over seeds.", "",
-             "| metric | seed script | fedkd (`flwr run`, simulation) | fedkd / seed |", "|---|---|---|---|"]
+    rows = [
+        (f"teacher accuracy, common test set ({test_samples:,})", "common_teacher_accuracy", "{:.3f}"),
+        (f"student accuracy, common test set ({test_samples:,})", "common_student_accuracy", "{:.3f}"),
+        (f"teacher accuracy, own test set (seed {own_seed:,}, fedkd {own_app:,})", "teacher_accuracy", "{:.3f}"),
+        (f"student accuracy, own test set (seed {own_seed:,}, fedkd {own_app:,})", "student_accuracy", "{:.3f}"),
+        ("median time per round (s)", "median_round_seconds", "{:.3f}"),
+        ("end-to-end wall time (s)", "wall_seconds", "{:.1f}"),
+    ]
+    lines = [
+        f"Seeds {seeds}; mean (std) over seeds.",
+        "",
+        "| metric | seed script | fedkd (`flwr run`, simulation) | fedkd / seed |",
+        "|---|---|---|---|",
+    ]
     for label, key, fmt in rows:
         (sm, ss), (am, as_) = _stats(seed_runs, key), _stats(app_runs, key)
-        lines.append(f"| {label} | {fmt.format(sm)} ({fmt.format(ss)}) | {fmt.format(am)} ({fmt.format(as_)}) | {am / sm:.2f} |")
+        lines.append(
+            f"| {label} | {fmt.format(sm)} ({fmt.format(ss)}) | {fmt.format(am)} ({fmt.format(as_)}) | {am / sm:.2f} |"
+        )
     seed_p, app_p = _stats(seed_runs, "common_student_accuracy")[0], _stats(app_runs, "common_student_accuracy")[0]
     own_seed_p, own_app_p = _stats(seed_runs, "student_accuracy")[0], _stats(app_runs, "student_accuracy")[0]
     lines += [
@@ -188,11 +207,18 @@ def main() -> None:
             app_runs.append({**run_app(env, seed, Path(tmp) / f"out-{seed}", test), "before_run": before})
             print(f"seed {seed}: seed script {seed_runs[-1]}\n         fedkd {app_runs[-1]}", flush=True)
     table = report(seed_runs, app_runs, args.seeds, args.test_samples, info)
-    (args.results / "seed_comparison.json").write_text(json.dumps({
-        "seeds": args.seeds, "provenance": info,
-        "common_test_set": {"samples": args.test_samples, "seed": COMMON_TEST_SEED},
-        "seed_script": seed_runs, "fedkd": app_runs,
-    }, indent=2))
+    (args.results / "seed_comparison.json").write_text(
+        json.dumps(
+            {
+                "seeds": args.seeds,
+                "provenance": info,
+                "common_test_set": {"samples": args.test_samples, "seed": COMMON_TEST_SEED},
+                "seed_script": seed_runs,
+                "fedkd": app_runs,
+            },
+            indent=2,
+        )
+    )
     (args.results / "seed_comparison.md").write_text(table + "\n")
     print(table)
 

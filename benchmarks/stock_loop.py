@@ -7,7 +7,6 @@ Round times go to <output-dir>/stock-rounds.json.
 
 import json
 import time
-
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -40,16 +39,26 @@ class StockFedAvg(FedAvg):
 def main(grid: Grid, context: Context) -> None:
     """Run `num-teacher-rounds` stock FedAvg rounds of the teacher; record when each ended."""
     cfg = parse_run_config(context.run_config)
-    strategy = StockFedAvg(cfg.teacher_model, fraction_train=cfg.fraction_train, fraction_evaluate=1.0,
-                           min_train_nodes=cfg.min_train_nodes, min_available_nodes=cfg.min_train_nodes)
+    strategy = StockFedAvg(
+        cfg.teacher_model,
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=1.0,
+        min_train_nodes=cfg.min_train_nodes,
+        min_available_nodes=cfg.min_train_nodes,
+    )
     ends: list[float] = []
 
     def mark(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         ends.append(time.perf_counter())
         return MetricRecord({"round": server_round})
 
-    strategy.start(grid, to_record(initial_model(cfg.teacher_model, cfg.dataset, cfg.seed)), num_rounds=cfg.num_teacher_rounds,
-                   timeout=cfg.round_timeout, evaluate_fn=mark)
+    strategy.start(
+        grid,
+        to_record(initial_model(cfg.teacher_model, cfg.dataset, cfg.seed)),
+        num_rounds=cfg.num_teacher_rounds,
+        timeout=cfg.round_timeout,
+        evaluate_fn=mark,
+    )
     out = cfg.output_path()
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "stock-rounds.json", [b - a for a, b in zip(ends, ends[1:])])

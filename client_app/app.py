@@ -19,9 +19,38 @@ from common.loss import distillation_loss, soft_loss
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
 from common.privacy import DPSGD, Ledger, noise_multiplier, sample_rate, spent_epsilon, steps_per_epoch
 from common.protocol import (
-    ARRAYS, CLIENT_SECONDS, CONFIG, CONSENSUS, DIGEST_LOSS, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING,
-    GENERATOR, GENERATOR_LABELS, INDICES, LABEL_COUNTS, LOGITS, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PRIVATE_EPOCHS, PROXIMAL_MU,
-    PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE, SOURCE_TEACHER, SPLIT, TEACHER, TEST_LOGITS, TRAIN_LOSS, Action,
+    ARRAYS,
+    CLIENT_SECONDS,
+    CONFIG,
+    CONSENSUS,
+    DIGEST_LOSS,
+    DP_EPSILON,
+    EVAL_CORRECT,
+    EVAL_EXAMPLES,
+    EVAL_LOSS_SUM,
+    EVALUATE_INCOMING,
+    GENERATOR,
+    GENERATOR_LABELS,
+    INDICES,
+    LABEL_COUNTS,
+    LOGITS,
+    METRICS,
+    MODEL,
+    NAME,
+    NODE,
+    NUM_EXAMPLES,
+    PRIVATE_EPOCHS,
+    PROXIMAL_MU,
+    PUBLIC,
+    REPORT_TEST_LOGITS,
+    SERVER_ROUND,
+    SOURCE,
+    SOURCE_TEACHER,
+    SPLIT,
+    TEACHER,
+    TEST_LOGITS,
+    TRAIN_LOSS,
+    Action,
 )
 from common.seeds import Stream, derive_seed
 from common.training import LossFn, evaluate, predict_logits, train
@@ -84,13 +113,22 @@ def _eval_metrics(cfg: RunConfig, model: torch.nn.Module, test: Split) -> dict[s
 
 
 def _train_kwargs(cfg: RunConfig, seed: int, epochs: int | None = None) -> dict:
-    return {"epochs": epochs or cfg.local_epochs, "batch_size": cfg.batch_size,
-            "learning_rate": cfg.learning_rate, "seed": seed}
+    return {
+        "epochs": epochs or cfg.local_epochs,
+        "batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "seed": seed,
+    }
 
 
 def _fit(
-    msg: Message, context: Context, cfg: RunConfig, stream: int, data: ClientData,
-    model_loss: Callable[[torch.nn.Module], LossFn] | None = None, **train_kwargs,
+    msg: Message,
+    context: Context,
+    cfg: RunConfig,
+    stream: int,
+    data: ClientData,
+    model_loss: Callable[[torch.nn.Module], LossFn] | None = None,
+    **train_kwargs,
 ) -> Message:
     """Shared body of the weight-training handlers: score the incoming global model, train, reply.
     `model_loss` builds a loss that reads the model being trained (FedGen's, through its head)."""
@@ -162,8 +200,10 @@ def _held_ledger(cfg: RunConfig, context: Context) -> dict | None:
 def _private_epochs(config: ConfigRecord) -> int:
     """The run's horizon of private training the server sent (`private-epochs`); a clear error without it."""
     if PRIVATE_EPOCHS not in config:
-        raise ValueError(f"message config '{PRIVATE_EPOCHS}' is missing with run config 'dp-epsilon' > 0: the ServerApp "
-                         "sends it with every message of a DP run; it must run the same fedkd version as this node")
+        raise ValueError(
+            f"message config '{PRIVATE_EPOCHS}' is missing with run config 'dp-epsilon' > 0: the ServerApp "
+            "sends it with every message of a DP run; it must run the same fedkd version as this node"
+        )
     return int(config[PRIVATE_EPOCHS])
 
 
@@ -173,10 +213,17 @@ def _ledger(cfg: RunConfig, context: Context, data: ClientData, private_epochs: 
     if (held := _held_ledger(cfg, context)) is None:
         n = len(data.train)
         steps = private_epochs * steps_per_epoch(n, cfg.batch_size)
-        held = {"noise_multiplier": noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, sample_rate(n, cfg.batch_size), steps),
-                "history": []}
-    return Ledger(cfg.dp_epsilon, cfg.dp_delta, cfg.dp_max_grad_norm, held["noise_multiplier"],
-                  [tuple(step) for step in held["history"]])
+        held = {
+            "noise_multiplier": noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, sample_rate(n, cfg.batch_size), steps),
+            "history": [],
+        }
+    return Ledger(
+        cfg.dp_epsilon,
+        cfg.dp_delta,
+        cfg.dp_max_grad_norm,
+        held["noise_multiplier"],
+        [tuple(step) for step in held["history"]],
+    )
 
 
 def _keep_ledger(cfg: RunConfig, context: Context, ledger: Ledger) -> None:
@@ -190,8 +237,14 @@ def _keep_ledger(cfg: RunConfig, context: Context, ledger: Ledger) -> None:
 
 
 def _train_private(
-    cfg: RunConfig, msg: Message, context: Context, model: torch.nn.Module, data: ClientData, seed: int,
-    epochs: int | None = None, **train_kwargs,
+    cfg: RunConfig,
+    msg: Message,
+    context: Context,
+    model: torch.nn.Module,
+    data: ClientData,
+    seed: int,
+    epochs: int | None = None,
+    **train_kwargs,
 ) -> float:
     """`train` on the node's private training data: DP-SGD charged to its ledger when `dp-epsilon` > 0."""
     if cfg.dp_epsilon == 0:
@@ -240,8 +293,15 @@ def _own_model(cfg: RunConfig, msg: Message, context: Context, stream: int, data
     model = initial_model(name, cfg.dataset, derive_seed(cfg.seed, Stream.OWN_MODEL, stream))
     if cfg.transfer_epochs > 0:
         public = load_public(cfg)
-        train(model, public.x, (public.y,), **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.TRANSFER, stream), cfg.transfer_epochs))
-    _train_private(cfg, msg, context, model, data, derive_seed(cfg.seed, Stream.OWN_TRAINING, stream), targets=(data.train.y,))
+        train(
+            model,
+            public.x,
+            (public.y,),
+            **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.TRANSFER, stream), cfg.transfer_epochs),
+        )
+    _train_private(
+        cfg, msg, context, model, data, derive_seed(cfg.seed, Stream.OWN_TRAINING, stream), targets=(data.train.y,)
+    )
     _keep(context, OWN_MODEL, model)
     return model
 
@@ -269,18 +329,28 @@ def train_fedgen(msg: Message, context: Context) -> Message:
     the reply counts the node's examples of each class, which the server fits the generator to."""
     cfg = parse_run_config(context.run_config)
     if cfg.dp_epsilon > 0:
-        raise ValueError("strategy 'fedgen' reports label counts that DP-SGD does not protect; run it with dp-epsilon 0")
+        raise ValueError(
+            "strategy 'fedgen' reports label counts that DP-SGD does not protect; run it with dp-epsilon 0"
+        )
     stream, data = _node_data(cfg, context)
     config = msg.content[CONFIG]
     loss = None
     if GENERATOR in msg.content.array_records:
-        gen = FeatureGenerator(dataset_shape(cfg.dataset)[1], [feature_width(str(config[MODEL]), cfg.dataset)], cfg.seed)
+        gen = FeatureGenerator(
+            dataset_shape(cfg.dataset)[1], [feature_width(str(config[MODEL]), cfg.dataset)], cfg.seed
+        )
         gen.load_state_dict(msg.content[GENERATOR].to_torch_state_dict(), strict=True)
         server_round = int(config[SERVER_ROUND])
         # The loss reads the head of the model _fit trains, so it is built for that model, below.
-        loss = partial(regularised_loss, gen=gen, labels=list(config[GENERATOR_LABELS]), alpha=cfg.fedgen_alpha,
-                       beta=cfg.fedgen_beta, server_round=server_round,
-                       seed=derive_seed(cfg.seed, Stream.FEDGEN_SAMPLES, server_round, stream))
+        loss = partial(
+            regularised_loss,
+            gen=gen,
+            labels=list(config[GENERATOR_LABELS]),
+            alpha=cfg.fedgen_alpha,
+            beta=cfg.fedgen_beta,
+            server_round=server_round,
+            seed=derive_seed(cfg.seed, Stream.FEDGEN_SAMPLES, server_round, stream),
+        )
     reply = _fit(msg, context, cfg, stream, data, targets=(data.train.y,), model_loss=loss)
     counts = torch.bincount(data.train.y, minlength=dataset_shape(cfg.dataset)[1])
     reply.content[METRICS][LABEL_COUNTS] = [int(c) for c in counts]
@@ -309,13 +379,31 @@ def train_digest(msg: Message, context: Context) -> Message:
     model = _own_model(cfg, msg, context, stream, data)
     server_round = int(config[SERVER_ROUND])
     consensus = logits_from_record(msg.content[CONSENSUS])
-    digest = train(model, _inputs(cfg, config), (consensus,), loss_fn=partial(soft_loss, temperature=cfg.temperature),
-                   **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.DIGEST, server_round, stream), cfg.digest_epochs))
-    revisit = _train_private(cfg, msg, context, model, data, derive_seed(cfg.seed, Stream.REVISIT, server_round, stream),
-                             targets=(data.train.y,))
+    digest = train(
+        model,
+        _inputs(cfg, config),
+        (consensus,),
+        loss_fn=partial(soft_loss, temperature=cfg.temperature),
+        **_train_kwargs(cfg, derive_seed(cfg.seed, Stream.DIGEST, server_round, stream), cfg.digest_epochs),
+    )
+    revisit = _train_private(
+        cfg,
+        msg,
+        context,
+        model,
+        data,
+        derive_seed(cfg.seed, Stream.REVISIT, server_round, stream),
+        targets=(data.train.y,),
+    )
     _keep(context, OWN_MODEL, model)
-    metrics = {**_eval_metrics(cfg, model, data.test), NUM_EXAMPLES: len(data.train), TRAIN_LOSS: revisit,
-               DIGEST_LOSS: digest, CLIENT_SECONDS: time.perf_counter() - start, **_privacy_metrics(cfg, context)}
+    metrics = {
+        **_eval_metrics(cfg, model, data.test),
+        NUM_EXAMPLES: len(data.train),
+        TRAIN_LOSS: revisit,
+        DIGEST_LOSS: digest,
+        CLIENT_SECONDS: time.perf_counter() - start,
+        **_privacy_metrics(cfg, context),
+    }
     content = RecordDict({METRICS: MetricRecord(metrics)})
     if config.get(REPORT_TEST_LOGITS, False):
         content[TEST_LOGITS] = logits_to_record(predict_logits(model, load_server_testset(cfg).x), cfg.logits_dtype)

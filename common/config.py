@@ -44,16 +44,16 @@ def model_cycle(text: str) -> list[str]:
 class RunConfig(BaseModel):
     """Every run-config key of fedkd, with its type, range and default."""
 
-    model_config = ConfigDict(
-        alias_generator=_kebab, populate_by_name=True, extra="forbid", strict=True, frozen=True
-    )
+    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", strict=True, frozen=True)
 
     # Descriptions (and `allowed` notes for checks no type or bound expresses) are the source of
     # docs/configuration.md; `python -m common.config_docs` regenerates it, a test fails when it is stale.
     strategy: str = Field(
-        "two-stage", description="the federated method (see docs/strategies.md)",
-        json_schema_extra={"allowed": "the name of a strategy registered in `server_app/strategies/`, as listed in "
-                           "docs/strategies.md"},
+        "two-stage",
+        description="the federated method (see docs/strategies.md)",
+        json_schema_extra={
+            "allowed": "the name of a strategy registered in `server_app/strategies/`, as listed in docs/strategies.md"
+        },
     )
     dataset: Literal["digits", "mnist5k", "synthetic"] = Field(
         "digits", description="the dataset every node and the server build (see the README's Data)"
@@ -67,7 +67,9 @@ class RunConfig(BaseModel):
     classes_per_partition: int = Field(2, ge=1, description="labels per client for `pathological`")
     samples_per_client: int = Field(200, ge=10, description="training samples per client of `synthetic`")
     local_test_fraction: float = Field(
-        0.2, gt=0, lt=1,
+        0.2,
+        gt=0,
+        lt=1,
         description="share of a client's data kept for local evaluation (`synthetic`: extra samples of that share)",
     )
     num_teacher_rounds: int = Field(25, ge=1, description="rounds of phase 1 (two-stage: the teacher)")
@@ -79,7 +81,9 @@ class RunConfig(BaseModel):
         1.0, ge=0, le=1, description="share of nodes scoring each phase's final model (0: skip)"
     )
     min_train_nodes: int = Field(
-        2, ge=1, description="nodes sampled per round at least; more than there are nodes is an error",
+        2,
+        ge=1,
+        description="nodes sampled per round at least; more than there are nodes is an error",
         json_schema_extra={"allowed": "at most the number of connected nodes"},
     )
     min_replies: float = Field(
@@ -96,22 +100,26 @@ class RunConfig(BaseModel):
         0.5, ge=0, le=1, description="weight of the soft (teacher) loss; 1 − alpha weighs the hard labels"
     )
     teacher_model: str = Field(
-        "mlp-128x64", description="the teacher's architecture (two-stage)",
+        "mlp-128x64",
+        description="the teacher's architecture (two-stage)",
         json_schema_extra={"allowed": f"a model name: {MODEL_FAMILIES}"},
     )
     model: str = Field(
-        "mlp-32", description="the student's architecture of a node whose node config names none",
+        "mlp-32",
+        description="the student's architecture of a node whose node config names none",
         json_schema_extra={"allowed": "a model name, as for `teacher-model`"},
     )
     models: str = Field(
         "",
-        description="simulation: partition i gets entry i mod their number (e.g. `\"mlp-32,mlp-128x64,cnn\"`); "
+        description='simulation: partition i gets entry i mod their number (e.g. `"mlp-32,mlp-128x64,cnn"`); '
         "empty: every node uses `model`",
         json_schema_extra={"allowed": "comma-separated model names, as for `teacher-model`"},
     )
     proximal_mu: float = Field(
-        0.01, ge=0, description="FedProx: weight mu of the proximal term mu/2 * ||w - w_global||^2 in local training "
-        "(0: plain FedAvg)"
+        0.01,
+        ge=0,
+        description="FedProx: weight mu of the proximal term mu/2 * ||w - w_global||^2 in local training "
+        "(0: plain FedAvg)",
     )
     teacher_finetune_epochs: int = Field(
         0, ge=0, description="epochs of local fine-tuning of the global teacher before distilling"
@@ -120,7 +128,8 @@ class RunConfig(BaseModel):
         42, ge=0, description="seed of every random choice: data, partitions, sampling, initialisation, shuffling"
     )
     output_dir: str = Field(
-        "~/fedkd-runs", description="where run directories go, on the machine that runs the ServerApp; `~` is the home of its user, "
+        "~/fedkd-runs",
+        description="where run directories go, on the machine that runs the ServerApp; `~` is the home of its user, "
         "a relative path is relative to its working directory; `<output-dir>/latest` links to the newest run",
         json_schema_extra={"allowed": "a non-empty path"},
     )
@@ -131,16 +140,19 @@ class RunConfig(BaseModel):
         json_schema_extra={"allowed": '`"builtin"`, `"none"`, a path'},
     )
     resume_from: str = Field(
-        "", description="continue that run after its last complete round (see the README's Outputs); empty: a new run",
+        "",
+        description="continue that run after its last complete round (see the README's Outputs); empty: a new run",
         json_schema_extra={"allowed": "a run directory, or empty"},
     )
     clip_norm: float = Field(
-        0.0, ge=0,
+        0.0,
+        ge=0,
         description="clip each client's update (its weights minus the global ones) to this L2 norm before "
         "averaging; 0: off",
     )
     dp_epsilon: float = Field(
-        0.0, ge=0,
+        0.0,
+        ge=0,
         description="sample-level differential privacy: every node trains on its private data with DP-SGD and "
         "spends at most this ε over the whole run (see docs/privacy.md); 0: off",
     )
@@ -152,7 +164,9 @@ class RunConfig(BaseModel):
         1_000_000, ge=1, description="a reply claiming more training examples is rejected as implausible"
     )
     public_fraction: float = Field(
-        0.1, gt=0, lt=0.5,
+        0.1,
+        gt=0,
+        lt=0.5,
         description="share of an image dataset held out as public data (FedMD, FedDF, ensemble teacher)",
     )
     public_samples_per_round: int = Field(
@@ -171,24 +185,28 @@ class RunConfig(BaseModel):
     # 1000 steps, stopping after 500 without improvement: at 300 and 200 a CNN group averaged from
     # one-class clients stayed at chance (mnist5k, Dirichlet 0.1); FedDF's code stops after 2000 of 10^4.
     distill_steps: int = Field(
-        1000, ge=1,
+        1000,
+        ge=1,
         description="server-side distillation on public data (FedDF, ensemble teacher): at most this many "
         "Adam steps per group and round",
     )
     distill_patience: int = Field(
-        50, ge=1,
+        50,
+        ge=1,
         description="server-side distillation on public data: stop after this many validations (every 10 "
         "steps) without improvement",
     )
     # feddf-datafree's own budget: each of its steps also runs the generator, and its validation on
     # generated samples is continuous, so it leaves a plateau sooner.
     datafree_steps: int = Field(
-        300, ge=1,
+        300,
+        ge=1,
         description="feddf-datafree: generator steps per round, and at most this many distillation steps on "
         "its samples",
     )
     datafree_patience: int = Field(
-        20, ge=1,
+        20,
+        ge=1,
         description="feddf-datafree: stop distilling after this many validations without improvement (the "
         "validation is the continuous loss toward the ensemble on generated samples, so it sees progress sooner)",
     )
@@ -196,11 +214,15 @@ class RunConfig(BaseModel):
     # alpha and beta of 10 are for SGD; under fedkd's Adam they swamped the task loss (digits, Dirichlet 0.1,
     # seed 42: 0.597 against FedAvg's 0.644), where 1 and 1 gave 0.700 (docs/strategies.md).
     fedgen_alpha: float = Field(
-        1.0, ge=0, description="fedgen: weight of the cross-entropy of a node's head on generated features in local "
+        1.0,
+        ge=0,
+        description="fedgen: weight of the cross-entropy of a node's head on generated features in local "
         "training (decays by 0.98 a round)",
     )
     fedgen_beta: float = Field(
-        1.0, ge=0, description="fedgen: weight of the KL term pulling a node's predictions toward its head on "
+        1.0,
+        ge=0,
+        description="fedgen: weight of the KL term pulling a node's predictions toward its head on "
         "generated features of the same classes (decays by 0.98 a round)",
     )
     fedgen_generator_steps: int = Field(50, ge=1, description="fedgen: Adam steps of the generator per round")
@@ -277,7 +299,9 @@ def parse_run_config(raw: dict[str, Any], strategies: Collection[str] | None = N
     """Validate a Flower run config (kebab-case keys) into a RunConfig; `strategy` must be one of
     `strategies` when they are given."""
     try:
-        return RunConfig.model_validate(dict(raw), context={"strategies": None if strategies is None else list(strategies)})
+        return RunConfig.model_validate(
+            dict(raw), context={"strategies": None if strategies is None else list(strategies)}
+        )
     except ValidationError as exc:
         problems = "; ".join(_describe(e) for e in exc.errors(include_url=False))
         raise ConfigError(problems) from None

@@ -169,9 +169,7 @@ def _partition_indices(
         # IidPartitioner shards contiguously; the pool is already shuffled by `seed`.
         part = IidPartitioner(num_partitions=num_partitions)
     elif partitioner == "dirichlet":
-        part = DirichletPartitioner(
-            num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed
-        )
+        part = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed)
     else:
         part = PathologicalPartitioner(
             num_partitions=num_partitions,
@@ -187,8 +185,13 @@ def _partition_indices(
 
 def _image_client(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
     idx = _partition_indices(
-        cfg.dataset, cfg.seed, cfg.public_fraction, cfg.partitioner, num_partitions,
-        cfg.dirichlet_alpha, cfg.classes_per_partition,
+        cfg.dataset,
+        cfg.seed,
+        cfg.public_fraction,
+        cfg.partitioner,
+        num_partitions,
+        cfg.dirichlet_alpha,
+        cfg.classes_per_partition,
     )[partition_id]
     order = stream_rng(cfg.seed, Stream.PARTITION_SPLIT, partition_id).permutation(idx)
     n_test = int(round(len(order) * cfg.local_test_fraction)) if len(order) > 1 else 0
@@ -268,15 +271,23 @@ def _checked(x: np.ndarray, y: np.ndarray, names: tuple[str, str], features: int
     if not (finite := np.isfinite(values)).all():
         nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
         big = int((~finite).sum()) - nan - inf
-        found = ", ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf"), (big, "beyond float32's range")) if n)
+        found = ", ".join(
+            f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf"), (big, "beyond float32's range")) if n
+        )
         row = int(np.flatnonzero(~finite.all(axis=1))[0])
-        raise DataError(f"{where}: '{names[0]}' holds non-finite values ({found}), the first in row {row}; allowed: finite float32 numbers")
+        raise DataError(
+            f"{where}: '{names[0]}' holds non-finite values ({found}), the first in row {row}; allowed: finite float32 numbers"
+        )
     if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{where}: '{names[1]}' has shape {list(y.shape)}; expected ({len(x)},), one label per row of '{names[0]}'")
+        raise DataError(
+            f"{where}: '{names[1]}' has shape {list(y.shape)}; expected ({len(x)},), one label per row of '{names[0]}'"
+        )
     if y.dtype.kind not in "iu":
         raise DataError(f"{where}: '{names[1]}' holds {y.dtype} values; allowed: integer labels 0 to {classes - 1}")
     if len(y) and (y.min() < 0 or y.max() >= classes):
-        raise DataError(f"{where}: '{names[1]}' holds labels {int(y.min())}..{int(y.max())}; allowed: 0 to {classes - 1}")
+        raise DataError(
+            f"{where}: '{names[1]}' holds labels {int(y.min())}..{int(y.max())}; allowed: 0 to {classes - 1}"
+        )
     return _split(values, y)
 
 
@@ -294,7 +305,9 @@ def load_npz(path: str, cfg: RunConfig, stream: int) -> ClientData:
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{where} has only one of 'x_test', 'y_test'; expected both (a local test set) or neither")
     if "x_test" in arrays:
-        return ClientData(train, _checked(arrays["x_test"], arrays["y_test"], ("x_test", "y_test"), features, classes, where))
+        return ClientData(
+            train, _checked(arrays["x_test"], arrays["y_test"], ("x_test", "y_test"), features, classes, where)
+        )
     order = stream_rng(cfg.seed, Stream.FILE_SPLIT, stream).permutation(len(train))
     n_test = int(round(len(order) * cfg.local_test_fraction)) if len(order) > 1 else 0
     test, rest = torch.as_tensor(order[:n_test]), torch.as_tensor(order[n_test:])
@@ -319,7 +332,9 @@ def export_partitions(cfg: RunConfig, num_partitions: int, out: Path) -> list[Pa
     for pid in range(num_partitions):
         data = load_client_data(cfg, pid, num_partitions)
         path = out / f"part-{pid}.npz"
-        np.savez(path, x=data.train.x.numpy(), y=data.train.y.numpy(), x_test=data.test.x.numpy(), y_test=data.test.y.numpy())
+        np.savez(
+            path, x=data.train.x.numpy(), y=data.train.y.numpy(), x_test=data.test.x.numpy(), y_test=data.test.y.numpy()
+        )
         paths.append(path)
     test = load_server_testset(cfg)
     np.savez(out / "server-test.npz", x=test.x.numpy(), y=test.y.numpy())
@@ -344,10 +359,15 @@ def main(argv: list[str] | None = None) -> None:
     from common.config import ConfigError, parse_run_config
 
     try:
-        cfg = parse_run_config({
-            "dataset": args.dataset, "partitioner": args.partitioner, "dirichlet-alpha": args.dirichlet_alpha,
-            "classes-per-partition": args.classes_per_partition, "seed": args.seed,
-        })
+        cfg = parse_run_config(
+            {
+                "dataset": args.dataset,
+                "partitioner": args.partitioner,
+                "dirichlet-alpha": args.dirichlet_alpha,
+                "classes-per-partition": args.classes_per_partition,
+                "seed": args.seed,
+            }
+        )
     except ConfigError as exc:
         parser.error(str(exc))
     if args.num_partitions < 1:

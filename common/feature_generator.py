@@ -82,8 +82,12 @@ def draw(labels: Sequence[int], n: int, generator: torch.Generator) -> tuple[tor
 
 
 def generator_loss(
-    gen: FeatureGenerator, heads: Sequence[nn.Linear], weights: torch.Tensor, noise: torch.Tensor,
-    labels: torch.Tensor, diversity: float,
+    gen: FeatureGenerator,
+    heads: Sequence[nn.Linear],
+    weights: torch.Tensor,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    diversity: float,
 ) -> torch.Tensor:
     """FedGen's server objective on one batch: sum over clients k of the batch mean of
     weights[k, y] * CE(head_k(G(noise, y)), y), plus `diversity` x the diversity loss (averaged over widths).
@@ -110,8 +114,15 @@ def label_weights(counts: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
 
 
 def train_feature_generator(
-    gen: FeatureGenerator, heads: Sequence[nn.Linear], counts: torch.Tensor, *, steps: int, batch_size: int,
-    learning_rate: float, diversity: float, seed: int,
+    gen: FeatureGenerator,
+    heads: Sequence[nn.Linear],
+    counts: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    diversity: float,
+    seed: int,
 ) -> tuple[float | None, list[int]]:
     """Fit `gen` to the clients' `heads` and label `counts` (clients x classes) with Adam; returns the last
     loss (None if no node counted a label, so nothing was fitted) and the labels it learned."""
@@ -137,8 +148,14 @@ def train_feature_generator(
 
 
 def regularised_loss(
-    model: nn.Sequential, gen: FeatureGenerator, labels: Sequence[int], *, alpha: float, beta: float,
-    server_round: int, seed: int,
+    model: nn.Sequential,
+    gen: FeatureGenerator,
+    labels: Sequence[int],
+    *,
+    alpha: float,
+    beta: float,
+    server_round: int,
+    seed: int,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A client's FedGen loss on a batch of (logits, y): cross-entropy, plus alpha x the cross-entropy of its
     head on generated features of labels drawn from `labels`, plus beta x KL(model(x) || head(G(y))) that
@@ -162,4 +179,3 @@ def regularised_loss(
         return F.cross_entropy(logits, y) + alpha * teacher + beta * latent
 
     return loss
-

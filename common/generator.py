@@ -29,19 +29,28 @@ class Generator(nn.Module):
         inputs = NOISE_DIM + num_classes
         if image is None:
             self.net = nn.Sequential(
-                nn.Linear(inputs, 128), nn.ReLU(), nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, num_features),
+                nn.Linear(inputs, 128),
+                nn.ReLU(),
+                nn.Linear(128, 256),
+                nn.ReLU(),
+                nn.Linear(256, num_features),
             )
             return
         channels, height, width = image
         if height % 4 or width % 4 or channels * height * width != num_features:
-            raise ValueError(f"the generator makes images whose sides are multiples of 4, of {num_features} "
-                             f"features; got {channels}x{height}x{width}")
+            raise ValueError(
+                f"the generator makes images whose sides are multiples of 4, of {num_features} "
+                f"features; got {channels}x{height}x{width}"
+            )
         wide, narrow = CHANNELS
         self.net = nn.Sequential(
-            nn.Linear(inputs, wide * (height // 4) * (width // 4)), nn.ReLU(),
+            nn.Linear(inputs, wide * (height // 4) * (width // 4)),
+            nn.ReLU(),
             nn.Unflatten(1, (wide, height // 4, width // 4)),
-            nn.ConvTranspose2d(wide, narrow, 4, stride=2, padding=1), nn.ReLU(),
-            nn.ConvTranspose2d(narrow, channels, 4, stride=2, padding=1), nn.Sigmoid(),
+            nn.ConvTranspose2d(wide, narrow, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(narrow, channels, 4, stride=2, padding=1),
+            nn.Sigmoid(),
             nn.Flatten(),
         )
 
@@ -66,7 +75,13 @@ def generator_loss(
 
 
 def train_generator(
-    gen: Generator, teachers: Sequence[nn.Module], *, steps: int, batch_size: int, learning_rate: float, seed: int,
+    gen: Generator,
+    teachers: Sequence[nn.Module],
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
 ) -> float:
     """Fit `gen` to the frozen `teachers` with Adam; returns the last loss."""
     frozen = [m.requires_grad_(False).eval() for m in teachers]

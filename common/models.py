@@ -5,9 +5,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
-
 from flwr.app import Array, ArrayRecord
+from torch import nn
 
 from common.config import check_model_name, mlp_widths
 from common.data import dataset_shape, image_shape
@@ -33,9 +32,14 @@ def build_cnn(image: tuple[int, int, int], num_classes: int) -> nn.Sequential:
     """
     return nn.Sequential(
         nn.Unflatten(1, image),
-        nn.Conv2d(image[0], 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4, num_classes),
+        nn.Conv2d(image[0], 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4, num_classes),
     )
 
 

@@ -37,9 +37,15 @@ def noise_multiplier(epsilon: float, delta: float, rate: float, steps: int) -> f
     """The smallest noise multiplier (within Opacus's tolerance) for which `steps` steps at `rate` spend at most ε."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    return float(get_noise_multiplier(
-        target_epsilon=epsilon, target_delta=delta, sample_rate=rate, steps=steps, accountant=ACCOUNTANT,
-    ))
+    return float(
+        get_noise_multiplier(
+            target_epsilon=epsilon,
+            target_delta=delta,
+            sample_rate=rate,
+            steps=steps,
+            accountant=ACCOUNTANT,
+        )
+    )
 
 
 # What a node has spent: one (noise multiplier, sample rate, steps) per DP training, as Opacus's RDPAccountant keeps it.

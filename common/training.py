@@ -80,25 +80,56 @@ def train(
     dev = device()
     model.to(dev).train()
     try:
-        return _steps(model, x.to(dev), tuple(t.to(dev) for t in targets), epochs=epochs, batch_size=batch_size,
-                      learning_rate=learning_rate, seed=seed, loss_fn=loss_fn, proximal_mu=proximal_mu, privacy=privacy)
+        return _steps(
+            model,
+            x.to(dev),
+            tuple(t.to(dev) for t in targets),
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            loss_fn=loss_fn,
+            proximal_mu=proximal_mu,
+            privacy=privacy,
+        )
     finally:
         # Back on the CPU even when training stops midway (a DP budget refused): callers hold CPU models.
         model.cpu()
 
 
 def _steps(
-    model: nn.Module, x: torch.Tensor, targets: tuple[torch.Tensor, ...], *, epochs: int, batch_size: int,
-    learning_rate: float, seed: int, loss_fn: LossFn, proximal_mu: float, privacy: DPSGD | None,
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: tuple[torch.Tensor, ...],
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    loss_fn: LossFn,
+    proximal_mu: float,
+    privacy: DPSGD | None,
 ) -> float:
     """`train`'s loop, on the device x is on."""
     n = len(x)
     optimizer = Adam(model.parameters(), lr=learning_rate)
     anchor = [p.detach().clone() for p in optimizer.params] if proximal_mu > 0 else []
     if privacy is not None:
-        proximal = (lambda: [proximal_mu * (p.detach() - p0) for p, p0 in zip(optimizer.params, anchor)]) if anchor else None
-        return dp_sgd(model, optimizer, x, targets, epochs=epochs, batch_size=batch_size, seed=seed,
-                      privacy=privacy, loss_fn=loss_fn, data_independent_grad=proximal)
+        proximal = (
+            (lambda: [proximal_mu * (p.detach() - p0) for p, p0 in zip(optimizer.params, anchor)]) if anchor else None
+        )
+        return dp_sgd(
+            model,
+            optimizer,
+            x,
+            targets,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            privacy=privacy,
+            loss_fn=loss_fn,
+            data_independent_grad=proximal,
+        )
     generator = torch.Generator().manual_seed(seed)
     total, steps = 0.0, 0
     for _ in range(epochs):

@@ -41,17 +41,25 @@ def make_tls(out: Path, hosts: list[str]) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca = (
-        x509.CertificateBuilder().subject_name(_name("fedkd CA")).issuer_name(_name("fedkd CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        x509.CertificateBuilder()
+        .subject_name(_name("fedkd CA"))
+        .issuer_name(_name("fedkd CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .sign(ca_key, hashes.SHA384())
     )
     key = ec.generate_private_key(ec.SECP384R1())
     cert = (
-        x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        x509.CertificateBuilder()
+        .subject_name(_name(hosts[0]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
         .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA384())
@@ -69,16 +77,21 @@ def make_supernode_key(out: Path, name: str) -> tuple[Path, Path]:
     private, public = out / name, out / f"{name}.pub"
     out.mkdir(parents=True, exist_ok=True)
     _write_key(private, key, serialization.PrivateFormat.OpenSSH)
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
     return private, public
 
 
 def main() -> None:
     """Command line: certificates for the given hosts, and key pairs for N SuperNodes."""
-    parser = argparse.ArgumentParser(prog="python -m deploy.certs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.certs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--host", action="append", required=True, help="a name or IP the SuperLink is reached by (repeat)")
+    parser.add_argument(
+        "--host", action="append", required=True, help="a name or IP the SuperLink is reached by (repeat)"
+    )
     parser.add_argument("--supernodes", type=int, default=0, help="how many SuperNode key pairs to create")
     args = parser.parse_args()
     make_tls(args.out, args.host)

@@ -62,8 +62,9 @@ def _readable_by(path: Path, uid: int, gid: int) -> bool:
     return bool(info.st_mode & stat.S_IROTH)
 
 
-def prepare(certs: Path, data: Path | None, volumes: Path, outputs: Path | None,
-            uid: int = FLOWER_UID, gid: int = FLOWER_GID) -> list[str]:
+def prepare(
+    certs: Path, data: Path | None, volumes: Path, outputs: Path | None, uid: int = FLOWER_UID, gid: int = FLOWER_GID
+) -> list[str]:
     """Fill and hand over every volume mounted under `volumes`; returns what was done, a line each."""
     done = []
     for volume in sorted(p for p in volumes.iterdir() if p.is_dir()):
@@ -83,7 +84,9 @@ def prepare(certs: Path, data: Path | None, volumes: Path, outputs: Path | None,
             done.append(f"{name}: owned by {uid}")
             continue
         else:
-            raise SetupError(f"volume {name} is mounted but not one this knows (ca, superlink-tls, <node>-key, <name>-state)")
+            raise SetupError(
+                f"volume {name} is mounted but not one this knows (ca, superlink-tls, <node>-key, <name>-state)"
+            )
         for target, mode in files.items():
             _install(_require(certs / sources[target], CERTS_HINT), volume / target, mode, uid, gid)
         os.chown(volume, uid, gid)
@@ -92,7 +95,9 @@ def prepare(certs: Path, data: Path | None, volumes: Path, outputs: Path | None,
         files = [_require(data / "server-test.npz", DATA_HINT), *sorted(data.glob("part-*.npz"))]
         for part in files if len(files) > 1 else [*files, _require(data / "part-0.npz", DATA_HINT)]:
             if not _readable_by(part, uid, gid):
-                raise SetupError(f"{part} is not readable by uid {uid}, the user Flower's images run as: `chmod a+r` it")
+                raise SetupError(
+                    f"{part} is not readable by uid {uid}, the user Flower's images run as: `chmod a+r` it"
+                )
     if outputs is not None:
         os.chown(outputs, uid, gid)
         done.append(f"{outputs}: owned by {uid}")
@@ -101,8 +106,9 @@ def prepare(certs: Path, data: Path | None, volumes: Path, outputs: Path | None,
 
 def main() -> None:
     """Command line: prepare the volumes, or exit with a message that says what is missing."""
-    parser = argparse.ArgumentParser(prog="python -m deploy.compose_init", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.compose_init", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--certs", type=Path, required=True, help="what `python -m deploy.certs` wrote")
     parser.add_argument("--data", type=Path, help="the node data files, checked readable by the container user")
     parser.add_argument("--volumes", type=Path, required=True, help="folder under which the volumes are mounted")

@@ -21,7 +21,17 @@ from pathlib import Path
 from deploy.certs import make_supernode_key, make_tls
 from deploy.network import LOOPBACK, Network
 from deploy.processes import (
-    BIN, PROJECT, app_source, config_args, flower_env, free_port, sigterm_unwinds, start, stop, wait_listening, wait_log,
+    BIN,
+    PROJECT,
+    app_source,
+    config_args,
+    flower_env,
+    free_port,
+    sigterm_unwinds,
+    start,
+    stop,
+    wait_listening,
+    wait_log,
 )
 
 CONNECTION = "deploy"
@@ -40,8 +50,9 @@ class Federation:
 
     def flwr(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
         """A `flwr` CLI call against this deployment; raises with its output when it fails."""
-        done = subprocess.run([str(BIN / "flwr"), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=PROJECT)
+        done = subprocess.run(
+            [str(BIN / "flwr"), *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=PROJECT
+        )
         if done.returncode != 0:
             raise RuntimeError(f"flwr {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         return done
@@ -59,7 +70,9 @@ class Federation:
                 raise RuntimeError(f"only {seen} of {count} SuperNodes came online within {timeout:.0f} s")
             time.sleep(1)
 
-    def run(self, run_config: dict[str, object] | str, app: Path | None = None, capture: bool = True) -> subprocess.Popen:
+    def run(
+        self, run_config: dict[str, object] | str, app: Path | None = None, capture: bool = True
+    ) -> subprocess.Popen:
         """Start `flwr run <app> <connection> --stream` (app: fedkd); the caller waits for it (or kills nodes meanwhile).
 
         `run_config` is a dict, or the text of `--run-config` as a user typed it; with `capture`
@@ -104,12 +117,27 @@ class Deployment(Federation):
 
     def start_superlink(self, auth: bool) -> None:
         """flower-superlink with TLS (and SuperNode authentication), or explicitly insecure."""
-        command = [str(BIN / "flower-superlink"), "--host", self.host, "--port", str(self.port),
-                   "--isolation", "process", "--disable-runtime-dependency-installation",
-                   "--database", str(self.work / "superlink-state.db") if self.database == "file" else self.database]
+        command = [
+            str(BIN / "flower-superlink"),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--isolation",
+            "process",
+            "--disable-runtime-dependency-installation",
+            "--database",
+            str(self.work / "superlink-state.db") if self.database == "file" else self.database,
+        ]
         if self.tls:
-            command += ["--ssl-ca-certfile", str(self.certs / "ca.crt"), "--ssl-certfile", str(self.certs / "superlink.crt"),
-                        "--ssl-keyfile", str(self.certs / "superlink.key")]
+            command += [
+                "--ssl-ca-certfile",
+                str(self.certs / "ca.crt"),
+                "--ssl-certfile",
+                str(self.certs / "superlink.crt"),
+                "--ssl-keyfile",
+                str(self.certs / "superlink.key"),
+            ]
             if auth:
                 command.append("--enable-supernode-auth")
         else:
@@ -136,8 +164,19 @@ class Deployment(Federation):
         state = self.work / f"supernode-{index}-state"
         config = {"name": f"supernode-{index}", "data-path": str(data_path), "state-dir": str(state), **node_config}
         port, prefix = free_port(), self.network.node_prefix(index)
-        command = [str(BIN / "flower-supernode"), "--superlink", f"{self.host}:{self.port}", "--host", LOOPBACK,
-                   "--port", str(port), "--isolation", "process", "--node-config", config_args(config)]
+        command = [
+            str(BIN / "flower-supernode"),
+            "--superlink",
+            f"{self.host}:{self.port}",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--isolation",
+            "process",
+            "--node-config",
+            config_args(config),
+        ]
         command += ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
         if key is not None:
             command += ["--auth-supernode-private-key", str(key)]
@@ -154,14 +193,23 @@ class Deployment(Federation):
 
 
 @contextmanager
-def deployment(work: Path, data_files: list[Path], tls: bool = True, auth: bool = True,
-               database: str = "file") -> Iterator[Deployment]:
+def deployment(
+    work: Path, data_files: list[Path], tls: bool = True, auth: bool = True, database: str = "file"
+) -> Iterator[Deployment]:
     """Start a SuperLink and one SuperNode per data file; stop them all on exit."""
     work.mkdir(parents=True, exist_ok=True)
     home = work / "flwr-home"
     home.mkdir(exist_ok=True)
     network = Network()
-    dep = Deployment(env=flower_env(home), connection=CONNECTION, work=work, port=free_port(), tls=tls, network=network, database=database)
+    dep = Deployment(
+        env=flower_env(home),
+        connection=CONNECTION,
+        work=work,
+        port=free_port(),
+        tls=tls,
+        network=network,
+        database=database,
+    )
     if tls:
         make_tls(dep.certs, [dep.host, LOOPBACK, "localhost"])
         connection = f'root-certificates = "{dep.certs / "ca.crt"}"'
@@ -186,12 +234,17 @@ def deployment(work: Path, data_files: list[Path], tls: bool = True, auth: bool 
 
 def main() -> None:
     """Command line: deploy one SuperNode per part-*.npz in --data, submit a run, stream it, tear down."""
-    parser = argparse.ArgumentParser(prog="python -m deploy.local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, required=True, help="folder of part-<i>.npz files (one SuperNode each)")
     parser.add_argument("--run-config", default="", help='run config overrides, e.g. "num-teacher-rounds=5"')
-    parser.add_argument("--work", type=Path, help="folder for certificates, keys, logs, state (default: a temporary one)")
-    parser.add_argument("--insecure", action="store_true", help="development only: no TLS and no SuperNode authentication")
+    parser.add_argument(
+        "--work", type=Path, help="folder for certificates, keys, logs, state (default: a temporary one)"
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="development only: no TLS and no SuperNode authentication"
+    )
     args = parser.parse_args()
     files = sorted(args.data.glob("part-*.npz"))
     if not files:
@@ -200,8 +253,11 @@ def main() -> None:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedkd-deploy-")))
         dep = stack.enter_context(deployment(work.resolve(), files, tls=not args.insecure))
         hosts = "own network namespaces" if dep.network.isolated else "loopback"
-        print(f"SuperLink on {dep.host}:{dep.port} ({'insecure' if args.insecure else 'TLS, SuperNode authentication'}), "
-              f"{len(files)} SuperNodes online on {hosts}; logs in {work}", flush=True)
+        print(
+            f"SuperLink on {dep.host}:{dep.port} ({'insecure' if args.insecure else 'TLS, SuperNode authentication'}), "
+            f"{len(files)} SuperNodes online on {hosts}; logs in {work}",
+            flush=True,
+        )
         raise SystemExit(dep.run(args.run_config, capture=False).wait())
 
 

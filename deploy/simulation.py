@@ -10,7 +10,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from deploy.processes import (
-    BIN, PROJECT, app_source, config_args, flower_env, free_port, sigterm_unwinds, start, stop, wait_listening,
+    BIN,
+    PROJECT,
+    app_source,
+    config_args,
+    flower_env,
+    free_port,
+    sigterm_unwinds,
+    start,
+    stop,
+    wait_listening,
 )
 from server_app.records import Summary, read_summary
 
@@ -27,10 +36,22 @@ def simulation_superlink(home: Path) -> Iterator[dict[str, str]]:
     log = home / "superlink.log"
     with sigterm_unwinds():
         process = start(
-            [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-             "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation",
-             "--database", ":flwr-in-memory:"],
-            env, log,
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--simulation",
+                "--isolation",
+                "subprocess",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+                "--database",
+                ":flwr-in-memory:",
+            ],
+            env,
+            log,
         )
         try:
             wait_listening(process, "127.0.0.1", port, log)
@@ -48,11 +69,18 @@ def federation_config(num_supernodes: int, actors: int = 5) -> str:
     return f"num-supernodes={num_supernodes} client-resources-num-cpus=1 init-args-num-cpus={actors}"
 
 
-def flwr_run_command(run_config: dict[str, object], num_supernodes: int, app: Path | None = None, actors: int = 5) -> list[str]:
+def flwr_run_command(
+    run_config: dict[str, object], num_supernodes: int, app: Path | None = None, actors: int = 5
+) -> list[str]:
     """`flwr run <app> test --stream` with `run_config` (app: fedkd)."""
     command = [
-        str(BIN / "flwr"), "run", str(app or app_source()), "test", "--stream",
-        "--federation-config", federation_config(num_supernodes, actors),
+        str(BIN / "flwr"),
+        "run",
+        str(app or app_source()),
+        "test",
+        "--stream",
+        "--federation-config",
+        federation_config(num_supernodes, actors),
     ]
     if run_config:
         command += ["--run-config", config_args(run_config)]
@@ -60,8 +88,12 @@ def flwr_run_command(run_config: dict[str, object], num_supernodes: int, app: Pa
 
 
 def flwr_run(
-    env: dict[str, str], run_config: dict[str, object], num_supernodes: int, timeout: float = 900,
-    app: Path | None = None, actors: int = 5,
+    env: dict[str, str],
+    run_config: dict[str, object],
+    num_supernodes: int,
+    timeout: float = 900,
+    app: Path | None = None,
+    actors: int = 5,
 ) -> subprocess.CompletedProcess:
     """`flwr_run_command`, run to its end; the finished process with its output."""
     command = flwr_run_command(run_config, num_supernodes, app, actors)
@@ -76,8 +108,9 @@ def flower_pids(flwr_home: str, program: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if program.encode() in (proc / "cmdline").read_bytes() and \
-                    f"FLWR_HOME={flwr_home}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+            if program.encode() in (proc / "cmdline").read_bytes() and f"FLWR_HOME={flwr_home}".encode() in (
+                proc / "environ"
+            ).read_bytes().split(b"\0"):
                 pids.append(int(proc.name))
         except (OSError, ValueError):
             continue
@@ -99,4 +132,3 @@ def run_summary(env: dict[str, str], run_config: dict[str, object], num_supernod
     if done.returncode != 0:
         raise RuntimeError(f"flwr run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return read_summary(run_directory(out) / "summary.json")
-

@@ -110,7 +110,7 @@ def main(grid: Grid, context: Context) -> None:
         strategy.restore(resumed.strategy_state)
     previous: Globals | None = None
     # A resumed run skips the phases before its checkpoint's; what they left is in the strategy's state.
-    phases = strategy.phases[strategy.phases.index(resumed.phase):] if resumed else strategy.phases
+    phases = strategy.phases[strategy.phases.index(resumed.phase) :] if resumed else strategy.phases
     try:
         for phase in phases:
             if resumed and phase == resumed.phase:
@@ -129,9 +129,14 @@ def main(grid: Grid, context: Context) -> None:
     run_dir.write_summary(summary)
     run_dir.plot()
     log(
-        INFO, "fedkd: %s: student %s%s, %.2f MB in %.1f s", cfg.strategy, fmt_metric(summary.student_accuracy),
+        INFO,
+        "fedkd: %s: student %s%s, %.2f MB in %.1f s",
+        cfg.strategy,
+        fmt_metric(summary.student_accuracy),
         f" (teacher {fmt_metric(summary.teacher_accuracy)}, {summary.compression:.1f}x smaller)"
-        if summary.compression else "", summary.bytes_total / 1e6, summary.wall_seconds,
+        if summary.compression
+        else "",
+        summary.bytes_total / 1e6,
+        summary.wall_seconds,
     )
     log(INFO, "fedkd: run directory: %s", run_dir.path)
-

@@ -36,13 +36,19 @@ def _tensors(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
 def save(run_dir: Path, ckpt: Checkpoint) -> None:
     """Write the checkpoint atomically (write, then rename)."""
     tmp = run_dir / (CHECKPOINT + ".tmp")
-    torch.save({
-        # The history as JSON data: weights_only loading takes plain containers only.
-        "phase": ckpt.phase, "round": ckpt.server_round, "history": HISTORY.dump_python(ckpt.history),
-        "globals": {name: _tensors(arrays) for name, arrays in ckpt.globals.items()},
-        "sampler_state": ckpt.sampler_state, "config": ckpt.config,
-        "strategy_state": {name: _tensors(arrays) for name, arrays in ckpt.strategy_state.items()},
-    }, tmp)
+    torch.save(
+        {
+            # The history as JSON data: weights_only loading takes plain containers only.
+            "phase": ckpt.phase,
+            "round": ckpt.server_round,
+            "history": HISTORY.dump_python(ckpt.history),
+            "globals": {name: _tensors(arrays) for name, arrays in ckpt.globals.items()},
+            "sampler_state": ckpt.sampler_state,
+            "config": ckpt.config,
+            "strategy_state": {name: _tensors(arrays) for name, arrays in ckpt.strategy_state.items()},
+        },
+        tmp,
+    )
     os.replace(tmp, run_dir / CHECKPOINT)
 
 
@@ -50,7 +56,9 @@ def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
     """The checkpoint of `run_dir`; a ConfigError if it is missing or was made with another config."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
-        raise ConfigError(f"run config 'resume-from' = {str(run_dir)!r}: no {CHECKPOINT} there; allowed: a fedkd run directory")
+        raise ConfigError(
+            f"run config 'resume-from' = {str(run_dir)!r}: no {CHECKPOINT} there; allowed: a fedkd run directory"
+        )
     import pickle
 
     try:
@@ -59,18 +67,28 @@ def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
     except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
         raw = None
     if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
-        raise ConfigError(f"run config 'resume-from' = {str(run_dir)!r}: {str(path)!r} cannot be read as a fedkd checkpoint "
-                          f"(truncated, or another kind of file); allowed: a fedkd run directory with an intact {CHECKPOINT}")
+        raise ConfigError(
+            f"run config 'resume-from' = {str(run_dir)!r}: {str(path)!r} cannot be read as a fedkd checkpoint "
+            f"(truncated, or another kind of file); allowed: a fedkd run directory with an intact {CHECKPOINT}"
+        )
     ours = cfg.model_dump(mode="json", by_alias=True)
-    changed = sorted(k for k in ours.keys() | raw["config"].keys()
-                     if k not in RESUMABLE_CHANGES and ours.get(k) != raw["config"].get(k))
+    changed = sorted(
+        k
+        for k in ours.keys() | raw["config"].keys()
+        if k not in RESUMABLE_CHANGES and ours.get(k) != raw["config"].get(k)
+    )
     if changed:
         details = ", ".join(f"'{k}' = {ours.get(k)!r} (checkpoint: {raw['config'].get(k)!r})" for k in changed)
-        raise ConfigError(f"run config 'resume-from' = {str(run_dir)!r} was made with another config: {details}; "
-                          f"only {sorted(RESUMABLE_CHANGES)} may change")
+        raise ConfigError(
+            f"run config 'resume-from' = {str(run_dir)!r} was made with another config: {details}; "
+            f"only {sorted(RESUMABLE_CHANGES)} may change"
+        )
     return Checkpoint(
-        phase=raw["phase"], server_round=raw["round"], history=HISTORY.validate_python(raw["history"]),
+        phase=raw["phase"],
+        server_round=raw["round"],
+        history=HISTORY.validate_python(raw["history"]),
         globals={name: ArrayRecord(t) for name, t in raw["globals"].items()},
         strategy_state={name: ArrayRecord(t) for name, t in raw["strategy_state"].items()},
-        sampler_state=raw["sampler_state"], config=raw["config"],
+        sampler_state=raw["sampler_state"],
+        config=raw["config"],
     )

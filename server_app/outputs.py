@@ -148,8 +148,11 @@ def run_status(run_dir: Path) -> tuple[int, str]:
     except ValueError as error:  # pydantic's ValidationError and json's decode error both are
         return 2, f"unreadable summary.json in {path}: {str(error).splitlines()[0]}"
     if summary.status == "complete":
-        accuracies = [f"{p} accuracy {_accuracy(getattr(summary, f'{p}_accuracy'))}" for p in ("teacher", "student")
-                      if p == "student" or summary.teacher_params is not None]
+        accuracies = [
+            f"{p} accuracy {_accuracy(getattr(summary, f'{p}_accuracy'))}"
+            for p in ("teacher", "student")
+            if p == "student" or summary.teacher_params is not None
+        ]
         return 0, f"complete: {summary.strategy} run {path}; {', '.join(accuracies)}"
     return 1, f"{summary.status}: {summary.strategy} run {path}; reason: {summary.reason}"
 
@@ -159,11 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     from common.config import RunConfig
 
     parser = argparse.ArgumentParser(
-        prog="python -m server_app.outputs", description="Whether a fedkd run completed (exit 0), aborted (1), "
-        "or has no summary.json yet or no directory (2).")
+        prog="python -m server_app.outputs",
+        description="Whether a fedkd run completed (exit 0), aborted (1), "
+        "or has no summary.json yet or no directory (2).",
+    )
     default = RunConfig().output_path() / LATEST
-    parser.add_argument("run_dir", nargs="?", type=Path, default=default, metavar="RUN_DIR",
-                        help=f"a run directory (default: {default}, the most recently started run)")
+    parser.add_argument(
+        "run_dir",
+        nargs="?",
+        type=Path,
+        default=default,
+        metavar="RUN_DIR",
+        help=f"a run directory (default: {default}, the most recently started run)",
+    )
     code, line = run_status(parser.parse_args(argv).run_dir.expanduser())
     print(line)
     return code

@@ -93,8 +93,13 @@ class RoundRecord(_Record):
     generator_loss: float | None = None
 
     omitted_when_none = (
-        "evaluation_seconds", "evaluation_replies", "evaluation_failures", "dp_epsilon_by_node", "dp_epsilon_max",
-        "distill_kept", "generator_loss",
+        "evaluation_seconds",
+        "evaluation_replies",
+        "evaluation_failures",
+        "dp_epsilon_by_node",
+        "dp_epsilon_max",
+        "distill_kept",
+        "generator_loss",
     )
 
 

@@ -82,10 +82,18 @@ def run_phase(
         )
         # The checkpoint, which carries the history, goes first: a crash between the two writes
         # never leaves a round in history.json that a resumed run cannot continue from.
-        checkpoint.save(run_dir.path, checkpoint.Checkpoint(
-            phase, server_round, [*run_dir.history, record], globals_,
-            strategy.sampler.rng.getstate(), cfg.model_dump(mode="json", by_alias=True), strategy.state(),
-        ))
+        checkpoint.save(
+            run_dir.path,
+            checkpoint.Checkpoint(
+                phase,
+                server_round,
+                [*run_dir.history, record],
+                globals_,
+                strategy.sampler.rng.getstate(),
+                cfg.model_dump(mode="json", by_alias=True),
+                strategy.state(),
+            ),
+        )
         run_dir.append(record)
         _log_round(record, num_rounds)
         for failure in record.failed:
@@ -116,8 +124,12 @@ def _final_evaluation(
         evaluation_failures=len(ex.failures()),
     )
     log(
-        INFO, "%s: federated accuracy %s over %d nodes (%d failed)", phase,
-        fmt_metric(last.federated_accuracy), len(ex.ok()), len(ex.failures()),
+        INFO,
+        "%s: federated accuracy %s over %d nodes (%d failed)",
+        phase,
+        fmt_metric(last.federated_accuracy),
+        len(ex.ok()),
+        len(ex.failures()),
     )
 
 
@@ -131,7 +143,15 @@ def _log_round(r: RoundRecord, total: int) -> None:
     log(
         INFO,
         "[%s %d/%d] acc %s%s loss %s | down %.1f kB up %.1f kB | %.3f s | %d ok %d failed",
-        r.phase, r.round, total, fmt_metric(r.accuracy),
-        f" ({by_model})" if len(r.accuracy_by_model) > 1 else "", fmt_metric(r.loss),
-        r.bytes_down / 1e3, r.bytes_up / 1e3, r.seconds, r.replies, r.failures,
+        r.phase,
+        r.round,
+        total,
+        fmt_metric(r.accuracy),
+        f" ({by_model})" if len(r.accuracy_by_model) > 1 else "",
+        fmt_metric(r.loss),
+        r.bytes_down / 1e3,
+        r.bytes_up / 1e3,
+        r.seconds,
+        r.replies,
+        r.failures,
     )

@@ -32,8 +32,7 @@ class NodeSampler:
         after that it keeps its id as name, so a dead node costs at most two waits.
         """
         messages = [
-            Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=n, message_type=QUERY_IDENTIFY)
-            for n in node_ids
+            Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=n, message_type=QUERY_IDENTIFY) for n in node_ids
         ]
         for reply in exchange(grid, messages, self.timeout).ok():
             self.names[reply.metadata.src_node_id] = str(reply.content[NODE][NAME])

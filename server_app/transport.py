@@ -72,11 +72,7 @@ class Exchange:
 
     def failures(self) -> list[dict[str, object]]:
         """One entry per node that answered with an error or not at all."""
-        errors = [
-            {"node": self.node_of(m), "reason": m.error.reason}
-            for m in self.replies
-            if m.has_error()
-        ]
+        errors = [{"node": self.node_of(m), "reason": m.error.reason} for m in self.replies if m.has_error()]
         late = [{"node": n, "reason": "no reply before round-timeout"} for n in self.missing]
         return errors + late
 
@@ -86,9 +82,11 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
     start = time.perf_counter()
     result = Exchange(bytes_down=sum(record_bytes(m.content) for m in messages))
     # A message the SuperLink refused comes back as a missing id; its node counts as missing.
-    pushed = result.message_ids = retrying(lambda: list(grid.push_messages(messages)), timeout, "take the round's messages")
+    pushed = result.message_ids = retrying(
+        lambda: list(grid.push_messages(messages)), timeout, "take the round's messages"
+    )
     destination = result.sent_to = {i: m.metadata.dst_node_id for i, m in zip(pushed, messages) if i}
-    unsent = [m.metadata.dst_node_id for m in messages][len(pushed):]
+    unsent = [m.metadata.dst_node_id for m in messages][len(pushed) :]
     unsent += [m.metadata.dst_node_id for i, m in zip(pushed, messages) if not i]
     pending = set(destination)
     deadline = time.monotonic() + timeout

@@ -45,7 +45,9 @@ def runs(flower, tmp_path_factory):
 def test_every_round_is_recorded_with_accuracy_above_chance(runs):
     run_dir, _ = runs[0]
     history = json.loads((run_dir / "history.json").read_text())
-    assert [(r["phase"], r["round"]) for r in history] == [("teacher", i) for i in (1, 2, 3)] + [("student", i) for i in (1, 2, 3)]
+    assert [(r["phase"], r["round"]) for r in history] == [("teacher", i) for i in (1, 2, 3)] + [
+        ("student", i) for i in (1, 2, 3)
+    ]
     for r in history:
         assert r["replies"] == 3 and r["failures"] == 0 and len(r["sampled"]) == 3
         assert r["bytes_down"] > 0 and r["bytes_up"] > 0 and r["seconds"] > 0
@@ -59,7 +61,9 @@ def test_summary_weights_and_plot_are_complete(runs):
     history = json.loads((run_dir / "history.json").read_text())
     assert summary["status"] == "complete"
     assert summary["teacher_accuracy"] == history[2]["accuracy"]
-    assert summary["student_accuracy_by_model"] == {"mlp-32": history[-1]["accuracy"]} == history[-1]["accuracy_by_model"]
+    assert (
+        summary["student_accuracy_by_model"] == {"mlp-32": history[-1]["accuracy"]} == history[-1]["accuracy_by_model"]
+    )
     assert summary["student_accuracy"] == history[-1]["accuracy"]
     assert summary["teacher_params"] == 17_226 and summary["student_params"] == 2_410
     assert summary["compression"] == pytest.approx(17_226 / 2_410)
@@ -76,7 +80,8 @@ def test_bytes_are_the_records_sent_and_the_teacher_travels_once_per_node(runs):
     run_dir, _ = runs[0]
     history = json.loads((run_dir / "history.json").read_text())
     teacher_bytes, student_bytes = (
-        record_bytes(RecordDict({ARRAYS: to_record(initial_model(name, "digits", 42))})) for name in ("mlp-128x64", "mlp-32")
+        record_bytes(RecordDict({ARRAYS: to_record(initial_model(name, "digits", 42))}))
+        for name in ("mlp-128x64", "mlp-32")
     )
     assert history[1]["bytes_up"] == pytest.approx(3 * teacher_bytes, rel=0.01)
     student = [r for r in history if r["phase"] == "student"]
@@ -105,8 +110,14 @@ def test_resuming_with_another_config_is_refused(runs, tmp_path):
 
 def kill_when_recorded(env: dict, config: dict, rounds: int) -> None:
     """Start the run and SIGKILL its simulation once `rounds` rounds are in history.json."""
-    run = subprocess.Popen(flwr_run_command(config, NODES, actors=ACTORS), env=env, cwd=PROJECT,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(
+        flwr_run_command(config, NODES, actors=ACTORS),
+        env=env,
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and run.poll() is None:
@@ -147,17 +158,30 @@ def test_bad_replies_are_rejected_with_their_reason_and_the_run_goes_on(flower, 
     (A missed deadline is covered by the deployment test's killed SuperNode.)"""
     from deploy.processes import PROJECT
 
-    config = {"num-student-rounds": 1, "fraction-train": 1.0, "min-replies": 0.05,
-              "local-epochs": 1, "fraction-evaluate": 0.0, "output-dir": str(tmp_path)}
+    config = {
+        "num-student-rounds": 1,
+        "fraction-train": 1.0,
+        "min-replies": 0.05,
+        "local-epochs": 1,
+        "fraction-evaluate": 0.0,
+        "output-dir": str(tmp_path),
+    }
     done = flwr_run(flower, config, 10, app=PROJECT / "tests" / "misbehaving_app", actors=ACTORS)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (record,) = json.loads((run_directory(tmp_path) / "history.json").read_text())
     reasons = {f["node"]: f["reason"] for f in record["failed"]}
-    assert record["replies"] == 1 and record["failures"] == 9 and set(reasons) == {f"partition-{i}" for i in range(1, 10)}
+    assert (
+        record["replies"] == 1 and record["failures"] == 9 and set(reasons) == {f"partition-{i}" for i in range(1, 10)}
+    )
     expected = {
-        1: "holds NaN or Inf", 2: "is float32[3, 3], expected float32[32, 64]", 3: "is float64[32, 64], expected float32[32, 64]",
-        4: "array keys", 5: "num-examples", 6: "num-examples = -5; allowed: 1 to 1000000",
-        7: "num-examples = 1000000000; allowed: 1 to 1000000", 8: "num-examples = 2.5 is not a whole number",
+        1: "holds NaN or Inf",
+        2: "is float32[3, 3], expected float32[32, 64]",
+        3: "is float64[32, 64], expected float32[32, 64]",
+        4: "array keys",
+        5: "num-examples",
+        6: "num-examples = -5; allowed: 1 to 1000000",
+        7: "num-examples = 1000000000; allowed: 1 to 1000000",
+        8: "num-examples = 2.5 is not a whole number",
         9: "this client's handler failed",
     }
     for i, text in expected.items():
@@ -169,10 +193,23 @@ def test_bad_replies_are_rejected_with_their_reason_and_the_run_goes_on(flower, 
 
     run_dir = run_directory(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
-    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 10},
-                      state=RecordDict(), run_config=summary["config"])
-    sent = Message(RecordDict({ARRAYS: to_record(initial_model("mlp-32", "digits", 42)), CONFIG: ConfigRecord(
-        {SERVER_ROUND: 1, EVALUATE_INCOMING: False, MODEL: "mlp-32"})}), dst_node_id=1, message_type=TRAIN_SUPERVISED)
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 10},
+        state=RecordDict(),
+        run_config=summary["config"],
+    )
+    sent = Message(
+        RecordDict(
+            {
+                ARRAYS: to_record(initial_model("mlp-32", "digits", 42)),
+                CONFIG: ConfigRecord({SERVER_ROUND: 1, EVALUATE_INCOMING: False, MODEL: "mlp-32"}),
+            }
+        ),
+        dst_node_id=1,
+        message_type=TRAIN_SUPERVISED,
+    )
     sent.metadata.__dict__["_message_id"] = "good"
     good = app(sent, context).content[ARRAYS].to_torch_state_dict()
     saved = torch.load(run_dir / "student.pt", weights_only=True)

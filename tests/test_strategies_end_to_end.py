@@ -12,8 +12,15 @@ from server_app.strategies import STRATEGIES
 pytestmark = pytest.mark.e2e
 
 NODES = 4
-TINY = {"num-student-rounds": 2, "fraction-train": 0.75, "local-epochs": 2, "distill-steps": 40,
-        "datafree-steps": 30, "partitioner": "iid", "output-dir": None}
+TINY = {
+    "num-student-rounds": 2,
+    "fraction-train": 0.75,
+    "local-epochs": 2,
+    "distill-steps": 40,
+    "datafree-steps": 30,
+    "partitioner": "iid",
+    "output-dir": None,
+}
 # Every registered strategy runs here, with the settings it is tested under, except those whose runs lie in
 # tests/test_end_to_end.py: two-stage (its main run) and fedavg (the misbehaving clients' run).
 ELSEWHERE = {"two-stage", "fedavg"}
@@ -26,8 +33,12 @@ SETTINGS = {
 }
 CASES = {
     **{name: {"strategy": name, **SETTINGS.get(name, {})} for name in STRATEGIES if name not in ELSEWHERE},
-    "ensemble-teacher": {"strategy": "two-stage", "ensemble-teacher": True, "num-teacher-rounds": 2,
-                         "server-learning-rate": 0.01},
+    "ensemble-teacher": {
+        "strategy": "two-stage",
+        "ensemble-teacher": True,
+        "num-teacher-rounds": 2,
+        "server-learning-rate": 0.01,
+    },
 }
 
 
@@ -56,7 +67,9 @@ def test_every_strategy_learns_and_records_complete_outputs(runs, name):
     assert summary["bytes_total"] == sum(r["bytes_down"] + r["bytes_up"] for r in history)
     # 10 classes: chance is 0.1; every architecture learned.
     assert min(summary["student_accuracy_by_model"].values()) > 0.3
-    assert summary["student_accuracy"] == pytest.approx(sum(student[-1]["accuracy_by_model"].values()) / len(student[-1]["accuracy_by_model"]))
+    assert summary["student_accuracy"] == pytest.approx(
+        sum(student[-1]["accuracy_by_model"].values()) / len(student[-1]["accuracy_by_model"])
+    )
     assert (run_dir / "history.png").stat().st_size > 10_000
 
 
@@ -130,8 +143,10 @@ def test_feddf_datafree_checks_each_server_step_with_the_nodes_that_did_not_trai
     arch = {f"partition-{i}": ("mlp-32", "cnn")[i % 2] for i in range(NODES)}
     (held_out,) = set(arch) - set(student[0]["sampled"])
     judges = [n for n in arch if n == held_out or (arch[n] != arch[held_out] and n in student[0]["sampled"])]
-    check = sum(2 * record_bytes(evaluate_message(0, arch[n], to_record(build_model(arch[n], "digits"))).content)
-                for n in judges)
+    check = sum(
+        2 * record_bytes(evaluate_message(0, arch[n], to_record(build_model(arch[n], "digits"))).content)
+        for n in judges
+    )
     assert student[0]["bytes_down"] - feddf[0]["bytes_down"] == check
 
 

@@ -17,8 +17,25 @@ from common.data import Split, dataset_shape
 from common.distill import BatchFn, ValidationFn, distill
 from common.models import build_model, initial_model, load_record, to_record
 from common.protocol import (
-    ARRAYS, CLIENT_SECONDS, CONFIG, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE, EVALUATE_INCOMING, LOGITS,
-    LOGITS_ARRAY, METRICS, MODEL, NUM_EXAMPLES, PRIVATE_EPOCHS, QUERY_LOGITS, SERVER_ROUND, TRAIN_LOSS, Action, message_type,
+    ARRAYS,
+    CLIENT_SECONDS,
+    CONFIG,
+    DP_EPSILON,
+    EVAL_CORRECT,
+    EVAL_EXAMPLES,
+    EVAL_LOSS_SUM,
+    EVALUATE,
+    EVALUATE_INCOMING,
+    LOGITS,
+    LOGITS_ARRAY,
+    METRICS,
+    MODEL,
+    NUM_EXAMPLES,
+    PRIVATE_EPOCHS,
+    QUERY_LOGITS,
+    SERVER_ROUND,
+    TRAIN_LOSS,
+    message_type,
 )
 from common.seeds import Stream, stream_rng
 from common.training import evaluate
@@ -78,8 +95,11 @@ def sum_eval_counts(records: list[RecordDict], weight_key: str) -> MetricRecord:
 
 def evaluate_message(node: int, architecture: str, arrays: ArrayRecord) -> Message:
     """`evaluate`: the node scores `arrays`, built as `architecture`, on its local test split."""
-    return Message(RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({MODEL: architecture})}),
-                   dst_node_id=node, message_type=EVALUATE)
+    return Message(
+        RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({MODEL: architecture})}),
+        dst_node_id=node,
+        message_type=EVALUATE,
+    )
 
 
 def clip_update(update: ArrayRecord, base: ArrayRecord, max_norm: float) -> bool:
@@ -181,7 +201,10 @@ class Strategy(ABC):
         return exchange(grid, messages, self.cfg.round_timeout)
 
     def screen(
-        self, ex: Exchange, expected: Callable[[int], ArrayRecord | None], into: Round,
+        self,
+        ex: Exchange,
+        expected: Callable[[int], ArrayRecord | None],
+        into: Round,
         check: Callable[[RecordDict], str | None] = lambda content: None,
     ) -> list[Message]:
         """Replies fit to use, in node-name order (float sums then do not depend on arrival order);
@@ -230,7 +253,12 @@ class Strategy(ABC):
         return self.cfg.distill_steps, self.cfg.distill_patience
 
     def distil_groups(
-        self, phase: str, globals_: Globals, batches: Callable[[str], BatchFn], validation: ValidationFn, into: Round,
+        self,
+        phase: str,
+        globals_: Globals,
+        batches: Callable[[str], BatchFn],
+        validation: ValidationFn,
+        into: Round,
     ) -> Globals:
         """Distil every group's model toward an ensemble on the server (FedDF's step), with early stopping."""
         out = {}
@@ -239,8 +267,13 @@ class Strategy(ABC):
         for name, arrays in globals_.items():
             model = load_record(build_model(name, self.cfg.dataset), arrays)
             report = distill(
-                model, batches(name), validation, steps=budget, patience=patience,
-                learning_rate=self.cfg.server_learning_rate, temperature=self.cfg.temperature,
+                model,
+                batches(name),
+                validation,
+                steps=budget,
+                patience=patience,
+                learning_rate=self.cfg.server_learning_rate,
+                temperature=self.cfg.temperature,
             )
             reports.append(report)
             out[name] = to_record(model)
@@ -259,7 +292,12 @@ class Strategy(ABC):
         return {}
 
     def train_round(
-        self, phase: str, server_round: int, globals_: Globals, grid: Grid, action: str,
+        self,
+        phase: str,
+        server_round: int,
+        globals_: Globals,
+        grid: Grid,
+        action: str,
         extra: Callable[[int], dict] = lambda node: {},
     ) -> tuple[Round, list[Message]]:
         """Send each sampled node its group's model with `train.<action>`; FedAvg each group's replies.
@@ -268,17 +306,29 @@ class Strategy(ABC):
         # A node that joined after the start may bring an architecture without a group yet.
         missing = {self.architecture(n, phase) for n in nodes} - globals_.keys()
         globals_ = {**globals_, **{name: self._initial_weights(name) for name in sorted(missing)}}
-        config = {SERVER_ROUND: server_round, EVALUATE_INCOMING: server_round > 1, **self.train_config(phase, server_round)}
+        config = {
+            SERVER_ROUND: server_round,
+            EVALUATE_INCOMING: server_round > 1,
+            **self.train_config(phase, server_round),
+        }
         messages = [
-            Message(RecordDict({
-                ARRAYS: globals_[self.architecture(n, phase)],
-                CONFIG: ConfigRecord({**config, MODEL: self.architecture(n, phase)}),
-                **extra(n),
-            }), dst_node_id=n, message_type=message_type(MessageType.TRAIN, action))
+            Message(
+                RecordDict(
+                    {
+                        ARRAYS: globals_[self.architecture(n, phase)],
+                        CONFIG: ConfigRecord({**config, MODEL: self.architecture(n, phase)}),
+                        **extra(n),
+                    }
+                ),
+                dst_node_id=n,
+                message_type=message_type(MessageType.TRAIN, action),
+            )
             for n in nodes
         ]
         result = Round(dict(globals_), nodes, [self.send(grid, messages)])
-        replies = self.screen(result.exchanges[0], lambda n: globals_[self.architecture(n, phase)], result, self.check_train_reply)
+        replies = self.screen(
+            result.exchanges[0], lambda n: globals_[self.architecture(n, phase)], result, self.check_train_reply
+        )
         result.globals = self.group_average(phase, globals_, replies, result)
         if replies:
             result.metrics.update(sum_eval_counts([m.content for m in replies], NUM_EXAMPLES))
@@ -327,10 +377,11 @@ class Strategy(ABC):
     def models_of(self, replies: list[Message], phase: str) -> list[torch.nn.Module]:
         """The client models in `replies`, each built as its node's architecture."""
         return [
-            load_record(build_model(self.architecture(m.metadata.src_node_id, phase), self.cfg.dataset), m.content[ARRAYS])
+            load_record(
+                build_model(self.architecture(m.metadata.src_node_id, phase), self.cfg.dataset), m.content[ARRAYS]
+            )
             for m in replies
         ]
-
 
 
 # Run-config `strategy` name -> class; filled by `@register` as server_app.strategies imports every module.

@@ -49,4 +49,6 @@ class FedDF(Strategy):
         x = public.x[cut:][self.public_subset(len(public) - cut, server_round, STUDENT_PHASE)]
         targets = ensemble_soft_targets(teachers, x, self.cfg.temperature)
         seed = derive_seed(self.cfg.seed, Stream.FEDDF_BATCHES, server_round)
-        return (lambda name: random_batches(x, targets, self.cfg.batch_size, seed)), labelled_error(public.x[:cut], public.y[:cut])
+        return (lambda name: random_batches(x, targets, self.cfg.batch_size, seed)), labelled_error(
+            public.x[:cut], public.y[:cut]
+        )

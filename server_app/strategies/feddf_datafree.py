@@ -42,9 +42,11 @@ class FedDFDataFree(FedDF):
     def check_config(cls, cfg: RunConfig) -> None:
         """The nodes' check releases exact counts on their test splits each round, which DP does not account."""
         if cfg.dp_epsilon > 0:
-            raise ConfigError(f"run config 'dp-epsilon' = {cfg.dp_epsilon}: strategy 'feddf-datafree' has the nodes "
-                              "score each server step on their local test splits and report exact counts, which "
-                              "sample-level DP does not cover; allowed: 0 with feddf-datafree")
+            raise ConfigError(
+                f"run config 'dp-epsilon' = {cfg.dp_epsilon}: strategy 'feddf-datafree' has the nodes "
+                "score each server step on their local test splits and report exact counts, which "
+                "sample-level DP does not cover; allowed: 0 with feddf-datafree"
+            )
 
     def state(self) -> dict[str, ArrayRecord]:
         """The generator, trained over the rounds so far."""
@@ -63,7 +65,10 @@ class FedDFDataFree(FedDF):
     ) -> tuple[Callable[[str], BatchFn], ValidationFn]:
         """Train the generator this round, then draw distillation batches and a validation set from it."""
         result.metrics["generator-loss"] = train_generator(
-            self.generator, teachers, steps=self.cfg.datafree_steps, batch_size=self.cfg.batch_size,
+            self.generator,
+            teachers,
+            steps=self.cfg.datafree_steps,
+            batch_size=self.cfg.batch_size,
             learning_rate=self.cfg.server_learning_rate,
             seed=derive_seed(self.cfg.seed, Stream.GENERATOR_TRAINING, server_round),
         )
@@ -97,7 +102,9 @@ class FedDFDataFree(FedDF):
         out, kept = dict(averaged), {}
         for name in distilled:
             scored = [n for n in judges[name] if all((n, name, w) in correct for w in CANDIDATES)]
-            kept[name] = bool(scored) and sum(correct[n, name, "distilled"] - correct[n, name, "fedavg"] for n in scored) >= 0
+            kept[name] = (
+                bool(scored) and sum(correct[n, name, "distilled"] - correct[n, name, "fedavg"] for n in scored) >= 0
+            )
             out[name] = distilled[name] if kept[name] else averaged[name]
         into.metrics["distill-kept"] = kept
         return out
@@ -124,6 +131,9 @@ def _correct_count(content: RecordDict) -> tuple[int, str | None]:
     if metrics is None or EVAL_CORRECT not in metrics or EVAL_EXAMPLES not in metrics:
         return 0, f"no '{EVAL_CORRECT}' and '{EVAL_EXAMPLES}' counts in the reply"
     correct, examples = metrics[EVAL_CORRECT], metrics[EVAL_EXAMPLES]
-    if not all(isinstance(v, (int, float)) and float(v).is_integer() for v in (correct, examples)) or not 0 <= correct <= examples:
+    if (
+        not all(isinstance(v, (int, float)) and float(v).is_integer() for v in (correct, examples))
+        or not 0 <= correct <= examples
+    ):
         return 0, f"{correct} right of {examples}"
     return int(correct), None

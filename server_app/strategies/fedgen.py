@@ -31,19 +31,28 @@ class FedGen(Strategy):
     def check_config(cls, cfg: RunConfig) -> None:
         """FedGen sends each node's label counts to the server, which DP-SGD does not protect."""
         if cfg.dp_epsilon > 0:
-            raise ConfigError(f"run config 'dp-epsilon' = {cfg.dp_epsilon}: strategy 'fedgen' reports each node's "
-                              "label counts in the clear, which sample-level DP does not cover; allowed: 0 with fedgen")
+            raise ConfigError(
+                f"run config 'dp-epsilon' = {cfg.dp_epsilon}: strategy 'fedgen' reports each node's "
+                "label counts in the clear, which sample-level DP does not cover; allowed: 0 with fedgen"
+            )
 
     def round(self, phase: str, server_round: int, globals_: Globals, grid: Grid) -> Round:
         """Grouped FedAvg of `train.fedgen`, then the generator fitted to the replies' heads and label counts."""
-        result, replies = self.train_round(phase, server_round, globals_, grid, Action.FEDGEN, extra=self._generator_for)
+        result, replies = self.train_round(
+            phase, server_round, globals_, grid, Action.FEDGEN, extra=self._generator_for
+        )
         if not replies:
             return result
         heads = [head(m) for m in self.models_of(replies, phase)]
         counts = torch.tensor([list(m.content[METRICS][LABEL_COUNTS]) for m in replies], dtype=torch.long)
         result.metrics["generator-loss"], self.labels = train_feature_generator(
-            self.generator, heads, counts, steps=self.cfg.fedgen_generator_steps, batch_size=self.cfg.batch_size,
-            learning_rate=self.cfg.server_learning_rate, diversity=self.cfg.fedgen_diversity,
+            self.generator,
+            heads,
+            counts,
+            steps=self.cfg.fedgen_generator_steps,
+            batch_size=self.cfg.batch_size,
+            learning_rate=self.cfg.server_learning_rate,
+            diversity=self.cfg.fedgen_diversity,
             seed=derive_seed(self.cfg.seed, Stream.FEDGEN_TRAINING, server_round),
         )
         return result
@@ -67,7 +76,11 @@ class FedGen(Strategy):
         metrics = content[METRICS]
         classes = dataset_shape(self.cfg.dataset)[1]
         counts = metrics.get(LABEL_COUNTS)
-        if not isinstance(counts, list) or len(counts) != classes or not all(isinstance(c, int) and c >= 0 for c in counts):
+        if (
+            not isinstance(counts, list)
+            or len(counts) != classes
+            or not all(isinstance(c, int) and c >= 0 for c in counts)
+        ):
             return f"'{LABEL_COUNTS}' is {counts!r}, expected {classes} counts of 0 or more"
         if sum(counts) != metrics[NUM_EXAMPLES]:
             return f"'{LABEL_COUNTS}' sum to {sum(counts)}, not the {metrics[NUM_EXAMPLES]} examples the reply claims"
@@ -75,8 +88,10 @@ class FedGen(Strategy):
 
     def state(self) -> dict[str, ArrayRecord]:
         """The generator and the classes it learned."""
-        return {"generator": ArrayRecord(self.generator.state_dict()),
-                "generator-labels": ArrayRecord({LABELS: Array(np.array(self.labels, dtype=np.int64))})}
+        return {
+            "generator": ArrayRecord(self.generator.state_dict()),
+            "generator-labels": ArrayRecord({LABELS: Array(np.array(self.labels, dtype=np.int64))}),
+        }
 
     def restore(self, state: dict[str, ArrayRecord]) -> None:
         """Continue with the checkpointed generator, rebuilt with the widths it had."""

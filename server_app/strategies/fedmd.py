@@ -11,8 +11,19 @@ from common.data import Split, load_public, load_server_testset
 from common.distill import consensus
 from common.models import logits_from_record, logits_to_record
 from common.protocol import (
-    CONFIG, CONSENSUS, INDICES, LOGITS, PUBLIC, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE, SOURCE_OWN, SPLIT, TEST_LOGITS,
-    NUM_EXAMPLES, TRAIN_DIGEST,
+    CONFIG,
+    CONSENSUS,
+    INDICES,
+    LOGITS,
+    NUM_EXAMPLES,
+    PUBLIC,
+    REPORT_TEST_LOGITS,
+    SERVER_ROUND,
+    SOURCE,
+    SOURCE_OWN,
+    SPLIT,
+    TEST_LOGITS,
+    TRAIN_DIGEST,
 )
 from server_app.strategies.base import Globals, Round, Scores, Strategy, register, sum_eval_counts
 
@@ -42,15 +53,22 @@ class FedMD(Strategy):
         indices = self.public_subset(len(load_public(self.cfg)), server_round, phase)
         nodes = self.sample(grid)
         config = {SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: server_round}
-        result = FedMDRound({}, nodes, [self.query_logits(grid, nodes, {**config, SOURCE: SOURCE_OWN})], scores_previous=False)
+        result = FedMDRound(
+            {}, nodes, [self.query_logits(grid, nodes, {**config, SOURCE: SOURCE_OWN})], scores_previous=False
+        )
         replies = self.screen_logits(result.exchanges[0], len(indices), result)
         if not replies:
             return result
-        agreed = logits_to_record(consensus([logits_from_record(m.content[LOGITS]) for m in replies]), self.cfg.logits_dtype)
+        agreed = logits_to_record(
+            consensus([logits_from_record(m.content[LOGITS]) for m in replies]), self.cfg.logits_dtype
+        )
         report = self.cfg.server_test == "builtin"
         messages = [
-            Message(RecordDict({CONSENSUS: agreed, CONFIG: ConfigRecord({**config, REPORT_TEST_LOGITS: report})}),
-                    dst_node_id=m.metadata.src_node_id, message_type=TRAIN_DIGEST)
+            Message(
+                RecordDict({CONSENSUS: agreed, CONFIG: ConfigRecord({**config, REPORT_TEST_LOGITS: report})}),
+                dst_node_id=m.metadata.src_node_id,
+                message_type=TRAIN_DIGEST,
+            )
             for m in replies
         ]
         result.exchanges.append(self.send(grid, messages))
@@ -71,8 +89,10 @@ class FedMD(Strategy):
         assert isinstance(result, FedMDRound)
         scores = {}
         for name, logits in result.test_logits.items():
-            pairs = [(float(torch.nn.functional.cross_entropy(t, test.y)), int((t.argmax(1) == test.y).sum()) / len(test.y))
-                     for t in logits]
+            pairs = [
+                (float(torch.nn.functional.cross_entropy(t, test.y)), int((t.argmax(1) == test.y).sum()) / len(test.y))
+                for t in logits
+            ]
             scores[name] = (statistics.fmean(p[0] for p in pairs), statistics.fmean(p[1] for p in pairs))
         return scores
 

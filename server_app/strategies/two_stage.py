@@ -76,7 +76,9 @@ class TwoStage(Strategy):
         indices = self.public_subset(len(public), server_round, phase)
         nodes = self.sample(grid)
         config = {SOURCE: SOURCE_TEACHER, SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: server_round}
-        result = Round(dict(globals_), nodes, [self.query_logits(grid, nodes, config, self._teacher_for)], scores_previous=False)
+        result = Round(
+            dict(globals_), nodes, [self.query_logits(grid, nodes, config, self._teacher_for)], scores_previous=False
+        )
         replies = self.screen_logits(result.exchanges[0], len(indices), result)
         self._track_teacher(result)
         if not replies:
@@ -86,7 +88,10 @@ class TwoStage(Strategy):
         cut = max(1, len(x) // 5)  # a labelled fifth for early stopping
         seed = derive_seed(self.cfg.seed, Stream.ENSEMBLE_BATCHES, server_round)
         result.globals = self.distil_groups(
-            phase, globals_, lambda name: random_batches(x[cut:], ensemble[cut:], self.cfg.batch_size, seed),
-            labelled_error(x[:cut], y[:cut]), result,
+            phase,
+            globals_,
+            lambda name: random_batches(x[cut:], ensemble[cut:], self.cfg.batch_size, seed),
+            labelled_error(x[:cut], y[:cut]),
+            result,
         )
         return result

@@ -3,7 +3,15 @@
 import torch
 from torch import nn
 
-from benchmarks.generator_samples import activation, distil, mixed, shifted, total_variation, with_batch_norm, with_norms
+from benchmarks.generator_samples import (
+    activation,
+    distil,
+    mixed,
+    shifted,
+    total_variation,
+    with_batch_norm,
+    with_norms,
+)
 from common.generator import Generator
 from common.models import build_model
 
@@ -58,7 +66,9 @@ def test_a_normalisation_layer_follows_each_convolution_and_none_leaves_the_mode
     cnn = build_model("cnn", "mnist5k")
     kinds = {norm: [type(m).__name__ for m in with_norms(cnn, norm)] for norm in ("none", "batch", "group", "instance")}
     assert kinds["none"] == [type(m).__name__ for m in cnn]
-    assert kinds["batch"].count("BatchNorm2d") == 2 and kinds["batch"][kinds["batch"].index("Conv2d") + 1] == "BatchNorm2d"
+    assert (
+        kinds["batch"].count("BatchNorm2d") == 2 and kinds["batch"][kinds["batch"].index("Conv2d") + 1] == "BatchNorm2d"
+    )
     groups = [m.num_groups for m in with_norms(cnn, "instance") if isinstance(m, nn.GroupNorm)]
     assert groups == [16, 32] and with_norms(cnn, "group")(torch.rand(2, 784)).shape == (2, 10)
 
@@ -67,7 +77,12 @@ def test_distilling_the_head_only_moves_the_last_layer_alone():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     before = [p.clone() for p in model.parameters()]
     targets = torch.tensor([[0.9, 0.1]]).repeat(4, 1)
-    distil(model, lambda step: (torch.rand(4, 3, generator=torch.Generator().manual_seed(step)), targets), 5, head_only=True)
+    distil(
+        model,
+        lambda step: (torch.rand(4, 3, generator=torch.Generator().manual_seed(step)), targets),
+        5,
+        head_only=True,
+    )
     after = list(model.parameters())
     assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
     assert not torch.equal(after[2], before[2]) and not torch.equal(after[3], before[3])

@@ -9,19 +9,36 @@ from benchmarks.privacy import report
 from common.config import parse_run_config
 
 
-def _row(strategy: str, epsilon: float | None, seed: int, accuracy: float, spent: float | None, median: float | None) -> dict:
-    return {"dataset": "digits", "split": "dirichlet-0.5", "models": "homogeneous", "rounds": 2, "strategy": strategy,
-            "epsilon": epsilon, "delta": 1e-5 if epsilon else None, "seed": seed, "accuracy": accuracy,
-            "dp_epsilon_max": spent, "median_round_seconds": median, "wall_seconds": 10.0,
-            "quiet_check": {"cpu_busy": 0.1, "load_average": 0.5, "threshold": 0.25, "waited_seconds": 0.0, "busy": False},
-            "busy": False, "load_average": 0.5}
+def _row(
+    strategy: str, epsilon: float | None, seed: int, accuracy: float, spent: float | None, median: float | None
+) -> dict:
+    return {
+        "dataset": "digits",
+        "split": "dirichlet-0.5",
+        "models": "homogeneous",
+        "rounds": 2,
+        "strategy": strategy,
+        "epsilon": epsilon,
+        "delta": 1e-5 if epsilon else None,
+        "seed": seed,
+        "accuracy": accuracy,
+        "dp_epsilon_max": spent,
+        "median_round_seconds": median,
+        "wall_seconds": 10.0,
+        "quiet_check": {"cpu_busy": 0.1, "load_average": 0.5, "threshold": 0.25, "waited_seconds": 0.0, "busy": False},
+        "busy": False,
+        "load_average": 0.5,
+    }
 
 
 def test_report_tables_loss_in_points_and_round_time_ratio(tmp_path):
     rows = [
-        _row("fedavg", 8.0, 42, 0.80, 7.5, 0.4), _row("fedavg", 8.0, 43, 0.70, 7.9, 0.6),
-        _row("fedavg", None, 42, 0.90, None, 0.2), _row("fedavg", None, 43, 0.90, None, 0.2),
-        _row("local-only", 8.0, 42, 0.50, 7.95, None), _row("local-only", None, 42, 0.60, None, None),
+        _row("fedavg", 8.0, 42, 0.80, 7.5, 0.4),
+        _row("fedavg", 8.0, 43, 0.70, 7.9, 0.6),
+        _row("fedavg", None, 42, 0.90, None, 0.2),
+        _row("fedavg", None, 43, 0.90, None, 0.2),
+        _row("local-only", 8.0, 42, 0.50, 7.95, None),
+        _row("local-only", None, 42, 0.60, None, None),
     ]
     path = tmp_path / "privacy.json"
     path.write_text(json.dumps(rows))
@@ -42,8 +59,9 @@ def test_report_tables_loss_in_points_and_round_time_ratio(tmp_path):
 
 
 def test_local_only_under_dp_spends_at_most_the_budget():
-    cfg = parse_run_config({"dataset": "synthetic", "samples-per-client": 64, "dp-epsilon": 2.0, "dp-delta": 1e-5,
-                            "batch-size": 16})
+    cfg = parse_run_config(
+        {"dataset": "synthetic", "samples-per-client": 64, "dp-epsilon": 2.0, "dp-delta": 1e-5, "batch-size": 16}
+    )
     ledgers = {}
     scores = local_only(cfg, 2, 2, ledgers)
     assert set(ledgers) == {0, 1}

@@ -93,8 +93,10 @@ def test_busy_machine_stops_a_timed_run_unless_allowed():
 
 
 def test_quiet_line_counts_busy_runs():
-    records = [{"cpu_busy": 0.05, "load_average": 0.2, "threshold": 0.25, "waited_seconds": 0.0, "busy": False},
-               {"cpu_busy": 0.6, "load_average": 1.5, "threshold": 0.25, "waited_seconds": 180.0, "busy": True}]
+    records = [
+        {"cpu_busy": 0.05, "load_average": 0.2, "threshold": 0.25, "waited_seconds": 0.0, "busy": False},
+        {"cpu_busy": 0.6, "load_average": 1.5, "threshold": 0.25, "waited_seconds": 180.0, "busy": True},
+    ]
     line = prov.quiet_line(records, 2)
     assert "5%-60%" in line and "0.20-1.50" in line and "2 cores" in line and "1 of 2 quiet checks" in line
 

@@ -11,8 +11,27 @@ from opacus.accountants.utils import get_noise_multiplier
 from client_app.app import app
 from common.models import initial_model, logits_to_record, to_record
 from common.protocol import (
-    ARRAYS, CONFIG, CONSENSUS, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE_INCOMING, INDICES, METRICS,
-    MODEL, PRIVATE_EPOCHS, PUBLIC, QUERY_LOGITS, REPORT_TEST_LOGITS, SERVER_ROUND, SOURCE, SOURCE_OWN, SPLIT, TRAIN_DIGEST, TRAIN_SUPERVISED,
+    ARRAYS,
+    CONFIG,
+    CONSENSUS,
+    DP_EPSILON,
+    EVAL_CORRECT,
+    EVAL_EXAMPLES,
+    EVAL_LOSS_SUM,
+    EVALUATE_INCOMING,
+    INDICES,
+    METRICS,
+    MODEL,
+    PRIVATE_EPOCHS,
+    PUBLIC,
+    QUERY_LOGITS,
+    REPORT_TEST_LOGITS,
+    SERVER_ROUND,
+    SOURCE,
+    SOURCE_OWN,
+    SPLIT,
+    TRAIN_DIGEST,
+    TRAIN_SUPERVISED,
 )
 
 TEACHER = "mlp-128x64"
@@ -20,19 +39,33 @@ TEACHER = "mlp-128x64"
 # 200 training examples, batches of 50: q = 0.25, 4 steps an epoch. Two-stage's horizon, which its server
 # sends as `private-epochs`: 2 teacher and 2 student rounds of 1 epoch, 16 steps, so the budget allows exactly
 # four trainings.
-DP = {"dataset": "synthetic", "partitioner": "iid", "local-epochs": 1, "batch-size": 50, "num-teacher-rounds": 2,
-      "num-student-rounds": 2, "dp-epsilon": 4.0}
+DP = {
+    "dataset": "synthetic",
+    "partitioner": "iid",
+    "local-epochs": 1,
+    "batch-size": 50,
+    "num-teacher-rounds": 2,
+    "num-student-rounds": 2,
+    "dp-epsilon": 4.0,
+}
 RATE, STEPS, HORIZON = 0.25, 4, 16
 
 
 def dp_context(**config):
-    return Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 4, **config},
-                   state=RecordDict(), run_config=dict(DP))
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 1, "num-partitions": 4, **config},
+        state=RecordDict(),
+        run_config=dict(DP),
+    )
 
 
 @cache
 def calibrated() -> float:
-    return get_noise_multiplier(target_epsilon=4.0, target_delta=1e-5, sample_rate=RATE, steps=HORIZON, accountant="rdp")
+    return get_noise_multiplier(
+        target_epsilon=4.0, target_delta=1e-5, sample_rate=RATE, steps=HORIZON, accountant="rdp"
+    )
 
 
 @cache
@@ -67,8 +100,11 @@ def test_each_reply_reports_the_epsilon_of_opacus_accountant_and_a_node_at_its_b
     assert reply.content[METRICS][DP_EPSILON] <= 4.0
     # The local test split is private too: with DP on, no exact counts on it leave the node.
     assert not {EVAL_EXAMPLES, EVAL_CORRECT, EVAL_LOSS_SUM} & set(reply.content[METRICS])
-    with pytest.raises(Exception, match=r"privacy budget exhausted: 4 more DP-SGD steps .* over run config "
-                       r"'dp-epsilon' = 4.0 at 'dp-delta' = 1e-05; refused"):
+    with pytest.raises(
+        Exception,
+        match=r"privacy budget exhausted: 4 more DP-SGD steps .* over run config "
+        r"'dp-epsilon' = 4.0 at 'dp-delta' = 1e-05; refused",
+    ):
         app(message(5), context)
 
 
@@ -76,8 +112,13 @@ def test_dp_training_is_reproducible_bit_for_bit_and_noisy(task_identity):
     a = weights(app(message(), dp_context()).content[ARRAYS])
     b = weights(app(message(), dp_context()).content[ARRAYS])
     assert all(torch.equal(a[k], b[k]) for k in a)
-    off = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 4}, state=RecordDict(),
-                  run_config={**DP, "dp-epsilon": 0.0})
+    off = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 1, "num-partitions": 4},
+        state=RecordDict(),
+        run_config={**DP, "dp-epsilon": 0.0},
+    )
     plain = app(message(), off).content
     assert DP_EPSILON not in plain[METRICS]
     assert any(not torch.equal(a[k], weights(plain[ARRAYS])[k]) for k in a)
@@ -100,8 +141,9 @@ def test_fedmd_charges_its_private_trainings_and_not_its_public_ones(task_identi
     # FedMD's horizon: the first private training and 2 revisits of 1 epoch, 12 steps. Transfer learning
     # (public data), the digest (public inputs) and the logits on public inputs cost nothing.
     config = {**DP, "strategy": "fedmd", "transfer-epochs": 1, "digest-epochs": 1}
-    context = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 4}, state=RecordDict(),
-                      run_config=config)
+    context = Context(
+        run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 4}, state=RecordDict(), run_config=config
+    )
     sigma = get_noise_multiplier(target_epsilon=4.0, target_delta=1e-5, sample_rate=RATE, steps=12, accountant="rdp")
 
     def accountant_after(steps):
@@ -114,9 +156,14 @@ def test_fedmd_charges_its_private_trainings_and_not_its_public_ones(task_identi
     msg = Message(RecordDict({CONFIG: query}), dst_node_id=7, message_type=QUERY_LOGITS)
     msg.metadata.__dict__["_message_id"] = "query"
     assert app(msg, context).content[METRICS][DP_EPSILON] == pytest.approx(accountant_after(4), rel=1e-9)
-    digest = ConfigRecord({SPLIT: PUBLIC, INDICES: [0, 1, 2], SERVER_ROUND: 1, REPORT_TEST_LOGITS: False, PRIVATE_EPOCHS: 3})
-    msg = Message(RecordDict({CONSENSUS: logits_to_record(torch.zeros(3, 10), "float32"), CONFIG: digest}),
-                  dst_node_id=7, message_type=TRAIN_DIGEST)
+    digest = ConfigRecord(
+        {SPLIT: PUBLIC, INDICES: [0, 1, 2], SERVER_ROUND: 1, REPORT_TEST_LOGITS: False, PRIVATE_EPOCHS: 3}
+    )
+    msg = Message(
+        RecordDict({CONSENSUS: logits_to_record(torch.zeros(3, 10), "float32"), CONFIG: digest}),
+        dst_node_id=7,
+        message_type=TRAIN_DIGEST,
+    )
     msg.metadata.__dict__["_message_id"] = "digest"
     assert app(msg, context).content[METRICS][DP_EPSILON] == pytest.approx(accountant_after(8), rel=1e-9)
 

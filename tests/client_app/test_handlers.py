@@ -9,9 +9,36 @@ from common.config import parse_run_config
 from common.data import load_client_data
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
 from common.protocol import (
-    ARRAYS, CONFIG, CONSENSUS, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE, EVALUATE_INCOMING, INDICES, LOGITS,
-    LOGITS_ARRAY, METRICS, MODEL, NAME, NODE, NUM_EXAMPLES, PROXIMAL_MU, PUBLIC, QUERY_IDENTIFY, QUERY_LOGITS, REPORT_TEST_LOGITS,
-    SERVER_ROUND, SOURCE, SOURCE_OWN, SOURCE_TEACHER, SPLIT, TEST_LOGITS, TRAIN_DIGEST, TRAIN_DISTIL, TRAIN_SUPERVISED,
+    ARRAYS,
+    CONFIG,
+    CONSENSUS,
+    EVAL_CORRECT,
+    EVAL_EXAMPLES,
+    EVAL_LOSS_SUM,
+    EVALUATE,
+    EVALUATE_INCOMING,
+    INDICES,
+    LOGITS,
+    LOGITS_ARRAY,
+    METRICS,
+    MODEL,
+    NAME,
+    NODE,
+    NUM_EXAMPLES,
+    PROXIMAL_MU,
+    PUBLIC,
+    QUERY_IDENTIFY,
+    QUERY_LOGITS,
+    REPORT_TEST_LOGITS,
+    SERVER_ROUND,
+    SOURCE,
+    SOURCE_OWN,
+    SOURCE_TEACHER,
+    SPLIT,
+    TEST_LOGITS,
+    TRAIN_DIGEST,
+    TRAIN_DISTIL,
+    TRAIN_SUPERVISED,
 )
 from common.protocol import TEACHER as TEACHER_RECORD
 from common.training import evaluate, predict_logits
@@ -22,8 +49,11 @@ RUN_CONFIG = {"dataset": "synthetic", "partitioner": "iid", "local-epochs": 2}
 @pytest.fixture
 def context(task_identity):
     return Context(
-        run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 4},
-        state=RecordDict(), run_config=dict(RUN_CONFIG),
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 1, "num-partitions": 4},
+        state=RecordDict(),
+        run_config=dict(RUN_CONFIG),
     )
 
 
@@ -87,7 +117,9 @@ def test_supervised_training_takes_fedprox_mu_from_the_message(context):
 
 
 def test_first_round_skips_the_fused_evaluation(context):
-    reply = app(message(TRAIN_SUPERVISED, to_record(initial_model(TEACHER, "synthetic", 42)), evaluate_incoming=False), context)
+    reply = app(
+        message(TRAIN_SUPERVISED, to_record(initial_model(TEACHER, "synthetic", 42)), evaluate_incoming=False), context
+    )
     assert EVAL_EXAMPLES not in reply.content[METRICS]
 
 
@@ -158,7 +190,14 @@ def test_identify_reports_the_partition_and_the_architecture(context):
 def test_a_heterogeneous_node_trains_the_architecture_it_is_sent(context):
     sent = to_record(initial_model("mlp-16x16", "synthetic", 1))
     reply = app(message(TRAIN_SUPERVISED, sent, model="mlp-16x16"), context)
-    assert [tuple(v.shape) for v in reply.content[ARRAYS].values()] == [(16, 32), (16,), (16, 16), (16,), (10, 16), (10,)]
+    assert [tuple(v.shape) for v in reply.content[ARRAYS].values()] == [
+        (16, 32),
+        (16,),
+        (16, 16),
+        (16,),
+        (10, 16),
+        (10,),
+    ]
 
 
 def query(config, teacher=None):
@@ -198,8 +237,11 @@ def test_fedmd_digest_moves_the_own_model_toward_the_consensus(context):
     consensus = torch.zeros(100, 10)
     consensus[:, 3] = 8.0  # everyone agrees on class 3
     config = {SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: 1, REPORT_TEST_LOGITS: True}
-    msg = Message(RecordDict({CONSENSUS: logits_to_record(consensus, "float32"), CONFIG: ConfigRecord(config)}),
-                  dst_node_id=7, message_type=TRAIN_DIGEST)
+    msg = Message(
+        RecordDict({CONSENSUS: logits_to_record(consensus, "float32"), CONFIG: ConfigRecord(config)}),
+        dst_node_id=7,
+        message_type=TRAIN_DIGEST,
+    )
     msg.metadata.__dict__["_message_id"] = "digest"
     reply = app(msg, context)
     after = load_record(build_model(STUDENT, "synthetic"), context.state["own-model"])
@@ -211,8 +253,10 @@ def test_fedmd_digest_moves_the_own_model_toward_the_consensus(context):
 
 def test_local_teacher_logits_for_the_ensemble_teacher(context):
     teacher = initial_model(TEACHER, "synthetic", 42)
-    reply = app(query({SOURCE: SOURCE_TEACHER, SPLIT: PUBLIC, INDICES: [1, 2], SERVER_ROUND: 1},
-                      teacher=to_record(teacher)), context)
+    reply = app(
+        query({SOURCE: SOURCE_TEACHER, SPLIT: PUBLIC, INDICES: [1, 2], SERVER_ROUND: 1}, teacher=to_record(teacher)),
+        context,
+    )
     from common.data import load_public
 
     expected = predict_logits(teacher, load_public(CFG).x[[1, 2]])
@@ -224,8 +268,9 @@ def test_state_dir_brings_the_teacher_back_after_a_restart(context, tmp_path):
     teacher = to_record(initial_model(TEACHER, "synthetic", 42))
     student = to_record(initial_model(STUDENT, "synthetic", 42))
     first = app(message(TRAIN_DISTIL, student, teacher=teacher), context)
-    restarted = Context(run_id=1, node_id=7, node_config=dict(context.node_config), state=RecordDict(),
-                        run_config=dict(RUN_CONFIG))
+    restarted = Context(
+        run_id=1, node_id=7, node_config=dict(context.node_config), state=RecordDict(), run_config=dict(RUN_CONFIG)
+    )
     second = app(message(TRAIN_DISTIL, student), restarted)
     a, b = weights(first.content[ARRAYS]), weights(second.content[ARRAYS])
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -250,13 +295,16 @@ def test_data_path_nodes_are_named_by_their_file_or_name(context, tmp_path):
     assert app(message(QUERY_IDENTIFY, ArrayRecord()), context).content[NODE][NAME] == "hospital-a"
 
 
-@pytest.mark.parametrize("config, expected", [
-    ({"partition-id": "abc", "num-partitions": 4}, "node config 'partition-id' = 'abc'; allowed: a whole number"),
-    ({"partition-id": 1.5, "num-partitions": 4}, "node config 'partition-id' = 1.5; allowed: a whole number"),
-    ({"partition-id": True, "num-partitions": 4}, "node config 'partition-id' = True; allowed: a whole number"),
-    ({"partition-id": 0, "num-partitions": 0}, "node config 'num-partitions' = 0; allowed: 1 or more"),
-    ({"partition-id": 0}, "node config 'num-partitions' is missing"),
-])
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"partition-id": "abc", "num-partitions": 4}, "node config 'partition-id' = 'abc'; allowed: a whole number"),
+        ({"partition-id": 1.5, "num-partitions": 4}, "node config 'partition-id' = 1.5; allowed: a whole number"),
+        ({"partition-id": True, "num-partitions": 4}, "node config 'partition-id' = True; allowed: a whole number"),
+        ({"partition-id": 0, "num-partitions": 0}, "node config 'num-partitions' = 0; allowed: 1 or more"),
+        ({"partition-id": 0}, "node config 'num-partitions' is missing"),
+    ],
+)
 def test_malformed_node_config_is_refused_with_what_is_allowed(context, config, expected):
     context.node_config.clear()
     context.node_config.update(config)
@@ -267,7 +315,10 @@ def test_malformed_node_config_is_refused_with_what_is_allowed(context, config, 
 def test_a_query_for_inputs_other_than_the_public_data_is_refused(context):
     teacher = to_record(initial_model(TEACHER, "synthetic", 42))
     with pytest.raises(Exception, match="message config 'split' = 'server-test'; allowed: 'public'"):
-        app(query({SOURCE: SOURCE_TEACHER, SPLIT: "server-test", INDICES: [1, 2], SERVER_ROUND: 1}, teacher=teacher), context)
+        app(
+            query({SOURCE: SOURCE_TEACHER, SPLIT: "server-test", INDICES: [1, 2], SERVER_ROUND: 1}, teacher=teacher),
+            context,
+        )
 
 
 def test_fedgen_trains_plainly_until_the_generator_comes_then_learns_from_it_and_counts_its_labels(context):
@@ -278,15 +329,24 @@ def test_fedgen_trains_plainly_until_the_generator_comes_then_learns_from_it_and
     plain = app(message(TRAIN_SUPERVISED, sent, model=STUDENT), context)
     first = app(message(TRAIN_FEDGEN, sent), context)
     # Without a generator (round 1) the node trains as train.supervised does, and counts its labels.
-    assert all(torch.equal(a, b) for a, b in zip(weights(first.content[ARRAYS]).values(), weights(plain.content[ARRAYS]).values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(weights(first.content[ARRAYS]).values(), weights(plain.content[ARRAYS]).values())
+    )
     counts = first.content[METRICS][LABEL_COUNTS]
-    assert counts == torch.bincount(DATA.train.y, minlength=10).tolist() and sum(counts) == first.content[METRICS][NUM_EXAMPLES]
+    assert (
+        counts == torch.bincount(DATA.train.y, minlength=10).tolist()
+        and sum(counts) == first.content[METRICS][NUM_EXAMPLES]
+    )
     with_generator = message(TRAIN_FEDGEN, sent)
     with_generator.content[GENERATOR] = ArrayRecord(FeatureGenerator(10, [32, 128], seed=5).for_width(32))
     with_generator.content[CONFIG][GENERATOR_LABELS] = [0, 3]
     regularised = app(with_generator, context)
     assert not regularised.has_error(), regularised.error
-    assert any(not torch.equal(a, b) for a, b in zip(weights(regularised.content[ARRAYS]).values(), weights(first.content[ARRAYS]).values()))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(weights(regularised.content[ARRAYS]).values(), weights(first.content[ARRAYS]).values())
+    )
 
 
 def test_fedgen_under_dp_is_refused_naming_why(context):

@@ -1,7 +1,7 @@
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from common.config import ConfigError, RunConfig, parse_run_config
 
@@ -52,10 +52,18 @@ def test_every_model_field_has_a_pyproject_default():
         ("alpha", True, "run config 'alpha' = True: Input should be a valid number"),
         ("ensemble-teacher", "yes", "run config 'ensemble-teacher' = 'yes': Input should be a valid boolean"),
         ("model", 32, "run config 'model' = 32: Input should be a valid string"),
-        ("output-dir", " ", "run config 'output-dir' = ' ': Value error, expected a directory path, got an empty string"),
+        (
+            "output-dir",
+            " ",
+            "run config 'output-dir' = ' ': Value error, expected a directory path, got an empty string",
+        ),
         # names from a closed list
         ("dataset", "cifar10", "run config 'dataset' = 'cifar10': Input should be 'digits', 'mnist5k' or 'synthetic'"),
-        ("partitioner", "shards", "run config 'partitioner' = 'shards': Input should be 'iid', 'dirichlet' or 'pathological'"),
+        (
+            "partitioner",
+            "shards",
+            "run config 'partitioner' = 'shards': Input should be 'iid', 'dirichlet' or 'pathological'",
+        ),
         ("logits-dtype", "float64", "run config 'logits-dtype' = 'float64': Input should be 'float32' or 'float16'"),
         # model names
         ("model", "resnet", f"run config 'model' = 'resnet': Value error, unknown model 'resnet'; {MODELS}"),
@@ -65,7 +73,11 @@ def test_every_model_field_has_a_pyproject_default():
         ("teacher-model", "cnn2", f"run config 'teacher-model' = 'cnn2': Value error, unknown model 'cnn2'; {MODELS}"),
         ("teacher-model", "", f"run config 'teacher-model' = '': Value error, unknown model ''; {MODELS}"),
         ("models", "mlp-32,vit", f"run config 'models' = 'mlp-32,vit': Value error, unknown model 'vit'; {MODELS}"),
-        ("models", "mlp-32x64;cnn", f"run config 'models' = 'mlp-32x64;cnn': Value error, unknown model 'mlp-32x64;cnn'; {MODELS}"),
+        (
+            "models",
+            "mlp-32x64;cnn",
+            f"run config 'models' = 'mlp-32x64;cnn': Value error, unknown model 'mlp-32x64;cnn'; {MODELS}",
+        ),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(key, value, expected):
@@ -83,7 +95,10 @@ def test_registry_names_are_accepted_for_every_model_key(name):
 def test_unknown_key_lists_the_known_ones():
     with pytest.raises(ConfigError) as err:
         parse_run_config({"num-rounds": 3})
-    assert str(err.value) == f"unknown run config key 'num-rounds' (value 3); known keys: {', '.join(sorted(app_defaults()))}"
+    assert (
+        str(err.value)
+        == f"unknown run config key 'num-rounds' (value 3); known keys: {', '.join(sorted(app_defaults()))}"
+    )
 
 
 def test_several_errors_are_reported_together():

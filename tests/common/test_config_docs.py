@@ -1,9 +1,9 @@
 """docs/configuration.md is generated from RunConfig; it, the model and pyproject.toml must agree."""
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from common.config import RunConfig
 from common.config_docs import COMMAND, DOC_PATH, allowed_values, render

@@ -4,8 +4,15 @@ import torch
 
 from common.config import parse_run_config
 from common.data import (
-    _image_dataset, _image_slices, _load_mnist5k, _partition_indices, dataset_shape, load_client_data, load_public,
-    load_server_testset, main,
+    _image_dataset,
+    _image_slices,
+    _load_mnist5k,
+    _partition_indices,
+    dataset_shape,
+    load_client_data,
+    load_public,
+    load_server_testset,
+    main,
 )
 
 
@@ -28,7 +35,9 @@ def test_digits_partitions_are_disjoint_and_cover_only_the_pool(partitioner):
 def test_client_train_and_test_splits_partition_the_clients_share():
     cfg = digits("dirichlet")
     data = load_client_data(cfg, 3, 10)
-    idx = _partition_indices("digits", cfg.seed, 0.1, "dirichlet", 10, cfg.dirichlet_alpha, cfg.classes_per_partition)[3]
+    idx = _partition_indices("digits", cfg.seed, 0.1, "dirichlet", 10, cfg.dirichlet_alpha, cfg.classes_per_partition)[
+        3
+    ]
     x = _image_dataset("digits")[0]
     split_rows = sorted(map(tuple, data.train.x.tolist() + data.test.x.tolist()))
     assert split_rows == sorted(map(tuple, x[idx].tolist()))

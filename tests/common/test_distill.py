@@ -7,8 +7,14 @@ import torch
 from torch import nn
 
 from common.distill import (
-    VALIDATE_EVERY, consensus, distill, ensemble_disagreement, ensemble_soft_targets, labelled_error,
-    log_mean_probabilities, random_batches,
+    VALIDATE_EVERY,
+    consensus,
+    distill,
+    ensemble_disagreement,
+    ensemble_soft_targets,
+    labelled_error,
+    log_mean_probabilities,
+    random_batches,
 )
 from common.feature_generator import NOISE_DIM
 from common.generator import Generator, generator_loss, train_generator
@@ -73,8 +79,15 @@ def test_distillation_pulls_the_student_to_the_ensemble_and_keeps_its_best_weigh
     student = nn.Linear(4, 3)
     validation = ensemble_disagreement(x[:50], targets[:50], 1.0)
     before = validation(student)
-    report = distill(student, random_batches(x[50:], targets[50:], 32, seed=1), validation,
-                     steps=400, patience=3, learning_rate=0.05, temperature=1.0)
+    report = distill(
+        student,
+        random_batches(x[50:], targets[50:], 32, seed=1),
+        validation,
+        steps=400,
+        patience=3,
+        learning_rate=0.05,
+        temperature=1.0,
+    )
     after = validation(student)
     assert after < 0.1 * before
     assert report.start_validation_loss == pytest.approx(before, rel=1e-5)
@@ -94,9 +107,15 @@ def test_early_stopping_gives_up_after_patience_checks_without_improvement():
     student = linear([[0.0, 0.0], [0.0, 0.0]], [0.0, 1.0])  # predicts class 1 everywhere
     start = {k: v.clone() for k, v in student.state_dict().items()}
     # The ensemble says class 0, the labels say class 1: distilling only raises the validation error.
-    report = distill(student, random_batches(x, torch.tensor([[9.0, -9.0]]).expand(40, 2), 8, seed=0),
-                     labelled_error(x[:10], torch.ones(10, dtype=torch.long)), steps=1000, patience=2,
-                     learning_rate=0.1, temperature=1.0)
+    report = distill(
+        student,
+        random_batches(x, torch.tensor([[9.0, -9.0]]).expand(40, 2), 8, seed=0),
+        labelled_error(x[:10], torch.ones(10, dtype=torch.long)),
+        steps=1000,
+        patience=2,
+        learning_rate=0.1,
+        temperature=1.0,
+    )
     assert report.steps == 2 * VALIDATE_EVERY
     assert report.start_validation_loss == report.best_validation_loss == 0.0
     assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())  # the best weights: the start

@@ -51,7 +51,9 @@ def test_the_objective_weights_each_clients_cross_entropy_by_its_share_of_the_cl
     client1 = (0.75 * big + 0.25 * small) / 2
     client2 = (0.25 * small + 0.75 * big) / 2
     # Every sample has the same features: the diversity loss is exp(0) = 1, times its weight 0.5.
-    assert generator_loss(gen, heads, weights, noise, y, diversity=0.5).item() == pytest.approx(client1 + client2 + 0.5, rel=1e-6)
+    assert generator_loss(gen, heads, weights, noise, y, diversity=0.5).item() == pytest.approx(
+        client1 + client2 + 0.5, rel=1e-6
+    )
 
 
 def test_label_weights_skip_classes_no_client_holds_more_than_one_example_of():
@@ -88,10 +90,15 @@ def test_the_generator_learns_features_each_clients_head_assigns_to_the_classes_
         noise, labels = draw([0, 1, 2, 3], 400, torch.Generator().manual_seed(9))
         features = gen(noise, labels)
         owner = (labels >= 2).long()
-        return sum(int((heads[o](features[heads[o].in_features][i]).argmax() == labels[i])) for i, o in enumerate(owner.tolist()))
+        return sum(
+            int(heads[o](features[heads[o].in_features][i]).argmax() == labels[i])
+            for i, o in enumerate(owner.tolist())
+        )
 
     assert gen.widths == []
-    loss, labels = train_feature_generator(gen, heads, counts, steps=200, batch_size=32, learning_rate=0.01, diversity=1.0, seed=5)
+    loss, labels = train_feature_generator(
+        gen, heads, counts, steps=200, batch_size=32, learning_rate=0.01, diversity=1.0, seed=5
+    )
     assert gen.widths == [32, 64] and labels == [0, 1, 2, 3]
     assert hits() > 0.95 * 400 and loss < 1.5
 
@@ -101,7 +108,9 @@ def test_the_clients_loss_is_cross_entropy_plus_its_decayed_generator_terms():
     gen = FeatureGenerator(10, [32], seed=1)
     logits, y = torch.randn(8, 10), torch.randint(10, (8,))
     plain = F.cross_entropy(logits, y).item()
-    assert regularised_loss(model, gen, [0, 1], alpha=0, beta=0, server_round=2, seed=0)(logits, y).item() == pytest.approx(plain)
+    assert regularised_loss(model, gen, [0, 1], alpha=0, beta=0, server_round=2, seed=0)(
+        logits, y
+    ).item() == pytest.approx(plain)
     with_alpha = regularised_loss(model, gen, [0, 1], alpha=1, beta=0, server_round=1, seed=0)(logits, y).item() - plain
     decayed = regularised_loss(model, gen, [0, 1], alpha=1, beta=0, server_round=11, seed=0)(logits, y).item() - plain
     assert with_alpha > 0 and decayed == pytest.approx(with_alpha * 0.98**10, rel=1e-5)

@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from common.models import build_model, count_params, initial_model, load_record, logits_from_record, logits_to_record, to_record
+from common.models import (
+    build_model,
+    count_params,
+    initial_model,
+    load_record,
+    logits_from_record,
+    logits_to_record,
+    to_record,
+)
 from common.protocol import LOGITS, LOGITS_ARRAY
 
 

@@ -64,37 +64,72 @@ def with_value(value, row=2, column=7, dtype=np.float32):
     "arrays, reason",
     [
         ({"y": GOOD_Y}, " lacks ['x']; it has ['y']; expected 'x', 'y' and optionally 'x_test', 'y_test'"),
-        ({"x": GOOD_X, "labels": GOOD_Y}, " lacks ['y']; it has ['labels', 'x']; expected 'x', 'y' and optionally 'x_test', 'y_test'"),
-        ({"x": GOOD_X, "y": GOOD_Y, "x_test": GOOD_X}, " has only one of 'x_test', 'y_test'; expected both (a local test set) or neither"),
+        (
+            {"x": GOOD_X, "labels": GOOD_Y},
+            " lacks ['y']; it has ['labels', 'x']; expected 'x', 'y' and optionally 'x_test', 'y_test'",
+        ),
+        (
+            {"x": GOOD_X, "y": GOOD_Y, "x_test": GOOD_X},
+            " has only one of 'x_test', 'y_test'; expected both (a local test set) or neither",
+        ),
         ({"x": GOOD_X[:, :10], "y": GOOD_Y}, ": 'x' has shape [5, 10]; expected (samples, 64)"),
         ({"x": GOOD_X.reshape(5, 8, 8), "y": GOOD_Y}, ": 'x' has shape [5, 8, 8]; expected (samples, 64)"),
         ({"x": GOOD_X[0], "y": GOOD_Y}, ": 'x' has shape [64]; expected (samples, 64)"),
         ({"x": GOOD_X, "y": GOOD_Y[:4]}, ": 'y' has shape [4]; expected (5,), one label per row of 'x'"),
         ({"x": GOOD_X, "y": GOOD_Y[:, None]}, ": 'y' has shape [5, 1]; expected (5,), one label per row of 'x'"),
-        ({"x": np.full((5, 64), np.nan, dtype=np.float32), "y": GOOD_Y},
-         ": 'x' holds non-finite values (320 NaN), the first in row 0; allowed: finite float32 numbers"),
-        ({"x": with_value(np.nan), "y": GOOD_Y},
-         ": 'x' holds non-finite values (1 NaN), the first in row 2; allowed: finite float32 numbers"),
-        ({"x": with_value(np.inf, row=4), "y": GOOD_Y},
-         ": 'x' holds non-finite values (1 Inf), the first in row 4; allowed: finite float32 numbers"),
-        ({"x": with_value(-np.inf, row=1), "y": GOOD_Y},
-         ": 'x' holds non-finite values (1 Inf), the first in row 1; allowed: finite float32 numbers"),
-        ({"x": with_value(1e300, row=3, dtype=np.float64), "y": GOOD_Y},
-         ": 'x' holds non-finite values (1 beyond float32's range), the first in row 3; allowed: finite float32 numbers"),
+        (
+            {"x": np.full((5, 64), np.nan, dtype=np.float32), "y": GOOD_Y},
+            ": 'x' holds non-finite values (320 NaN), the first in row 0; allowed: finite float32 numbers",
+        ),
+        (
+            {"x": with_value(np.nan), "y": GOOD_Y},
+            ": 'x' holds non-finite values (1 NaN), the first in row 2; allowed: finite float32 numbers",
+        ),
+        (
+            {"x": with_value(np.inf, row=4), "y": GOOD_Y},
+            ": 'x' holds non-finite values (1 Inf), the first in row 4; allowed: finite float32 numbers",
+        ),
+        (
+            {"x": with_value(-np.inf, row=1), "y": GOOD_Y},
+            ": 'x' holds non-finite values (1 Inf), the first in row 1; allowed: finite float32 numbers",
+        ),
+        (
+            {"x": with_value(1e300, row=3, dtype=np.float64), "y": GOOD_Y},
+            ": 'x' holds non-finite values (1 beyond float32's range), the first in row 3; allowed: finite float32 numbers",
+        ),
         ({"x": GOOD_X, "y": GOOD_Y + 8}, ": 'y' holds labels 8..12; allowed: 0 to 9"),
         ({"x": GOOD_X, "y": -GOOD_Y}, ": 'y' holds labels -4..0; allowed: 0 to 9"),
         ({"x": GOOD_X, "y": GOOD_Y.astype(np.float32)}, ": 'y' holds float32 values; allowed: integer labels 0 to 9"),
         ({"x": GOOD_X[:0], "y": GOOD_Y[:0]}, ": 'x' and 'y' hold no samples; allowed: 1 row or more"),
-        ({"x": np.full((5, 64), "0.5"), "y": GOOD_Y}, ": 'x' holds <U3 values; allowed: integer or floating-point numbers"),
+        (
+            {"x": np.full((5, 64), "0.5"), "y": GOOD_Y},
+            ": 'x' holds <U3 values; allowed: integer or floating-point numbers",
+        ),
         ({"x": GOOD_X, "y": np.array(list("abcde"))}, ": 'y' holds <U1 values; allowed: integer labels 0 to 9"),
-        ({"x": GOOD_X.astype(bool), "y": GOOD_Y}, ": 'x' holds bool values; allowed: integer or floating-point numbers"),
-        ({"x": GOOD_X.astype(complex), "y": GOOD_Y}, ": 'x' holds complex128 values; allowed: integer or floating-point numbers"),
-        ({"x": GOOD_X.astype(object), "y": GOOD_Y},
-         ": 'x' cannot be read (Object arrays cannot be loaded when allow_pickle=False); allowed: an array of numbers"),
-        ({"x": GOOD_X, "y": GOOD_Y, "x_test": GOOD_X[:, :3], "y_test": GOOD_Y}, ": 'x_test' has shape [5, 3]; expected (samples, 64)"),
-        ({"x": GOOD_X, "y": GOOD_Y, "x_test": with_value(np.nan), "y_test": GOOD_Y},
-         ": 'x_test' holds non-finite values (1 NaN), the first in row 2; allowed: finite float32 numbers"),
-        ({"x": GOOD_X, "y": GOOD_Y, "x_test": GOOD_X, "y_test": GOOD_Y + 10}, ": 'y_test' holds labels 10..14; allowed: 0 to 9"),
+        (
+            {"x": GOOD_X.astype(bool), "y": GOOD_Y},
+            ": 'x' holds bool values; allowed: integer or floating-point numbers",
+        ),
+        (
+            {"x": GOOD_X.astype(complex), "y": GOOD_Y},
+            ": 'x' holds complex128 values; allowed: integer or floating-point numbers",
+        ),
+        (
+            {"x": GOOD_X.astype(object), "y": GOOD_Y},
+            ": 'x' cannot be read (Object arrays cannot be loaded when allow_pickle=False); allowed: an array of numbers",
+        ),
+        (
+            {"x": GOOD_X, "y": GOOD_Y, "x_test": GOOD_X[:, :3], "y_test": GOOD_Y},
+            ": 'x_test' has shape [5, 3]; expected (samples, 64)",
+        ),
+        (
+            {"x": GOOD_X, "y": GOOD_Y, "x_test": with_value(np.nan), "y_test": GOOD_Y},
+            ": 'x_test' holds non-finite values (1 NaN), the first in row 2; allowed: finite float32 numbers",
+        ),
+        (
+            {"x": GOOD_X, "y": GOOD_Y, "x_test": GOOD_X, "y_test": GOOD_Y + 10},
+            ": 'y_test' holds labels 10..14; allowed: 0 to 9",
+        ),
     ],
 )
 def test_malformed_files_are_refused_with_the_reason(tmp_path, arrays, reason):
@@ -146,7 +181,10 @@ def test_an_empty_local_test_pair_is_allowed(tmp_path):
     [
         ({"x": GOOD_X}, " lacks ['y']; it has ['x']; expected 'x', 'y'"),
         ({"x": GOOD_X[:0], "y": GOOD_Y[:0]}, ": 'x' and 'y' hold no samples; allowed: 1 row or more"),
-        ({"x": with_value(np.inf), "y": GOOD_Y}, ": 'x' holds non-finite values (1 Inf), the first in row 2; allowed: finite float32 numbers"),
+        (
+            {"x": with_value(np.inf), "y": GOOD_Y},
+            ": 'x' holds non-finite values (1 Inf), the first in row 2; allowed: finite float32 numbers",
+        ),
         ({"x": GOOD_X, "y": GOOD_Y + 6}, ": 'y' holds labels 6..10; allowed: 0 to 9"),
     ],
 )

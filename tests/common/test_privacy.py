@@ -18,8 +18,17 @@ X, Y = torch.randn(64, 8, generator=torch.Generator().manual_seed(0)), torch.ara
 
 
 def dp_train(model, ledger, seed=3, noise_seed=7, **kwargs):
-    return train(model, X, (Y,), epochs=2, batch_size=16, learning_rate=0.05, seed=seed,
-                 privacy=DPSGD(ledger, noise_seed), **kwargs)
+    return train(
+        model,
+        X,
+        (Y,),
+        epochs=2,
+        batch_size=16,
+        learning_rate=0.05,
+        seed=seed,
+        privacy=DPSGD(ledger, noise_seed),
+        **kwargs,
+    )
 
 
 def ledger(epsilon=10.0, sigma=1.5, history=()):
@@ -32,7 +41,9 @@ def test_spent_epsilon_is_opacus_rdp_accountant_after_the_same_steps():
         accountant.step(noise_multiplier=1.3, sample_rate=0.05)
     for _ in range(20):
         accountant.step(noise_multiplier=1.3, sample_rate=0.1)
-    assert spent_epsilon([(1.3, 0.05, 30), (1.3, 0.1, 20)], 1e-5) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-12)
+    assert spent_epsilon([(1.3, 0.05, 30), (1.3, 0.1, 20)], 1e-5) == pytest.approx(
+        accountant.get_epsilon(1e-5), rel=1e-12
+    )
     assert spent_epsilon([], 1e-5) == 0.0
 
 
@@ -48,7 +59,9 @@ def test_training_charges_its_steps_at_the_poisson_rate():
 
 def test_calibrated_noise_keeps_the_horizon_within_the_budget():
     sigma = noise_multiplier(3.0, 1e-5, 0.1, 500)
-    assert sigma == get_noise_multiplier(target_epsilon=3.0, target_delta=1e-5, sample_rate=0.1, steps=500, accountant="rdp")
+    assert sigma == get_noise_multiplier(
+        target_epsilon=3.0, target_delta=1e-5, sample_rate=0.1, steps=500, accountant="rdp"
+    )
     assert 2.9 < spent_epsilon([(sigma, 0.1, 500)], 1e-5) <= 3.0
 
 
@@ -58,8 +71,11 @@ def test_training_past_the_budget_is_refused_and_charges_nothing():
     model = build_mlp(8, (4,), 2)
     dp_train(model, held)
     before = [p.clone() for p in model.parameters()]
-    with pytest.raises(PrivacyBudgetExceeded, match=r"privacy budget exhausted: 8 more DP-SGD steps .* over run config "
-                       r"'dp-epsilon' = 1.0 at 'dp-delta' = 1e-05; refused"):
+    with pytest.raises(
+        PrivacyBudgetExceeded,
+        match=r"privacy budget exhausted: 8 more DP-SGD steps .* over run config "
+        r"'dp-epsilon' = 1.0 at 'dp-delta' = 1e-05; refused",
+    ):
         dp_train(model, held)
     assert len(held.history) == 1 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -68,8 +84,9 @@ def test_training_past_the_budget_is_refused_and_charges_nothing():
 def test_dp_training_is_reproducible_bit_for_bit_and_depends_on_the_noise_seed(build):
     def trained(noise_seed):
         model = build()
-        torch.nn.utils.vector_to_parameters(torch.linspace(-0.5, 0.5, sum(p.numel() for p in model.parameters())),
-                                            model.parameters())
+        torch.nn.utils.vector_to_parameters(
+            torch.linspace(-0.5, 0.5, sum(p.numel() for p in model.parameters())), model.parameters()
+        )
         dp_train(model, ledger(), noise_seed=noise_seed, proximal_mu=0.1)
         return torch.nn.utils.parameters_to_vector(model.parameters())
 
@@ -96,15 +113,26 @@ def test_a_step_averages_per_sample_gradients_clipped_to_max_grad_norm_plus_seed
     model, clip, sigma = build_mlp(8, (4,), 2), 0.05, 0.7
     # batch_size = n: q = 1, every example in the one step, so the expected batch is the whole set.
     optimizer = Recorder(model.parameters())
-    dp_sgd(model, optimizer, X, (Y,), epochs=1, batch_size=64, seed=3, loss_fn=F.cross_entropy,
-           privacy=DPSGD(Ledger(math.inf, 1e-5, clip, sigma), 7))
+    dp_sgd(
+        model,
+        optimizer,
+        X,
+        (Y,),
+        epochs=1,
+        batch_size=64,
+        seed=3,
+        loss_fn=F.cross_entropy,
+        privacy=DPSGD(Ledger(math.inf, 1e-5, clip, sigma), 7),
+    )
     clipped = torch.zeros(sum(p.numel() for p in model.parameters()))
     for x, y in zip(X, Y):
         g = torch.autograd.grad(F.cross_entropy(model(x[None]), y[None]), list(model.parameters()))
         g = torch.cat([t.flatten() for t in g])
         clipped += g * min(1.0, clip / (g.norm().item() + 1e-6))
     noise = torch.Generator().manual_seed(7)
-    drawn = torch.cat([torch.normal(0.0, sigma * clip, size=p.shape, generator=noise).flatten() for p in model.parameters()])
+    drawn = torch.cat(
+        [torch.normal(0.0, sigma * clip, size=p.shape, generator=noise).flatten() for p in model.parameters()]
+    )
     got = torch.cat([g.flatten() for g in optimizer.grads[0]])
     assert len(optimizer.grads) == 1
     assert torch.allclose(got, (clipped + drawn) / 64, atol=1e-6)

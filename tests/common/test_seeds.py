@@ -26,19 +26,42 @@ def test_every_stream_has_its_own_number_and_keeps_the_one_it_had():
     numbers = [member.value for member in Stream.__members__.values()]
     assert len(numbers) == len(set(numbers))
     assert {s.name: s.value for s in Stream} == {
-        "SERVER_TEST": 0, "SYNTHETIC_CLIENT": 1, "PARTITION_SPLIT": 2, "FILE_SPLIT": 3, "PUBLIC": 4,
-        "PUBLIC_SUBSET": 60, "INITIAL_WEIGHTS": 10, "LOCAL_TRAINING": 20, "TEACHER_FINETUNE": 30, "SAMPLING": 40,
-        "OWN_MODEL": 50, "TRANSFER": 51, "OWN_TRAINING": 52, "DIGEST": 53, "REVISIT": 54, "ENSEMBLE_BATCHES": 61,
-        "FEDDF_BATCHES": 62, "GENERATOR_INIT": 63, "GENERATOR_TRAINING": 64, "GENERATOR_VALIDATION": 65,
-        "GENERATED_BATCHES": 66, "FEDGEN_INIT": 67, "FEDGEN_TRAINING": 68, "FEDGEN_SAMPLES": 69, "DP_NOISE": 70, "BASELINE_TRAINING": 90,
+        "SERVER_TEST": 0,
+        "SYNTHETIC_CLIENT": 1,
+        "PARTITION_SPLIT": 2,
+        "FILE_SPLIT": 3,
+        "PUBLIC": 4,
+        "PUBLIC_SUBSET": 60,
+        "INITIAL_WEIGHTS": 10,
+        "LOCAL_TRAINING": 20,
+        "TEACHER_FINETUNE": 30,
+        "SAMPLING": 40,
+        "OWN_MODEL": 50,
+        "TRANSFER": 51,
+        "OWN_TRAINING": 52,
+        "DIGEST": 53,
+        "REVISIT": 54,
+        "ENSEMBLE_BATCHES": 61,
+        "FEDDF_BATCHES": 62,
+        "GENERATOR_INIT": 63,
+        "GENERATOR_TRAINING": 64,
+        "GENERATOR_VALIDATION": 65,
+        "GENERATED_BATCHES": 66,
+        "FEDGEN_INIT": 67,
+        "FEDGEN_TRAINING": 68,
+        "FEDGEN_SAMPLES": 69,
+        "DP_NOISE": 70,
+        "BASELINE_TRAINING": 90,
     }
 
 
 @pytest.mark.parametrize("stream", list(Stream))
 def test_a_named_stream_draws_what_its_bare_number_drew(stream):
     assert derive_seed(42, stream, 7, 3) == old_derive_seed(42, stream.value, 7, 3)
-    assert stream_rng(42, stream, 7).integers(2**62, size=4).tolist() == \
-        np.random.default_rng([42, stream.value, 7]).integers(2**62, size=4).tolist()
+    assert (
+        stream_rng(42, stream, 7).integers(2**62, size=4).tolist()
+        == np.random.default_rng([42, stream.value, 7]).integers(2**62, size=4).tolist()
+    )
 
 
 def test_a_bare_number_is_refused():
@@ -55,7 +78,8 @@ def test_call_sites_draw_as_before():
     strategy = FedAvgStudent(parse_run_config({"public-samples-per-round": 5}), NodeSampler(42, 1))
     assert strategy.public_subset(100, 3, "student") == [18, 45, 55, 91, 93]
     assert strategy.public_subset(100, 3, "student") == sorted(
-        np.random.default_rng([42, 60, 0, 3]).choice(100, size=5, replace=False).tolist())
+        np.random.default_rng([42, 60, 0, 3]).choice(100, size=5, replace=False).tolist()
+    )
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(old_derive_seed(42, 10, zlib.crc32(b"mlp-32")))

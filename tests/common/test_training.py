@@ -49,7 +49,11 @@ def test_the_proximal_term_is_fedprox_objective_minimised_by_adam():
     start = [p.detach().clone() for p in reference.parameters()]
     mu = 0.5
     reported = train(ours, x, (y,), epochs=3, batch_size=16, learning_rate=0.05, seed=7, proximal_mu=mu)
-    optimizer, generator, losses = torch.optim.Adam(reference.parameters(), lr=0.05), torch.Generator().manual_seed(7), []
+    optimizer, generator, losses = (
+        torch.optim.Adam(reference.parameters(), lr=0.05),
+        torch.Generator().manual_seed(7),
+        [],
+    )
     for _ in range(3):
         order = torch.randperm(40, generator=generator)
         for batch in order.split(16):

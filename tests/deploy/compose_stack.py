@@ -16,9 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from deploy.local import Federation
 from deploy.processes import APP_PARTS, PROJECT, flower_env, free_port
@@ -66,8 +67,11 @@ def _docker(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def image_label(image: str, label: str) -> str | None:
     """A label of a local image; None when the image is absent ('' when it lacks the label)."""
-    done = subprocess.run(["docker", "image", "inspect", image, "--format", f'{{{{index .Config.Labels "{label}"}}}}'],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["docker", "image", "inspect", image, "--format", f'{{{{index .Config.Labels "{label}"}}}}'],
+        capture_output=True,
+        text=True,
+    )
     return done.stdout.strip().replace("<no value>", "") if done.returncode == 0 else None
 
 
@@ -83,8 +87,7 @@ def wheels() -> Path:
     wanted = "\n".join(requirements())
     if not (stamp.exists() and stamp.read_text() == wanted):
         folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(folder), *requirements()],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(folder), *requirements()], check=True)
         stamp.write_text(wanted)
     return folder
 
@@ -94,8 +97,17 @@ def base_image() -> str:
     if image_label(BASE_IMAGE, STAND_IN_LABEL) is None:
         with tempfile.TemporaryDirectory(prefix="fedkd-rootfs-") as tmp:
             rootfs = Path(tmp) / "rootfs"
-            subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-                            "bookworm", str(rootfs)], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "--include=python3,python3-venv,ca-certificates",
+                    "bookworm",
+                    str(rootfs),
+                ],
+                check=True,
+                capture_output=True,
+            )
             tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
             _docker("import", "-", BASE_IMAGE, stdin=tar.stdout)
             tar.wait()
@@ -117,11 +129,37 @@ def flower_images() -> dict[str, str]:
                 context = Path(tmp)
                 shutil.copy(FLOWER_IMAGES / "Dockerfile", context / "Dockerfile")
                 # flwr and what it needs only, from the app's wheel directory.
-                subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-index", "--find-links", str(wheels()),
-                                "-d", str(context / "wheels"), f"flwr=={version}"], check=True)
-                _docker("build", "-q", "--target", component, "--build-arg", f"BASE={base_image()}",
-                        "--build-arg", f"FLWR_VERSION={version}", "--label", f"{STAND_IN_LABEL}={digest}",
-                        "-t", name, str(context))
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pip",
+                        "download",
+                        "-q",
+                        "--no-index",
+                        "--find-links",
+                        str(wheels()),
+                        "-d",
+                        str(context / "wheels"),
+                        f"flwr=={version}",
+                    ],
+                    check=True,
+                )
+                _docker(
+                    "build",
+                    "-q",
+                    "--target",
+                    component,
+                    "--build-arg",
+                    f"BASE={base_image()}",
+                    "--build-arg",
+                    f"FLWR_VERSION={version}",
+                    "--label",
+                    f"{STAND_IN_LABEL}={digest}",
+                    "-t",
+                    name,
+                    str(context),
+                )
         used[name] = "stand-in"
     return used
 
@@ -140,8 +178,14 @@ class ComposeStack(Federation):
 
     def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
         """A compose command on this project; raises with its output when it fails."""
-        done = subprocess.run([*compose_command(), "-p", self.project, *args], cwd=self.work, env=self.compose_env,
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [*compose_command(), "-p", self.project, *args],
+            cwd=self.work,
+            env=self.compose_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"compose {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         return done
@@ -152,8 +196,12 @@ class ComposeStack(Federation):
 
     def down(self) -> None:
         """Remove the project's containers, networks and volumes (its certificates, keys and state)."""
-        subprocess.run([*compose_command(), "-p", self.project, "down", "-v", "--remove-orphans", "-t", "5"],
-                       cwd=self.work, env=self.compose_env, capture_output=True)
+        subprocess.run(
+            [*compose_command(), "-p", self.project, "down", "-v", "--remove-orphans", "-t", "5"],
+            cwd=self.work,
+            env=self.compose_env,
+            capture_output=True,
+        )
 
     def container(self, service: str) -> str:
         """The id of `service`'s container."""
@@ -201,9 +249,22 @@ def compose_stack(work: Path) -> ComposeStack:
             shutil.copytree(source, work / part, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, work / part)
-    for command in (["common.data", "export", "--dataset", "digits", "--num-partitions", "3", "--out", "data/"],
-                    ["deploy.certs", "--out", "certs", "--host", "superlink", "--host", "localhost",
-                     "--host", "127.0.0.1", "--supernodes", "3"]):
+    for command in (
+        ["common.data", "export", "--dataset", "digits", "--num-partitions", "3", "--out", "data/"],
+        [
+            "deploy.certs",
+            "--out",
+            "certs",
+            "--host",
+            "superlink",
+            "--host",
+            "localhost",
+            "--host",
+            "127.0.0.1",
+            "--supernodes",
+            "3",
+        ],
+    ):
         subprocess.run([sys.executable, "-m", *command], cwd=work, check=True, capture_output=True)
     home = work / "flwr-home"
     home.mkdir()
@@ -212,5 +273,10 @@ def compose_stack(work: Path) -> ComposeStack:
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
         f'address = "127.0.0.1:{port}"\nroot-certificates = "{work / "certs" / "ca.crt"}"\n'
     )
-    return ComposeStack(env=flower_env(home), connection=CONNECTION, work=work, port=port,
-                        project=f"fedkdtest{os.getpid()}{time.monotonic_ns() % 10_000}")
+    return ComposeStack(
+        env=flower_env(home),
+        connection=CONNECTION,
+        work=work,
+        port=port,
+        project=f"fedkdtest{os.getpid()}{time.monotonic_ns() % 10_000}",
+    )

@@ -19,4 +19,10 @@ def test_the_copy_packs_the_projects_app_files_unchanged():
     assert copy == app_files
     assert {"server_app/app.py", "client_app/app.py", "common/models.py", "pyproject.toml"} <= copy.keys()
     # What stays behind is what the ServerApp and ClientApp never import.
-    assert {name.split("/")[0] for name in project.keys() - copy.keys()} <= {"benchmarks", "deploy", "docs", "tests", "docker-compose.yml"}
+    assert {name.split("/")[0] for name in project.keys() - copy.keys()} <= {
+        "benchmarks",
+        "deploy",
+        "docs",
+        "tests",
+        "docker-compose.yml",
+    }

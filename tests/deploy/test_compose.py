@@ -20,8 +20,15 @@ pytestmark = pytest.mark.e2e
 # A killed node costs each round it is sampled in this long; ClientApp processes start in 5-15 s on 2 cores.
 ROUND_TIMEOUT = 30
 NODES = ("supernode-0", "supernode-1", "supernode-2")
-QUICK = {"num-teacher-rounds": 1, "num-student-rounds": 1, "fraction-train": 1.0, "fraction-evaluate": 0.0,
-         "local-epochs": 1, "round-timeout": 120, "server-test": "/data/server-test.npz"}
+QUICK = {
+    "num-teacher-rounds": 1,
+    "num-student-rounds": 1,
+    "fraction-train": 1.0,
+    "fraction-evaluate": 0.0,
+    "local-epochs": 1,
+    "round-timeout": 120,
+    "server-test": "/data/server-test.npz",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +57,11 @@ def submit(stack, config: dict) -> tuple[dict, list[dict], str]:
     output, _ = run.communicate(timeout=900)
     assert run.returncode == 0, output[-4000:]
     (run_dir,) = set(stack.run_dirs()) - before
-    return (json.loads((run_dir / "summary.json").read_text()), json.loads((run_dir / "history.json").read_text()),
-            output)
+    return (
+        json.loads((run_dir / "summary.json").read_text()),
+        json.loads((run_dir / "history.json").read_text()),
+        output,
+    )
 
 
 def test_nodes_started_before_their_keys_are_registered_come_back(stack):
@@ -75,7 +85,9 @@ def test_both_phases_complete_on_three_nodes_with_outputs_on_the_host(stack):
     assert summary["teacher_accuracy"] > 0.6 and summary["student_accuracy"] > 0.4
     assert summary["teacher_federated_accuracy"] > 0.6 and summary["student_federated_accuracy"] > 0.4
     run_dir = stack.run_dirs()[-1]
-    assert {"history.json", "summary.json", "teacher.pt", "student.pt", "checkpoint.pt"} <= {p.name for p in run_dir.iterdir()}
+    assert {"history.json", "summary.json", "teacher.pt", "student.pt", "checkpoint.pt"} <= {
+        p.name for p in run_dir.iterdir()
+    }
     # Written by the container's user (uid 49999), readable on the host.
     assert run_dir.stat().st_uid == 49999 and (run_dir / "student.pt").stat().st_mode & 0o004
     assert f"outputs in /app/fedkd-runs/{run_dir.name}" in output
@@ -87,8 +99,13 @@ def test_restarted_superlink_and_supernode_and_crashed_superexec_rejoin_with_the
     restarts = stack.state("superexec-supernode-2")["RestartCount"]
     stack.crash("superexec-supernode-2")
     deadline = time.monotonic() + 60
-    while not (stack.state("superexec-supernode-2")["RestartCount"] > restarts
-               and stack.state("superexec-supernode-2")["Running"]) and time.monotonic() < deadline:
+    while (
+        not (
+            stack.state("superexec-supernode-2")["RestartCount"] > restarts
+            and stack.state("superexec-supernode-2")["Running"]
+        )
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.5)
     assert stack.state("superexec-supernode-2")["RestartCount"] == restarts + 1
     # The SuperLink's database keeps the registered keys: the nodes authenticate again after its restart.
@@ -103,8 +120,10 @@ def test_restarted_superlink_and_supernode_and_crashed_superexec_rejoin_with_the
 def test_supernode_killed_mid_run_is_recorded_and_the_run_completes(stack):
     before = set(stack.run_dirs())
     # One phase of two rounds: the round after the kill waits out the deadline on the killed node once.
-    run = stack.run({**QUICK, "strategy": "fedavg", "num-student-rounds": 2, "round-timeout": ROUND_TIMEOUT, "min-replies": 0.5},
-                    app=stack.work)
+    run = stack.run(
+        {**QUICK, "strategy": "fedavg", "num-student-rounds": 2, "round-timeout": ROUND_TIMEOUT, "min-replies": 0.5},
+        app=stack.work,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and run.poll() is None:
@@ -134,20 +153,47 @@ def test_an_unregistered_supernode_is_refused_and_the_others_stay(stack, tmp_pat
     tmp_path.chmod(0o755)
     key.chmod(0o644)
     name = f"{stack.project}-stranger"
-    subprocess.run(["docker", "run", "-d", "--name", name, "--network", f"{stack.project}_federation",
-                    "-v", f"{stack.project}_ca:/ca:ro", "-v", f"{tmp_path}:/key:ro", stack.supernode_image,
-                    "--superlink", "superlink:9092", "--root-certificates", "/ca/ca.crt",
-                    "--auth-supernode-private-key", "/key/stranger", "--isolation", "process"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            f"{stack.project}_federation",
+            "-v",
+            f"{stack.project}_ca:/ca:ro",
+            "-v",
+            f"{tmp_path}:/key:ro",
+            stack.supernode_image,
+            "--superlink",
+            "superlink:9092",
+            "--root-certificates",
+            "/ca/ca.crt",
+            "--auth-supernode-private-key",
+            "/key/stranger",
+            "--isolation",
+            "process",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         deadline = time.monotonic() + 120
-        while subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name], capture_output=True,
-                             text=True).stdout.strip() == "true" and time.monotonic() < deadline:
+        while (
+            subprocess.run(
+                ["docker", "inspect", "-f", "{{.State.Running}}", name], capture_output=True, text=True
+            ).stdout.strip()
+            == "true"
+            and time.monotonic() < deadline
+        ):
             time.sleep(1)
         log = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
         log = log.stdout + log.stderr
-        code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True,
-                              text=True).stdout.strip()
+        code = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True, text=True
+        ).stdout.strip()
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     assert "Failed to activate SuperNode" in log and "SuperNode ID" not in log, log[-2000:]

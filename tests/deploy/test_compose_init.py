@@ -42,7 +42,10 @@ def test_each_volume_gets_only_its_files_with_private_keys_0600(layout):
     assert sorted(p.name for p in (volumes / "superlink-tls").iterdir()) == ["ca.crt", "superlink.crt", "superlink.key"]
     assert sorted(p.name for p in (volumes / "supernode-0-key").iterdir()) == ["supernode", "supernode.pub"]
     assert (volumes / "supernode-0-key" / "supernode").read_bytes() == (certs / "supernode-0").read_bytes()
-    assert mode(volumes / "supernode-0-key" / "supernode") == 0o600 and mode(volumes / "superlink-tls" / "superlink.key") == 0o600
+    assert (
+        mode(volumes / "supernode-0-key" / "supernode") == 0o600
+        and mode(volumes / "superlink-tls" / "superlink.key") == 0o600
+    )
     assert mode(volumes / "ca" / "ca.crt") == 0o644
     assert (volumes / "superlink-state" / "old.db").read_text() == "state"
     assert "supernode-0-key: supernode, supernode.pub" in done and f"{outputs}: owned by {UID}" in done
@@ -94,6 +97,10 @@ def test_the_compose_file_mounts_every_volume_into_init():
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="Compose v1 (docker-compose) is not installed")
 def test_compose_v1_accepts_the_file(tmp_path):
     # Compose v1 resolves the file without an engine; v2 is checked by the schema test and by running it.
-    done = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr

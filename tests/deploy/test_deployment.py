@@ -67,12 +67,20 @@ def test_more_clients_than_nodes_stops_the_run(deployed, tmp_path):
 def test_run_survives_a_killed_supernode(deployed, tmp_path):
     dep, data = deployed
     out = tmp_path / "out"
-    run = dep.run({
-        # No final evaluations: each would wait out the deadline on the killed node while it is still listed.
-        "num-teacher-rounds": 2, "num-student-rounds": 1, "fraction-train": 1.0, "fraction-evaluate": 0.0, "local-epochs": 2,
-        "round-timeout": ROUND_TIMEOUT, "min-replies": 0.5, "output-dir": str(out),
-        "server-test": str(data / "server-test.npz"),
-    })
+    run = dep.run(
+        {
+            # No final evaluations: each would wait out the deadline on the killed node while it is still listed.
+            "num-teacher-rounds": 2,
+            "num-student-rounds": 1,
+            "fraction-train": 1.0,
+            "fraction-evaluate": 0.0,
+            "local-epochs": 2,
+            "round-timeout": ROUND_TIMEOUT,
+            "min-replies": 0.5,
+            "output-dir": str(out),
+            "server-test": str(data / "server-test.npz"),
+        }
+    )
     try:
         wait_for_rounds(out, 1, run)
         dep.kill_supernode(2)
@@ -161,8 +169,13 @@ def test_compose_file_is_valid_and_runs_only_tested_command_lines(deployed):
         if image.startswith("flwr/"):
             assert tag == flwr_pin, f"{name} uses {service['image']}, pyproject pins flwr {flwr_pin}"
         argv = [binary, *service["command"]]
-        matches = [c for c in native if Path(c[0]).name == binary and _flags(c) == _flags(argv)
-                   and _node_config_keys(c) == _node_config_keys(argv)]
+        matches = [
+            c
+            for c in native
+            if Path(c[0]).name == binary
+            and _flags(c) == _flags(argv)
+            and _node_config_keys(c) == _node_config_keys(argv)
+        ]
         assert matches, f"service {name}: {argv} matches no command line the deployment test ran"
         checked += 1
     assert checked == 8
@@ -187,9 +200,14 @@ def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(deployed, tmp_pa
     """Kill the ServerApp of a deployed run after phase 1, resume it: the rounds of an uninterrupted run."""
     dep, data = deployed
     config = {
-        "num-teacher-rounds": 1, "num-student-rounds": 1, "fraction-train": 0.5, "local-epochs": 1,
+        "num-teacher-rounds": 1,
+        "num-student-rounds": 1,
+        "fraction-train": 0.5,
+        "local-epochs": 1,
         # No node is lost here, so a generous deadline costs nothing and absorbs a slow ClientApp start.
-        "fraction-evaluate": 0.0, "round-timeout": 120, "server-test": str(data / "server-test.npz"),
+        "fraction-evaluate": 0.0,
+        "round-timeout": 120,
+        "server-test": str(data / "server-test.npz"),
     }
     out = tmp_path / "killed"
     run = dep.run({**config, "output-dir": str(out)})

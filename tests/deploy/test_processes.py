@@ -28,8 +28,9 @@ def alive(pid: int) -> bool:
 
 
 def test_sigterm_stops_the_private_superlink(tmp_path):
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "flwr-home")], cwd=ROOT,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path / "flwr-home")], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         superlinks = [int(pid) for pid in child.stdout.readline().split()]
         assert len(superlinks) == 1, superlinks

@@ -42,6 +42,7 @@ def _examples(value: float | None):
         else:
             metrics[NUM_EXAMPLES] = value
         reply.content[METRICS] = MetricRecord(metrics)
+
     return corrupt
 
 
@@ -50,8 +51,15 @@ def _raise(reply: Message) -> None:
 
 
 BEHAVIOURS = {
-    1: _nan, 2: _shape, 3: _dtype, 4: _keys, 5: _examples(None), 6: _examples(-5), 7: _examples(10**9),
-    8: _examples(2.5), 9: _raise,
+    1: _nan,
+    2: _shape,
+    3: _dtype,
+    4: _keys,
+    5: _examples(None),
+    6: _examples(-5),
+    7: _examples(10**9),
+    8: _examples(2.5),
+    9: _raise,
 }
 
 

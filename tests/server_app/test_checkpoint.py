@@ -23,10 +23,18 @@ ONLY = "only ['min-replies', 'output-dir', 'resume-from', 'round-timeout'] may c
 @pytest.fixture
 def run_dir(tmp_path):
     arrays = ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3))})
-    checkpoint.save(tmp_path, checkpoint.Checkpoint(
-        "teacher", 3, HISTORY, {"teacher": arrays}, random.Random(1).getstate(),
-        CFG.model_dump(mode="json", by_alias=True), {"generator": arrays},
-    ))
+    checkpoint.save(
+        tmp_path,
+        checkpoint.Checkpoint(
+            "teacher",
+            3,
+            HISTORY,
+            {"teacher": arrays},
+            random.Random(1).getstate(),
+            CFG.model_dump(mode="json", by_alias=True),
+            {"generator": arrays},
+        ),
+    )
     return tmp_path
 
 
@@ -37,10 +45,16 @@ def refusal(run_dir, **changes) -> str:
 
 
 def test_the_same_config_resumes_and_resumable_keys_may_change(run_dir, tmp_path_factory):
-    other = parse_run_config({
-        "teacher-model": "mlp-128x64", "local-epochs": 2, "output-dir": str(tmp_path_factory.mktemp("out")),
-        "round-timeout": 5, "min-replies": 1.0, "resume-from": str(run_dir),
-    })
+    other = parse_run_config(
+        {
+            "teacher-model": "mlp-128x64",
+            "local-epochs": 2,
+            "output-dir": str(tmp_path_factory.mktemp("out")),
+            "round-timeout": 5,
+            "min-replies": 1.0,
+            "resume-from": str(run_dir),
+        }
+    )
     loaded = checkpoint.load(run_dir, other)
     assert (loaded.phase, loaded.server_round, loaded.history) == ("teacher", 3, HISTORY)
     assert loaded.config == CFG.model_dump(mode="json", by_alias=True)

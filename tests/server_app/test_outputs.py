@@ -46,7 +46,10 @@ def test_weights_and_plot(tmp_path):
 
 def test_a_reader_never_sees_a_partly_written_json_file(tmp_path):
     target = tmp_path / "history.json"
-    rows = [{"round": i, "failed": [{"node": f"partition-{j}", "reason": "no reply"} for j in range(10)]} for i in range(500)]
+    rows = [
+        {"round": i, "failed": [{"node": f"partition-{j}", "reason": "no reply"} for j in range(10)]}
+        for i in range(500)
+    ]
     write_json(target, {"version": 0, "rows": rows})
     written = threading.Event()
 

@@ -31,7 +31,11 @@ def test_a_summary_round_trips_through_json_unchanged():
 def test_files_of_the_untyped_writer_read_back_as_the_same_records(name):
     """The fixtures were written from plain dicts, before the records were typed."""
     text = (FIXTURES / name).read_text()
-    data = HISTORY.dump_python(read_history(FIXTURES / name)) if name == "history.json" else read_summary(FIXTURES / name).model_dump()
+    data = (
+        HISTORY.dump_python(read_history(FIXTURES / name))
+        if name == "history.json"
+        else read_summary(FIXTURES / name).model_dump()
+    )
     assert data == json.loads(text) and json.dumps(data, indent=2) == text
 
 
@@ -42,14 +46,18 @@ def test_fields_that_only_some_records_have_are_absent_while_none():
     assert read_summary(FIXTURES / "summary-aborted.json").model_dump()["reason"] == "student round 2: too few replies"
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    (lambda r: r.update(seconds="0.1"), "1.seconds"),
-    (lambda r: r.pop("sampled"), "1.sampled"),
-    (lambda r: r.update(phase="warm-up"), "1.phase"),
-    (lambda r: r["failed"][0].update(node=3), "1.failed.0.node"),
-    (lambda r: r.update(evaluation_replies=1.5), "1.evaluation_replies"),
-    (lambda r: r.update(acuracy=0.5), "1.acuracy"),
-], ids=["number-as-text", "missing", "unknown-phase", "failed-node", "fraction-of-replies", "unknown-field"])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda r: r.update(seconds="0.1"), "1.seconds"),
+        (lambda r: r.pop("sampled"), "1.sampled"),
+        (lambda r: r.update(phase="warm-up"), "1.phase"),
+        (lambda r: r["failed"][0].update(node=3), "1.failed.0.node"),
+        (lambda r: r.update(evaluation_replies=1.5), "1.evaluation_replies"),
+        (lambda r: r.update(acuracy=0.5), "1.acuracy"),
+    ],
+    ids=["number-as-text", "missing", "unknown-phase", "failed-node", "fraction-of-replies", "unknown-field"],
+)
 def test_a_malformed_record_is_refused_naming_the_field(tmp_path, change, field):
     history = json.loads((FIXTURES / "history.json").read_text())
     change(history[1])
@@ -72,8 +80,15 @@ def test_every_renamed_metric_fills_a_record_field():
 
 def test_a_strategys_metrics_fill_their_fields_and_one_with_no_field_is_refused_by_name():
     fields = metric_fields({"generator-loss": 1.25, "distill-kept": {"cnn": False}, "clipped-updates": 2})
-    assert (fields["generator_loss"], fields["distill_kept"], fields["clipped"], fields["train_loss"]) == (1.25, {"cnn": False}, 2, None)
-    with pytest.raises(ValueError, match=r"round metrics \['generator-los'\] have no history.json field; known: .*'generator-loss'"):
+    assert (fields["generator_loss"], fields["distill_kept"], fields["clipped"], fields["train_loss"]) == (
+        1.25,
+        {"cnn": False},
+        2,
+        None,
+    )
+    with pytest.raises(
+        ValueError, match=r"round metrics \['generator-los'\] have no history.json field; known: .*'generator-loss'"
+    ):
         metric_fields({"generator-los": 1.25})
 
 

@@ -47,8 +47,15 @@ class StubStrategy:
         return {}
 
     def round(self, phase, server_round, globals_, grid) -> Round:
-        ex = Exchange(missing=[3] if server_round == 2 else [], bytes_down=1000 * server_round, bytes_up=900, seconds=0.1)
-        metrics = {"train-loss": 0.7 / server_round, "client-seconds": 0.03, "federated-accuracy": 0.6, "federated-loss": 1.1}
+        ex = Exchange(
+            missing=[3] if server_round == 2 else [], bytes_down=1000 * server_round, bytes_up=900, seconds=0.1
+        )
+        metrics = {
+            "train-loss": 0.7 / server_round,
+            "client-seconds": 0.03,
+            "federated-accuracy": 0.6,
+            "federated-loss": 1.1,
+        }
         if phase == "teacher":
             metrics["clipped-updates"] = 1
         else:
@@ -145,8 +152,10 @@ def test_each_nodes_reported_epsilon_lands_in_history_and_its_latest_in_the_summ
         globals_ = rounds.run_phase(strategy, phase, None, CFG, globals_, None, run)
     history = json.loads((run.path / "history.json").read_text())
     assert [r["dp_epsilon_by_node"] for r in history] == [
-        {"partition-1": 0.25, "partition-2": 0.5}, {"partition-1": 0.5, "partition-2": 1.0},
-        {"partition-1": 0.75, "partition-2": 1.5}, {"partition-1": 1.0},
+        {"partition-1": 0.25, "partition-2": 0.5},
+        {"partition-1": 0.5, "partition-2": 1.0},
+        {"partition-1": 0.75, "partition-2": 1.5},
+        {"partition-1": 1.0},
     ]
     assert [r["dp_epsilon_max"] for r in history] == [0.5, 1.0, 1.5, 1.0]
     summary = app._summary(CFG, strategy, run, 100.0)

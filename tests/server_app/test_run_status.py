@@ -17,8 +17,14 @@ SUMMARY = read_summary(FIXTURES / "summary.json")
 
 def status(*args, home: Path) -> tuple[int, str]:
     """Exit code and stdout of the status command, run with HOME=`home`."""
-    done = subprocess.run([sys.executable, "-m", "server_app.outputs", *map(str, args)], cwd=PROJECT,
-                          env={**os.environ, "HOME": str(home)}, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "server_app.outputs", *map(str, args)],
+        cwd=PROJECT,
+        env={**os.environ, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.stderr == "", done.stderr
     return done.returncode, done.stdout
 
@@ -81,32 +87,57 @@ def test_output_dir_defaults_under_home_and_relative_paths_use_the_working_direc
 
 def test_complete_run_exits_0_with_its_accuracies(tmp_path):
     run = RunDirectory(tmp_path / "fedkd-runs", "two-stage-digits")
-    run.write_summary(SUMMARY.model_copy(update={"strategy": "two-stage", "teacher_accuracy": 0.91234,
-                                                 "student_accuracy": 0.8, "teacher_params": 17_226}))
+    run.write_summary(
+        SUMMARY.model_copy(
+            update={
+                "strategy": "two-stage",
+                "teacher_accuracy": 0.91234,
+                "student_accuracy": 0.8,
+                "teacher_params": 17_226,
+            }
+        )
+    )
     # No argument: ~/fedkd-runs/latest, with ~ the HOME of the command.
     assert status(home=tmp_path) == (
-        0, f"complete: two-stage run {run.path.resolve()}; teacher accuracy 0.9123, student accuracy 0.8000\n")
+        0,
+        f"complete: two-stage run {run.path.resolve()}; teacher accuracy 0.9123, student accuracy 0.8000\n",
+    )
 
 
 def test_complete_single_stage_run_has_no_teacher_accuracy(tmp_path):
     run = RunDirectory(tmp_path, "fedavg-digits")
-    run.write_summary(SUMMARY.model_copy(update={"strategy": "fedavg", "teacher_accuracy": None,
-                                                 "student_accuracy": None, "teacher_params": None}))
+    run.write_summary(
+        SUMMARY.model_copy(
+            update={"strategy": "fedavg", "teacher_accuracy": None, "student_accuracy": None, "teacher_params": None}
+        )
+    )
     assert status(run.path, home=tmp_path) == (0, f"complete: fedavg run {run.path.resolve()}; student accuracy n/a\n")
 
 
 def test_aborted_run_exits_1_with_its_reason(tmp_path):
     run = RunDirectory(tmp_path, "feddf-digits")
-    run.write_summary(SUMMARY.model_copy(update={"status": "aborted", "strategy": "feddf",
-                                                 "reason": "round 3: 1 of 4 replies, fewer than min-replies"}))
+    run.write_summary(
+        SUMMARY.model_copy(
+            update={
+                "status": "aborted",
+                "strategy": "feddf",
+                "reason": "round 3: 1 of 4 replies, fewer than min-replies",
+            }
+        )
+    )
     assert status(run.path, home=tmp_path) == (
-        1, f"aborted: feddf run {run.path.resolve()}; reason: round 3: 1 of 4 replies, fewer than min-replies\n")
+        1,
+        f"aborted: feddf run {run.path.resolve()}; reason: round 3: 1 of 4 replies, fewer than min-replies\n",
+    )
 
 
 def test_run_without_summary_exits_2(tmp_path):
     run = RunDirectory(tmp_path / "fedkd-runs", "x")
     run.append(read_history(FIXTURES / "history.json")[0])
-    assert status(home=tmp_path) == (2, f"no summary.json: {run.path.resolve()} is still running, or its ServerApp died\n")
+    assert status(home=tmp_path) == (
+        2,
+        f"no summary.json: {run.path.resolve()} is still running, or its ServerApp died\n",
+    )
 
 
 def test_missing_directory_exits_2_naming_it(tmp_path):

@@ -67,5 +67,7 @@ def test_the_same_seed_samples_the_same_names_whatever_the_node_ids(task_identit
 
 @pytest.mark.parametrize("fraction, minimum, size", [(0.3, 2, 3), (0.1, 2, 2), (0.1, 4, 4), (1.0, 2, 10)])
 def test_the_sample_is_the_fraction_of_connected_nodes_but_at_least_the_minimum(task_identity, fraction, minimum, size):
-    sample = NodeSampler(seed=1, timeout=1).sample(IdentifyGrid({n: f"partition-{n}" for n in range(10)}), fraction, minimum)
+    sample = NodeSampler(seed=1, timeout=1).sample(
+        IdentifyGrid({n: f"partition-{n}" for n in range(10)}), fraction, minimum
+    )
     assert len(set(sample)) == size

@@ -45,8 +45,10 @@ def test_a_reply_without_arrays_passes_when_none_are_expected():
     "record, reason",
     [
         (arrays(w=np.ones((2, 3), dtype=np.float32)), "array keys ['w'] differ from the global model's ['w', 'b']"),
-        (arrays(b=np.ones(2, dtype=np.float32), w=np.ones((2, 3), dtype=np.float32)),
-         "array keys ['b', 'w'] differ from the global model's ['w', 'b']"),
+        (
+            arrays(b=np.ones(2, dtype=np.float32), w=np.ones((2, 3), dtype=np.float32)),
+            "array keys ['b', 'w'] differ from the global model's ['w', 'b']",
+        ),
         (good_arrays(w=np.ones((3, 2), dtype=np.float32)), "'w' is float32[3, 2], expected float32[2, 3]"),
         (good_arrays(b=np.ones(2, dtype=np.float64)), "'b' is float64[2], expected float32[2]"),
         (good_arrays(b=np.array(["1", "2"])), "'b' is <U1[2], expected float32[2]"),

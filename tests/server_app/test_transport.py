@@ -7,10 +7,12 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from server_app import transport
 from server_app.transport import exchange, retrying
 
-TRANSIENT = httpx.HTTPStatusError("database is locked", request=httpx.Request("POST", "https://superlink/pull"),
-                                  response=httpx.Response(500))
-REFUSED = httpx.HTTPStatusError("forbidden", request=httpx.Request("POST", "https://superlink/pull"),
-                                response=httpx.Response(403))
+TRANSIENT = httpx.HTTPStatusError(
+    "database is locked", request=httpx.Request("POST", "https://superlink/pull"), response=httpx.Response(500)
+)
+REFUSED = httpx.HTTPStatusError(
+    "forbidden", request=httpx.Request("POST", "https://superlink/pull"), response=httpx.Response(403)
+)
 
 
 class BusyGrid:

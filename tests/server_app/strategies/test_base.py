@@ -6,8 +6,20 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 
 from common.config import parse_run_config
 from common.protocol import (
-    ARRAYS, CLIENT_SECONDS, CONFIG, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, LOGITS, LOGITS_ARRAY, METRICS,
-    NUM_EXAMPLES, TEACHER, TRAIN_LOSS, TRAIN_SUPERVISED,
+    ARRAYS,
+    CLIENT_SECONDS,
+    CONFIG,
+    DP_EPSILON,
+    EVAL_CORRECT,
+    EVAL_EXAMPLES,
+    EVAL_LOSS_SUM,
+    LOGITS,
+    LOGITS_ARRAY,
+    METRICS,
+    NUM_EXAMPLES,
+    TEACHER,
+    TRAIN_LOSS,
+    TRAIN_SUPERVISED,
 )
 from server_app.sampling import NodeSampler
 from server_app.strategies import STRATEGIES
@@ -56,8 +68,10 @@ def test_the_server_refuses_an_unregistered_strategy_naming_the_registered_ones(
 
     with pytest.raises(ConfigError) as err:
         parse_run_config({"strategy": "fedsgd"}, strategies=STRATEGIES)
-    assert str(err.value) == ("run config 'strategy' = 'fedsgd': Value error, unknown strategy; allowed: "
-                              + ", ".join(repr(name) for name in STRATEGIES))
+    assert str(err.value) == (
+        "run config 'strategy' = 'fedsgd': Value error, unknown strategy; allowed: "
+        + ", ".join(repr(name) for name in STRATEGIES)
+    )
     assert parse_run_config({"strategy": "fedprox"}, strategies=STRATEGIES).strategy == "fedprox"
 
 
@@ -86,19 +100,26 @@ def test_weights_are_averaged_only_within_an_architecture(task_identity):
 
 
 def test_screen_rejects_bad_replies_with_reasons_and_orders_the_rest_by_name(task_identity):
-    strategy = strategy_with({1: ("zeta", "mlp-32"), 2: ("alpha", "mlp-32"), 3: ("beta", "mlp-32"), 4: ("gamma", "mlp-32")})
-    ex = Exchange(replies=[
-        reply_from(1, [1.0, 1.0], **{NUM_EXAMPLES: 10}),
-        reply_from(2, [2.0, 2.0], **{NUM_EXAMPLES: 10}),
-        reply_from(3, [np.nan, 1.0], **{NUM_EXAMPLES: 10}),
-        reply_from(4, error="crashed"),
-    ])
+    strategy = strategy_with(
+        {1: ("zeta", "mlp-32"), 2: ("alpha", "mlp-32"), 3: ("beta", "mlp-32"), 4: ("gamma", "mlp-32")}
+    )
+    ex = Exchange(
+        replies=[
+            reply_from(1, [1.0, 1.0], **{NUM_EXAMPLES: 10}),
+            reply_from(2, [2.0, 2.0], **{NUM_EXAMPLES: 10}),
+            reply_from(3, [np.nan, 1.0], **{NUM_EXAMPLES: 10}),
+            reply_from(4, error="crashed"),
+        ]
+    )
     result = Round({}, [1, 2, 3, 4], [ex])
     accepted = strategy.screen(ex, lambda node: weights(0, 0), result)
     assert [m.metadata.src_node_id for m in accepted] == [2, 1]  # alpha before zeta
     assert result.accepted == [2, 1]
     assert result.rejected == [{"node": 3, "reason": "reply rejected: 'w' holds NaN or Inf"}]
-    assert {f["node"]: f["reason"] for f in result.failures()} == {4: "crashed", 3: "reply rejected: 'w' holds NaN or Inf"}
+    assert {f["node"]: f["reason"] for f in result.failures()} == {
+        4: "crashed",
+        3: "reply rejected: 'w' holds NaN or Inf",
+    }
 
 
 def test_logit_replies_must_be_finite_rows_by_classes(task_identity):
@@ -109,11 +130,13 @@ def test_logit_replies_must_be_finite_rows_by_classes(task_identity):
         msg.content[LOGITS] = ArrayRecord({LOGITS_ARRAY: Array(np.asarray(logits))})
         return msg
 
-    ex = Exchange(replies=[
-        logits_reply(1, np.zeros((4, 10), dtype=np.float16)),
-        logits_reply(2, np.zeros((3, 10), dtype=np.float32)),
-        logits_reply(3, np.full((4, 10), np.inf, dtype=np.float32)),
-    ])
+    ex = Exchange(
+        replies=[
+            logits_reply(1, np.zeros((4, 10), dtype=np.float16)),
+            logits_reply(2, np.zeros((3, 10), dtype=np.float32)),
+            logits_reply(3, np.full((4, 10), np.inf, dtype=np.float32)),
+        ]
+    )
     result = Round({}, [1, 2, 3], [ex])
     assert [m.metadata.src_node_id for m in strategy.screen_logits(ex, 4, result)] == [1]
     assert [r["reason"] for r in result.rejected] == [
@@ -134,8 +157,34 @@ def test_clip_norm_bounds_each_update_before_averaging(task_identity):
 
 def test_sum_eval_counts_is_sample_weighted():
     records = [
-        RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 100, TRAIN_LOSS: 1.0, EVAL_EXAMPLES: 10, EVAL_CORRECT: 9, EVAL_LOSS_SUM: 2.0, CLIENT_SECONDS: 0.2})}),
-        RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 300, TRAIN_LOSS: 2.0, EVAL_EXAMPLES: 30, EVAL_CORRECT: 15, EVAL_LOSS_SUM: 6.0, CLIENT_SECONDS: 0.5})}),
+        RecordDict(
+            {
+                METRICS: MetricRecord(
+                    {
+                        NUM_EXAMPLES: 100,
+                        TRAIN_LOSS: 1.0,
+                        EVAL_EXAMPLES: 10,
+                        EVAL_CORRECT: 9,
+                        EVAL_LOSS_SUM: 2.0,
+                        CLIENT_SECONDS: 0.2,
+                    }
+                )
+            }
+        ),
+        RecordDict(
+            {
+                METRICS: MetricRecord(
+                    {
+                        NUM_EXAMPLES: 300,
+                        TRAIN_LOSS: 2.0,
+                        EVAL_EXAMPLES: 30,
+                        EVAL_CORRECT: 15,
+                        EVAL_LOSS_SUM: 6.0,
+                        CLIENT_SECONDS: 0.5,
+                    }
+                )
+            }
+        ),
     ]
     out = sum_eval_counts(records, NUM_EXAMPLES)
     assert out["federated-accuracy"] == pytest.approx(24 / 40)
@@ -176,24 +225,37 @@ def test_too_few_usable_replies_stop_the_run_with_the_reasons():
 
 def test_screen_keeps_the_epsilon_each_accepted_node_reports_by_name(task_identity):
     strategy = strategy_with({1: ("zeta", "mlp-32"), 2: ("alpha", "mlp-32"), 3: ("beta", "mlp-32")})
-    ex = Exchange(replies=[
-        reply_from(1, [1.0, 1.0], **{NUM_EXAMPLES: 10, DP_EPSILON: 0.5}),
-        reply_from(2, [2.0, 2.0], **{NUM_EXAMPLES: 10, DP_EPSILON: 1.25}),
-        reply_from(3, [np.nan, 1.0], **{NUM_EXAMPLES: 10, DP_EPSILON: 9.0}),
-    ])
+    ex = Exchange(
+        replies=[
+            reply_from(1, [1.0, 1.0], **{NUM_EXAMPLES: 10, DP_EPSILON: 0.5}),
+            reply_from(2, [2.0, 2.0], **{NUM_EXAMPLES: 10, DP_EPSILON: 1.25}),
+            reply_from(3, [np.nan, 1.0], **{NUM_EXAMPLES: 10, DP_EPSILON: 9.0}),
+        ]
+    )
     result = Round({}, [1, 2, 3], [ex])
     strategy.screen(ex, lambda node: weights(0, 0), result)
     assert result.epsilon == {"zeta": 0.5, "alpha": 1.25}
 
 
-@pytest.mark.parametrize("name, config, epochs", [
-    ("two-stage", {"num-teacher-rounds": 4, "num-student-rounds": 3, "local-epochs": 2, "teacher-finetune-epochs": 5}, 8 + 5 + 6),
-    ("two-stage", {"num-teacher-rounds": 4, "num-student-rounds": 3, "local-epochs": 2, "ensemble-teacher": True}, 8),
-    ("fedmd", {"num-student-rounds": 3, "local-epochs": 2}, 2 + 6),
-    ("fedavg", {"num-student-rounds": 3, "local-epochs": 2}, 6),
-    ("fedprox", {"num-student-rounds": 3, "local-epochs": 2}, 6),
-    ("feddf", {"num-student-rounds": 3, "local-epochs": 2}, 6),
-])
+@pytest.mark.parametrize(
+    "name, config, epochs",
+    [
+        (
+            "two-stage",
+            {"num-teacher-rounds": 4, "num-student-rounds": 3, "local-epochs": 2, "teacher-finetune-epochs": 5},
+            8 + 5 + 6,
+        ),
+        (
+            "two-stage",
+            {"num-teacher-rounds": 4, "num-student-rounds": 3, "local-epochs": 2, "ensemble-teacher": True},
+            8,
+        ),
+        ("fedmd", {"num-student-rounds": 3, "local-epochs": 2}, 2 + 6),
+        ("fedavg", {"num-student-rounds": 3, "local-epochs": 2}, 6),
+        ("fedprox", {"num-student-rounds": 3, "local-epochs": 2}, 6),
+        ("feddf", {"num-student-rounds": 3, "local-epochs": 2}, 6),
+    ],
+)
 def test_each_strategy_plans_the_private_epochs_a_node_may_train(name, config, epochs):
     assert strategy_with({}, cls=STRATEGIES[name], **config).private_epochs() == epochs
 

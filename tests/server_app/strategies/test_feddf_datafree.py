@@ -56,26 +56,37 @@ def keep(answers, trained=(1, 2, 3, 4), replied=None, connected=(1, 2, 3, 4)):
     sampler.names = {n: name for n, (name, _) in NODES.items()}
     sampler.models = {n: model for n, (_, model) in NODES.items()}
     strategy = FedDFDataFree(parse_run_config({"strategy": "feddf-datafree", "round-timeout": 0.2}), sampler)
-    replies = [Message(RecordDict(), dst_node_id=n, message_type=EVALUATE) for n in (trained if replied is None else replied)]
+    replies = [
+        Message(RecordDict(), dst_node_id=n, message_type=EVALUATE) for n in (trained if replied is None else replied)
+    ]
     for m in replies:
         m.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
     grid, into = ScoringGrid(answers, connected), Round({}, list(trained))
     groups = ("mlp-32", "cnn")
-    out = strategy.keep("student", {g: weights(FEDAVG) for g in groups}, {g: weights(DISTILLED) for g in groups},
-                        replies, grid, into)
+    out = strategy.keep(
+        "student", {g: weights(FEDAVG) for g in groups}, {g: weights(DISTILLED) for g in groups}, replies, grid, into
+    )
     return {g: float(out[g]["w"].numpy()[0]) for g in groups}, into, grid
 
 
 def scored_by(grid):
     """(node, architecture, candidate) of every model the check sent."""
-    return sorted((m.metadata.dst_node_id, str(m.content[CONFIG][MODEL]), float(m.content[ARRAYS]["w"].numpy()[0]))
-                  for m in grid.sent.values())
+    return sorted(
+        (m.metadata.dst_node_id, str(m.content[CONFIG][MODEL]), float(m.content[ARRAYS]["w"].numpy()[0]))
+        for m in grid.sent.values()
+    )
 
 
 def test_a_group_keeps_the_distilled_model_when_its_nodes_count_at_least_as_many_right(task_identity):
     # mlp-32: 9 + 3 right with FedAvg's, 7 + 5 with the distilled (a tie); cnn: 8 + 8 against 9 + 6.
-    out, into, grid = keep({1: {FEDAVG: (9, 10), DISTILLED: (7, 10)}, 2: {FEDAVG: (3, 10), DISTILLED: (5, 10)},
-                            3: {FEDAVG: (8, 10), DISTILLED: (9, 10)}, 4: {FEDAVG: (8, 10), DISTILLED: (6, 10)}})
+    out, into, grid = keep(
+        {
+            1: {FEDAVG: (9, 10), DISTILLED: (7, 10)},
+            2: {FEDAVG: (3, 10), DISTILLED: (5, 10)},
+            3: {FEDAVG: (8, 10), DISTILLED: (9, 10)},
+            4: {FEDAVG: (8, 10), DISTILLED: (6, 10)},
+        }
+    )
     assert out == {"mlp-32": DISTILLED, "cnn": FEDAVG}
     assert into.metrics["distill-kept"] == {"mlp-32": True, "cnn": False}
     # Every node trained, so each scored both models of its own architecture, as `evaluate` messages, in one exchange.
@@ -85,12 +96,14 @@ def test_a_group_keeps_the_distilled_model_when_its_nodes_count_at_least_as_many
 
 
 def test_only_nodes_that_scored_both_models_count_and_impossible_counts_are_rejected(task_identity):
-    out, into, _ = keep({
-        1: {FEDAVG: (5, 10), DISTILLED: (6, 10)},
-        2: {FEDAVG: (10, 10), DISTILLED: (12, 10)},  # would revert mlp-32, but its distilled answer is impossible
-        3: {FEDAVG: (1, 10), DISTILLED: "node crashed"},  # would keep cnn, but one answer is an error
-        4: {FEDAVG: (9, 10), DISTILLED: None},  # no answer before the deadline
-    })
+    out, into, _ = keep(
+        {
+            1: {FEDAVG: (5, 10), DISTILLED: (6, 10)},
+            2: {FEDAVG: (10, 10), DISTILLED: (12, 10)},  # would revert mlp-32, but its distilled answer is impossible
+            3: {FEDAVG: (1, 10), DISTILLED: "node crashed"},  # would keep cnn, but one answer is an error
+            4: {FEDAVG: (9, 10), DISTILLED: None},  # no answer before the deadline
+        }
+    )
     assert out == {"mlp-32": DISTILLED, "cnn": FEDAVG}
     assert into.metrics["distill-kept"] == {"mlp-32": True, "cnn": False}
     assert into.rejected == [{"node": 2, "reason": "check rejected: 12 right of 10"}]
@@ -99,9 +112,14 @@ def test_only_nodes_that_scored_both_models_count_and_impossible_counts_are_reje
 
 def test_nodes_that_did_not_train_this_round_judge_their_group_in_place_of_those_that_did(task_identity):
     # Nodes 1 (mlp-32) and 3 (cnn) trained; FedAvg's models fit their data, so they would keep FedAvg's.
-    answers = {1: {FEDAVG: (10, 10), DISTILLED: (2, 10)}, 3: {FEDAVG: (10, 10), DISTILLED: (2, 10)},
-               2: {FEDAVG: (4, 10), DISTILLED: (6, 10)}, 5: {FEDAVG: (5, 10), DISTILLED: (4, 10)},
-               4: {FEDAVG: (5, 10), DISTILLED: (3, 10)}, 6: {FEDAVG: (1, 10), DISTILLED: (4, 10)}}
+    answers = {
+        1: {FEDAVG: (10, 10), DISTILLED: (2, 10)},
+        3: {FEDAVG: (10, 10), DISTILLED: (2, 10)},
+        2: {FEDAVG: (4, 10), DISTILLED: (6, 10)},
+        5: {FEDAVG: (5, 10), DISTILLED: (4, 10)},
+        4: {FEDAVG: (5, 10), DISTILLED: (3, 10)},
+        6: {FEDAVG: (1, 10), DISTILLED: (4, 10)},
+    }
     out, into, grid = keep(answers, trained=(1, 3), connected=tuple(NODES))
     # mlp-32: 6 + 4 right with the distilled against 4 + 5; cnn: 3 + 4 against 5 + 1.
     assert out == {"mlp-32": DISTILLED, "cnn": DISTILLED}
@@ -126,14 +144,25 @@ def test_a_group_with_no_node_to_judge_it_keeps_fedavg(task_identity):
 
 
 def test_counts_that_are_not_whole_or_missing_are_rejected_with_what_was_wrong(task_identity):
-    _, into, _ = keep({1: {FEDAVG: (9.5, 10), DISTILLED: (9, 10)}, 2: {FEDAVG: (-1, 10), DISTILLED: (9, 10)},
-                       3: {FEDAVG: (1, 10), DISTILLED: (2, 10)}, 4: {FEDAVG: (1, 10), DISTILLED: (2, 10)}})
-    assert into.rejected == [{"node": 1, "reason": "check rejected: 9.5 right of 10"},
-                             {"node": 2, "reason": "check rejected: -1 right of 10"}]
+    _, into, _ = keep(
+        {
+            1: {FEDAVG: (9.5, 10), DISTILLED: (9, 10)},
+            2: {FEDAVG: (-1, 10), DISTILLED: (9, 10)},
+            3: {FEDAVG: (1, 10), DISTILLED: (2, 10)},
+            4: {FEDAVG: (1, 10), DISTILLED: (2, 10)},
+        }
+    )
+    assert into.rejected == [
+        {"node": 1, "reason": "check rejected: 9.5 right of 10"},
+        {"node": 2, "reason": "check rejected: -1 right of 10"},
+    ]
     assert into.metrics["distill-kept"] == {"mlp-32": False, "cnn": True}
 
 
 def test_differential_privacy_is_refused_naming_the_check():
-    with pytest.raises(ConfigError, match="'dp-epsilon' = 3.0: strategy 'feddf-datafree' has the nodes score each "
-                                          "server step on their local test splits"):
+    with pytest.raises(
+        ConfigError,
+        match="'dp-epsilon' = 3.0: strategy 'feddf-datafree' has the nodes score each "
+        "server step on their local test splits",
+    ):
         FedDFDataFree.check_config(parse_run_config({"strategy": "feddf-datafree", "dp-epsilon": 3.0}))

@@ -11,17 +11,30 @@ from server_app.strategies.fedgen import FedGen
 
 
 def reply(**metrics):
-    return RecordDict({ARRAYS: ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))}),
-                       METRICS: MetricRecord({TRAIN_LOSS: 0.1, **metrics})})
+    return RecordDict(
+        {
+            ARRAYS: ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))}),
+            METRICS: MetricRecord({TRAIN_LOSS: 0.1, **metrics}),
+        }
+    )
 
 
-@pytest.mark.parametrize(("metrics", "reason"), [
-    ({NUM_EXAMPLES: 3}, "'label-counts' is None, expected 10 counts of 0 or more"),
-    ({NUM_EXAMPLES: 3, LABEL_COUNTS: [1, 2]}, "'label-counts' is [1, 2], expected 10 counts of 0 or more"),
-    ({NUM_EXAMPLES: 3, LABEL_COUNTS: [4, -1] + [0] * 8}, "'label-counts' is [4, -1, 0, 0, 0, 0, 0, 0, 0, 0], expected 10 counts of 0 or more"),
-    ({NUM_EXAMPLES: 3, LABEL_COUNTS: [1, 1] + [0] * 8}, "'label-counts' sum to 2, not the 3 examples the reply claims"),
-    ({NUM_EXAMPLES: 3, LABEL_COUNTS: [1, 2] + [0] * 8}, None),
-])
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({NUM_EXAMPLES: 3}, "'label-counts' is None, expected 10 counts of 0 or more"),
+        ({NUM_EXAMPLES: 3, LABEL_COUNTS: [1, 2]}, "'label-counts' is [1, 2], expected 10 counts of 0 or more"),
+        (
+            {NUM_EXAMPLES: 3, LABEL_COUNTS: [4, -1] + [0] * 8},
+            "'label-counts' is [4, -1, 0, 0, 0, 0, 0, 0, 0, 0], expected 10 counts of 0 or more",
+        ),
+        (
+            {NUM_EXAMPLES: 3, LABEL_COUNTS: [1, 1] + [0] * 8},
+            "'label-counts' sum to 2, not the 3 examples the reply claims",
+        ),
+        ({NUM_EXAMPLES: 3, LABEL_COUNTS: [1, 2] + [0] * 8}, None),
+    ],
+)
 def test_a_reply_must_count_its_labels_and_the_counts_must_add_up(metrics, reason):
     strategy = FedGen(parse_run_config({"strategy": "fedgen"}), NodeSampler(1, 1))
     assert strategy.check_train_reply(reply(**metrics)) == reason
@@ -29,5 +42,7 @@ def test_a_reply_must_count_its_labels_and_the_counts_must_add_up(metrics, reaso
 
 def test_fedgen_refuses_differential_privacy_naming_why():
     FedGen.check_config(parse_run_config({"strategy": "fedgen"}))
-    with pytest.raises(ConfigError, match=r"'dp-epsilon' = 3.0: strategy 'fedgen' reports each node's label counts in the clear"):
+    with pytest.raises(
+        ConfigError, match=r"'dp-epsilon' = 3.0: strategy 'fedgen' reports each node's label counts in the clear"
+    ):
         FedGen.check_config(parse_run_config({"strategy": "fedgen", "dp-epsilon": 3.0}))

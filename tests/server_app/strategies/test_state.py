@@ -19,9 +19,18 @@ CFG = parse_run_config({"strategy": "feddf-datafree", "datafree-steps": 5, "batc
 
 
 def through_a_checkpoint(strategy, tmp_path) -> dict[str, ArrayRecord]:
-    checkpoint.save(tmp_path, checkpoint.Checkpoint(
-        "student", 1, [], {}, random.Random(0).getstate(), strategy.cfg.model_dump(mode="json", by_alias=True), strategy.state(),
-    ))
+    checkpoint.save(
+        tmp_path,
+        checkpoint.Checkpoint(
+            "student",
+            1,
+            [],
+            {},
+            random.Random(0).getstate(),
+            strategy.cfg.model_dump(mode="json", by_alias=True),
+            strategy.state(),
+        ),
+    )
     return checkpoint.load(tmp_path, strategy.cfg).strategy_state
 
 
@@ -34,10 +43,15 @@ def test_feddf_datafree_resumes_with_the_generator_it_trained(tmp_path):
         return result.metrics["generator-loss"], batches("mlp-32")(0)
 
     trained = FedDFDataFree(CFG, NodeSampler(1, 1))
-    trained.distillation_data(teachers, Round({"mlp-32": to_record(initial_model("mlp-32", "digits", 3))}, []), server_round=1)
+    trained.distillation_data(
+        teachers, Round({"mlp-32": to_record(initial_model("mlp-32", "digits", 3))}, []), server_round=1
+    )
     resumed, fresh = FedDFDataFree(CFG, NodeSampler(1, 1)), FedDFDataFree(CFG, NodeSampler(1, 1))
     resumed.restore(through_a_checkpoint(trained, tmp_path))
-    assert all(torch.equal(a, b) for a, b in zip(trained.generator.state_dict().values(), resumed.generator.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(trained.generator.state_dict().values(), resumed.generator.state_dict().values())
+    )
     (loss, (x, y)), (resumed_loss, (resumed_x, resumed_y)) = next_round(trained), next_round(resumed)
     assert loss == resumed_loss and torch.equal(x, resumed_x) and torch.equal(y, resumed_y)
     # A generator not restored starts over, and its round differs.
@@ -62,13 +76,15 @@ def test_fedgen_resumes_with_its_generator_widths_and_labels(tmp_path):
     counts = torch.tensor([[5, 5, 0] + [0] * 7, [0, 4, 6] + [0] * 7])
 
     def next_round(strategy):
-        return train_feature_generator(strategy.generator, heads, counts, steps=5, batch_size=8, learning_rate=0.01,
-                                       diversity=1.0, seed=2)[0]
+        return train_feature_generator(
+            strategy.generator, heads, counts, steps=5, batch_size=8, learning_rate=0.01, diversity=1.0, seed=2
+        )[0]
 
     trained = FedGen(cfg, NodeSampler(1, 1))
     assert trained.labels == [] and trained.generator.widths == []
-    _, trained.labels = train_feature_generator(trained.generator, heads, counts, steps=5, batch_size=8,
-                                                learning_rate=0.01, diversity=1.0, seed=1)
+    _, trained.labels = train_feature_generator(
+        trained.generator, heads, counts, steps=5, batch_size=8, learning_rate=0.01, diversity=1.0, seed=1
+    )
     resumed, fresh = FedGen(cfg, NodeSampler(1, 1)), FedGen(cfg, NodeSampler(1, 1))
     resumed.restore(through_a_checkpoint(trained, tmp_path))
     assert resumed.labels == [0, 1, 2] and resumed.generator.widths == [32, 128]
