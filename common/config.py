@@ -1,15 +1,25 @@
-"""The run config: one pydantic model validates every key before round 1."""
+"""The run config: the keys every run shares, validated before round 1, and the base of a strategy's settings.
+
+A Flower run config is one flat mapping. Its plain keys (`dataset`, `seed`, ...) are `RunConfig`'s: what
+every run shares, and what every node reads (its data, partitions, local training, privacy). A strategy's
+own settings sit in a table named after it (`[tool.flwr.app.config.fedprox]` in pyproject.toml, flattened
+by Flower to `fedprox.proximal-mu`); the ServerApp validates them with the strategy's `Settings` model, and a
+node receives the ones it needs in the message that needs them, never from its copy of the run config.
+"""
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 
 class ConfigError(ValueError):
     """A run-config value is wrong; the message names the key, the value and what is allowed."""
+
+
+S = TypeVar("S", bound="Settings")
 
 
 def _kebab(name: str) -> str:
@@ -41,13 +51,20 @@ def model_cycle(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-class RunConfig(BaseModel):
-    """Every run-config key of fedkd, with its type, range and default."""
+class Settings(BaseModel):
+    """Validated run-config keys: kebab-case aliases, strict types, no unknown key, frozen.
+
+    `RunConfig` is the run's common keys; each strategy declares its own subclass (server_app/strategies/).
+    Field descriptions, and `allowed` notes for checks no type or bound expresses, are the source of
+    docs/configuration.md (`python -m server_app.config_docs`; a test fails when it is stale).
+    """
 
     model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", strict=True, frozen=True)
 
-    # Descriptions (and `allowed` notes for checks no type or bound expresses) are the source of
-    # docs/configuration.md; `python -m common.config_docs` regenerates it, a test fails when it is stale.
+
+class RunConfig(Settings):
+    """The keys every run shares: the task and its data, sampling, deadlines, local training, privacy, outputs."""
+
     strategy: str = Field(
         "two-stage",
         description="the federated method (see docs/strategies.md)",
@@ -72,9 +89,8 @@ class RunConfig(BaseModel):
         lt=1,
         description="share of a client's data kept for local evaluation (`synthetic`: extra samples of that share)",
     )
-    num_teacher_rounds: int = Field(25, ge=1, description="rounds of phase 1 (two-stage: the teacher)")
     num_student_rounds: int = Field(
-        25, ge=1, description="rounds of phase 2 (two-stage: the student), and of the one-phase strategies"
+        25, ge=1, description="rounds of a strategy's last phase, the one that trains the delivered (student) models"
     )
     fraction_train: float = Field(0.5, gt=0, le=1, description="share of the connected nodes sampled per round")
     fraction_evaluate: float = Field(
@@ -95,15 +111,6 @@ class RunConfig(BaseModel):
     local_epochs: int = Field(3, ge=1, description="local training epochs per round")
     batch_size: int = Field(32, ge=1, description="mini-batch size")
     learning_rate: float = Field(0.01, gt=0, description="Adam learning rate of local training")
-    temperature: float = Field(3.0, gt=0, description="distillation temperature T")
-    alpha: float = Field(
-        0.5, ge=0, le=1, description="weight of the soft (teacher) loss; 1 − alpha weighs the hard labels"
-    )
-    teacher_model: str = Field(
-        "mlp-128x64",
-        description="the teacher's architecture (two-stage)",
-        json_schema_extra={"allowed": f"a model name: {MODEL_FAMILIES}"},
-    )
     model: str = Field(
         "mlp-32",
         description="the student's architecture of a node whose node config names none",
@@ -114,15 +121,6 @@ class RunConfig(BaseModel):
         description='simulation: partition i gets entry i mod their number (e.g. `"mlp-32,mlp-128x64,cnn"`); '
         "empty: every node uses `model`",
         json_schema_extra={"allowed": "comma-separated model names, as for `teacher-model`"},
-    )
-    proximal_mu: float = Field(
-        0.01,
-        ge=0,
-        description="FedProx: weight mu of the proximal term mu/2 * ||w - w_global||^2 in local training "
-        "(0: plain FedAvg)",
-    )
-    teacher_finetune_epochs: int = Field(
-        0, ge=0, description="epochs of local fine-tuning of the global teacher before distilling"
     )
     seed: int = Field(
         42, ge=0, description="seed of every random choice: data, partitions, sampling, initialisation, shuffling"
@@ -169,67 +167,6 @@ class RunConfig(BaseModel):
         lt=0.5,
         description="share of an image dataset held out as public data (FedMD, FedDF, ensemble teacher)",
     )
-    public_samples_per_round: int = Field(
-        0, ge=0, description="public samples used per round, drawn by (`seed`, round); 0: all"
-    )
-    logits_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="how logits travel; `float16` halves their bytes"
-    )
-    ensemble_teacher: bool = Field(
-        False, description="two-stage: phase 2 on the server, from the ensemble of the local teachers' logits"
-    )
-    transfer_epochs: int = Field(
-        5, ge=0, description="FedMD: epochs on the labelled public data before a node's first private training"
-    )
-    digest_epochs: int = Field(10, ge=1, description="FedMD: epochs toward the consensus per round")
-    # 1000 steps, stopping after 500 without improvement: at 300 and 200 a CNN group averaged from
-    # one-class clients stayed at chance (mnist5k, Dirichlet 0.1); FedDF's code stops after 2000 of 10^4.
-    distill_steps: int = Field(
-        1000,
-        ge=1,
-        description="server-side distillation on public data (FedDF, ensemble teacher): at most this many "
-        "Adam steps per group and round",
-    )
-    distill_patience: int = Field(
-        50,
-        ge=1,
-        description="server-side distillation on public data: stop after this many validations (every 10 "
-        "steps) without improvement",
-    )
-    # feddf-datafree's own budget: each of its steps also runs the generator, and its validation on
-    # generated samples is continuous, so it leaves a plateau sooner.
-    datafree_steps: int = Field(
-        300,
-        ge=1,
-        description="feddf-datafree: generator steps per round, and at most this many distillation steps on "
-        "its samples",
-    )
-    datafree_patience: int = Field(
-        20,
-        ge=1,
-        description="feddf-datafree: stop distilling after this many validations without improvement (the "
-        "validation is the continuous loss toward the ensemble on generated samples, so it sees progress sooner)",
-    )
-    # FedGen's budget and diversity weight are the authors' code's for MNIST (50 generator steps, 1). Their
-    # alpha and beta of 10 are for SGD; under fedkd's Adam they swamped the task loss (digits, Dirichlet 0.1,
-    # seed 42: 0.597 against FedAvg's 0.644), where 1 and 1 gave 0.700 (docs/strategies.md).
-    fedgen_alpha: float = Field(
-        1.0,
-        ge=0,
-        description="fedgen: weight of the cross-entropy of a node's head on generated features in local "
-        "training (decays by 0.98 a round)",
-    )
-    fedgen_beta: float = Field(
-        1.0,
-        ge=0,
-        description="fedgen: weight of the KL term pulling a node's predictions toward its head on "
-        "generated features of the same classes (decays by 0.98 a round)",
-    )
-    fedgen_generator_steps: int = Field(50, ge=1, description="fedgen: Adam steps of the generator per round")
-    fedgen_diversity: float = Field(1.0, ge=0, description="fedgen: weight of the generator's diversity loss")
-    server_learning_rate: float = Field(
-        0.001, gt=0, description="Adam learning rate of server-side distillation and of the generator"
-    )
 
     @field_validator("strategy")
     @classmethod
@@ -240,7 +177,7 @@ class RunConfig(BaseModel):
             raise ValueError(f"unknown strategy; allowed: {', '.join(map(repr, known))}")
         return value
 
-    @field_validator("teacher_model", "model")
+    @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
         check_model_name(value)
@@ -286,22 +223,41 @@ class RunConfig(BaseModel):
         return Path(self.output_dir).expanduser().resolve()
 
 
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(p) for p in error["loc"]) or "run config"
+def _describe(error: dict[str, Any], model: type[Settings], table: str) -> str:
+    prefix = f"{table}." if table else ""
+    key = prefix + (".".join(str(p) for p in error["loc"]) or "")
     value = error.get("input")
     if error["type"] == "extra_forbidden":
-        known = ", ".join(sorted(f.alias or n for n, f in RunConfig.model_fields.items()))
+        known = ", ".join(sorted(prefix + (f.alias or n) for n, f in model.model_fields.items())) or "none"
         return f"unknown run config key '{key}' (value {value!r}); known keys: {known}"
-    return f"run config '{key}' = {value!r}: {error['msg']}"
+    return f"run config '{key or 'run config'}' = {value!r}: {error['msg']}"
 
 
-def parse_run_config(raw: dict[str, Any], strategies: Collection[str] | None = None) -> RunConfig:
-    """Validate a Flower run config (kebab-case keys) into a RunConfig; `strategy` must be one of
-    `strategies` when they are given."""
+def validate_settings(model: type[S], raw: Mapping[str, Any], table: str = "", **context: Any) -> S:
+    """`raw` (kebab-case keys, those of `table` without its prefix) validated into `model`; a ConfigError naming
+    every wrong key with its table, its value and what is allowed."""
     try:
-        return RunConfig.model_validate(
-            dict(raw), context={"strategies": None if strategies is None else list(strategies)}
-        )
+        return model.model_validate(dict(raw), context=context)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors(include_url=False))
-        raise ConfigError(problems) from None
+        raise ConfigError("; ".join(_describe(e, model, table) for e in exc.errors(include_url=False))) from None
+
+
+def split_tables(raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A flat Flower run config as (its plain keys, {table: its keys}): `fedprox.proximal-mu` is key
+    `proximal-mu` of table `fedprox`."""
+    plain: dict[str, Any] = {}
+    tables: dict[str, dict[str, Any]] = {}
+    for key, value in raw.items():
+        table, dot, rest = key.partition(".")
+        if dot:
+            tables.setdefault(table, {})[rest] = value
+        else:
+            plain[key] = value
+    return plain, tables
+
+
+def parse_run_config(raw: Mapping[str, Any], strategies: Collection[str] | None = None) -> RunConfig:
+    """The run config's common keys as a RunConfig; `strategy` must be one of `strategies` when they are given.
+    The strategies' tables are left to the ServerApp (server_app/settings.py): a node never reads them."""
+    plain, _ = split_tables(raw)
+    return validate_settings(RunConfig, plain, strategies=None if strategies is None else list(strategies))

@@ -18,6 +18,15 @@ from torch import nn
 ACCOUNTANT = "rdp"
 
 
+def not_covered(strategy: str, released: str, dp_epsilon: float) -> str:
+    """Why `strategy` cannot run under DP: it releases `released`, which sample-level DP does not cover. The
+    ServerApp refuses such a run before round 1; a node refuses the action whatever the server asks."""
+    return (
+        f"run config 'dp-epsilon' = {dp_epsilon}: strategy '{strategy}' {released}, which sample-level DP does "
+        f"not cover; allowed: 0 with {strategy}"
+    )
+
+
 class PrivacyBudgetExceeded(RuntimeError):
     """Training would take a node's ε past its `dp-epsilon`; the message gives the numbers."""
 

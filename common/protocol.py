@@ -2,6 +2,10 @@
 
 Both apps import these names. The strings are what travels, so changing one breaks the exchange
 with nodes that run another version of the app.
+
+The rule for what a node learns from where: the run config's common keys (common/config.py) are the run, and
+every node reads them (its data, local training, privacy); a strategy's settings reach a node only in the
+CONFIG of the message that needs them, under the keys below.
 """
 
 from flwr.app import MessageType
@@ -45,19 +49,27 @@ EVAL_LOSS_SUM = "eval-loss-sum"
 
 # --- train.supervised, train.distil: a global model to train, returned in ARRAYS ---------------
 TRAIN_SUPERVISED = message_type(MessageType.TRAIN, Action.SUPERVISED)
-TRAIN_DISTIL = message_type(MessageType.TRAIN, Action.DISTIL)
 # CONFIG: score the sent model on the local test split before training (evaluation fused into training).
 EVALUATE_INCOMING = "evaluate-incoming"
 # CONFIG of train.supervised: weight mu of FedProx's proximal term mu/2 * ||w - w_sent||^2; absent: 0.
 PROXIMAL_MU = "proximal-mu"
 # The final global teacher (ArrayRecord), sent only to nodes that may not hold it yet (also with query.logits).
 TEACHER = "teacher"
+# CONFIG of train.distil and of query.logits from the local teacher: the teacher's architecture, and the epochs
+# a node fine-tunes it on its data when it arrives (two-stage's `teacher-model`, `teacher-finetune-epochs`).
+TEACHER_MODEL = "teacher-model"
+FINETUNE_EPOCHS = "finetune-epochs"
+# CONFIG of train.distil and train.digest: the distillation temperature T; train.distil: the soft loss's weight.
+TEMPERATURE = "temperature"
+ALPHA = "alpha"
 
 # --- train.fedgen: train.supervised with FedGen's generator; the reply also counts the node's labels ----
-TRAIN_FEDGEN = message_type(MessageType.TRAIN, Action.FEDGEN)
 GENERATOR = "generator"  # the generator's body and the output layer of the node's feature width (ArrayRecord)
 GENERATOR_LABELS = "generator-labels"  # CONFIG: the classes the generator learned, which the node samples
 LABEL_COUNTS = "label-counts"  # METRICS: the node's training examples per class (list of int)
+# CONFIG: the weights of the generator's two terms in the node's loss (fedgen's `alpha`, `beta`).
+GENERATOR_ALPHA = "generator-alpha"
+GENERATOR_BETA = "generator-beta"
 
 # --- query.logits, train.digest: logits on public inputs (FedMD, the ensemble teacher) -------
 QUERY_LOGITS = message_type(MessageType.QUERY, Action.LOGITS)
@@ -73,6 +85,11 @@ CONSENSUS = "consensus"  # train.digest: the logits record the node's model dige
 REPORT_TEST_LOGITS = "report-test-logits"  # CONFIG of train.digest: also reply with TEST_LOGITS
 TEST_LOGITS = "test-logits"  # train.digest reply: logits on the server's test inputs, which the server scores
 DIGEST_LOSS = "digest-loss"  # METRICS of train.digest
+LOGITS_DTYPE = "logits-dtype"  # CONFIG of query.logits and train.digest: how the reply's logits travel
+# CONFIG of query.logits and train.digest (FedMD): epochs on the labelled public data when a node creates its own
+# model, and epochs toward the consensus.
+TRANSFER_EPOCHS = "transfer-epochs"
+DIGEST_EPOCHS = "digest-epochs"
 LOGITS_ARRAY = "logits"  # the one array of a logits record (LOGITS, CONSENSUS, TEST_LOGITS)
 
 # --- query.identify: a name that stays the same across runs, for seeded sampling -------------
