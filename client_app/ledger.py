@@ -1,0 +1,109 @@
+"""The node's DP ledger (run config `dp-epsilon` > 0): its noise, calibrated on first use to the run's horizon
+of private training; what it has spent, kept in context.state and in node config `state-dir`; and the training
+on private data that charges it."""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from flwr.app import ConfigRecord, Message
+
+from common.config import RESUMABLE_CHANGES
+from common.privacy import DPSGD, Ledger, noise_multiplier, sample_rate, spent_epsilon, steps_per_epoch
+from common.protocol import CONFIG, DP_EPSILON, PRIVATE_EPOCHS
+from common.seeds import Stream, derive_seed
+from common.training import train
+
+if TYPE_CHECKING:
+    from client_app.node import Node
+
+PRIVACY = "privacy"  # the ledger's key in context.state
+
+
+def _ledger_path(node: "Node") -> Path | None:
+    """Where node config `state-dir` keeps the DP ledger: one file per run config, not per run id."""
+    if "state-dir" not in node.context.node_config:
+        return None
+    # A resumed run has a new id but the same config (less RESUMABLE_CHANGES): it must spend from the same
+    # ledger. So does a rerun of the same config, which spends this node's data again.
+    dump = node.cfg.model_dump(mode="json", by_alias=True)
+    settings = {k: v for k, v in dump.items() if k not in RESUMABLE_CHANGES}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(str(node.context.node_config["state-dir"])) / f"privacy-{digest}.json"
+
+
+def _held_ledger(node: "Node") -> dict | None:
+    """The ledger the node's state or state-dir holds, as JSON data; None before its first DP training."""
+    if PRIVACY in node.context.state.config_records:
+        return json.loads(str(node.context.state[PRIVACY][PRIVACY]))
+    if (saved := _ledger_path(node)) and saved.is_file():
+        # A restarted SuperNode, or a resumed run (a new run id, a fresh context.state): state-dir kept what the
+        # node has spent.
+        return json.loads(saved.read_text())
+    return None
+
+
+def _private_epochs(config: ConfigRecord) -> int:
+    """The run's horizon of private training the server sent (`private-epochs`); a clear error without it."""
+    if PRIVATE_EPOCHS not in config:
+        raise ValueError(
+            f"message config '{PRIVATE_EPOCHS}' is missing with run config 'dp-epsilon' > 0: the ServerApp "
+            "sends it with every message of a DP run; it must run the same fedkd version as this node"
+        )
+    return int(config[PRIVATE_EPOCHS])
+
+
+def _ledger(node: "Node", private_epochs: int) -> Ledger:
+    """The node's DP ledger: the one it holds, else a new one whose noise spends `dp-epsilon` over
+    `private_epochs` epochs of its private data (the most it may train in the run)."""
+    cfg = node.cfg
+    if (held := _held_ledger(node)) is None:
+        n = len(node.data.train)
+        steps = private_epochs * steps_per_epoch(n, cfg.batch_size)
+        held = {
+            "noise_multiplier": noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, sample_rate(n, cfg.batch_size), steps),
+            "history": [],
+        }
+    return Ledger(
+        cfg.dp_epsilon,
+        cfg.dp_delta,
+        cfg.dp_max_grad_norm,
+        held["noise_multiplier"],
+        [tuple(step) for step in held["history"]],
+    )
+
+
+def _keep_ledger(node: "Node", ledger: Ledger) -> None:
+    """Hold the ledger in the node's state, and in its state-dir when it has one."""
+    text = json.dumps({"noise_multiplier": ledger.noise_multiplier, "history": ledger.history})
+    node.context.state[PRIVACY] = ConfigRecord({PRIVACY: text})
+    if saved := _ledger_path(node):
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.with_suffix(".tmp").write_text(text)
+        saved.with_suffix(".tmp").replace(saved)
+
+
+def train_private(
+    node: "Node", msg: Message, model: torch.nn.Module, seed: int, epochs: int | None = None, **train_kwargs
+) -> float:
+    """`train` on the node's private training data: DP-SGD charged to its ledger when `dp-epsilon` > 0."""
+    x = node.data.train.x
+    if node.cfg.dp_epsilon == 0:
+        return train(model, x, **node.train_kwargs(seed, epochs), **train_kwargs)
+    ledger = _ledger(node, _private_epochs(msg.content[CONFIG]))
+    try:
+        privacy = DPSGD(ledger, derive_seed(node.cfg.seed, Stream.DP_NOISE, seed))
+        return train(model, x, **node.train_kwargs(seed, epochs), **train_kwargs, privacy=privacy)
+    finally:
+        # Kept even when training fails midway: its steps were charged before the first one.
+        _keep_ledger(node, ledger)
+
+
+def privacy_metrics(node: "Node") -> dict[str, float]:
+    """The ε this node has spent, for the reply; nothing when DP is off."""
+    if node.cfg.dp_epsilon == 0:
+        return {}
+    held = _held_ledger(node)
+    return {DP_EPSILON: spent_epsilon([tuple(step) for step in held["history"]], node.cfg.dp_delta) if held else 0.0}
