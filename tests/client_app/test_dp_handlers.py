@@ -14,12 +14,14 @@ from common.protocol import (
     ARRAYS,
     CONFIG,
     CONSENSUS,
+    DIGEST_EPOCHS,
     DP_EPSILON,
     EVAL_CORRECT,
     EVAL_EXAMPLES,
     EVAL_LOSS_SUM,
     EVALUATE_INCOMING,
     INDICES,
+    LOGITS_DTYPE,
     METRICS,
     MODEL,
     PRIVATE_EPOCHS,
@@ -30,8 +32,10 @@ from common.protocol import (
     SOURCE,
     SOURCE_OWN,
     SPLIT,
+    TEMPERATURE,
     TRAIN_DIGEST,
     TRAIN_SUPERVISED,
+    TRANSFER_EPOCHS,
 )
 
 TEACHER = "mlp-128x64"
@@ -44,8 +48,6 @@ DP = {
     "partitioner": "iid",
     "local-epochs": 1,
     "batch-size": 50,
-    "num-teacher-rounds": 2,
-    "num-student-rounds": 2,
     "dp-epsilon": 4.0,
 }
 RATE, STEPS, HORIZON = 0.25, 4, 16
@@ -140,10 +142,7 @@ def test_state_dir_keeps_the_spent_budget_across_a_restart_and_a_resumed_run(tas
 def test_fedmd_charges_its_private_trainings_and_not_its_public_ones(task_identity):
     # FedMD's horizon: the first private training and 2 revisits of 1 epoch, 12 steps. Transfer learning
     # (public data), the digest (public inputs) and the logits on public inputs cost nothing.
-    config = {**DP, "strategy": "fedmd", "transfer-epochs": 1, "digest-epochs": 1}
-    context = Context(
-        run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 4}, state=RecordDict(), run_config=config
-    )
+    context = dp_context()
     sigma = get_noise_multiplier(target_epsilon=4.0, target_delta=1e-5, sample_rate=RATE, steps=12, accountant="rdp")
 
     def accountant_after(steps):
@@ -152,13 +151,12 @@ def test_fedmd_charges_its_private_trainings_and_not_its_public_ones(task_identi
             accountant.step(noise_multiplier=sigma, sample_rate=RATE)
         return accountant.get_epsilon(1e-5)
 
-    query = ConfigRecord({SOURCE: SOURCE_OWN, SPLIT: PUBLIC, INDICES: [0, 1, 2], SERVER_ROUND: 1, PRIVATE_EPOCHS: 3})
+    fedmd = {SPLIT: PUBLIC, INDICES: [0, 1, 2], TRANSFER_EPOCHS: 1, LOGITS_DTYPE: "float32", PRIVATE_EPOCHS: 3}
+    query = ConfigRecord({**fedmd, SOURCE: SOURCE_OWN, SERVER_ROUND: 1})
     msg = Message(RecordDict({CONFIG: query}), dst_node_id=7, message_type=QUERY_LOGITS)
     msg.metadata.__dict__["_message_id"] = "query"
     assert app(msg, context).content[METRICS][DP_EPSILON] == pytest.approx(accountant_after(4), rel=1e-9)
-    digest = ConfigRecord(
-        {SPLIT: PUBLIC, INDICES: [0, 1, 2], SERVER_ROUND: 1, REPORT_TEST_LOGITS: False, PRIVATE_EPOCHS: 3}
-    )
+    digest = ConfigRecord({**fedmd, SERVER_ROUND: 1, REPORT_TEST_LOGITS: False, TEMPERATURE: 3.0, DIGEST_EPOCHS: 1})
     msg = Message(
         RecordDict({CONSENSUS: logits_to_record(torch.zeros(3, 10), "float32"), CONFIG: digest}),
         dst_node_id=7,

@@ -2,24 +2,36 @@
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-from client_app.app import LOCAL_TEACHER, app
+from client_app.actions.fedmd import OWN_MODEL
+from client_app.actions.two_stage import LOCAL_TEACHER
+from client_app.app import app
 from common.config import parse_run_config
 from common.data import load_client_data
+from common.feature_generator import FeatureGenerator
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
 from common.protocol import (
+    ALPHA,
     ARRAYS,
     CONFIG,
     CONSENSUS,
+    DIGEST_EPOCHS,
     EVAL_CORRECT,
     EVAL_EXAMPLES,
     EVAL_LOSS_SUM,
     EVALUATE,
     EVALUATE_INCOMING,
+    FINETUNE_EPOCHS,
+    GENERATOR,
+    GENERATOR_ALPHA,
+    GENERATOR_BETA,
+    GENERATOR_LABELS,
     INDICES,
+    LABEL_COUNTS,
     LOGITS,
     LOGITS_ARRAY,
+    LOGITS_DTYPE,
     METRICS,
     MODEL,
     NAME,
@@ -35,10 +47,14 @@ from common.protocol import (
     SOURCE_OWN,
     SOURCE_TEACHER,
     SPLIT,
+    TEACHER_MODEL,
+    TEMPERATURE,
     TEST_LOGITS,
     TRAIN_DIGEST,
-    TRAIN_DISTIL,
     TRAIN_SUPERVISED,
+    TRANSFER_EPOCHS,
+    Action,
+    message_type,
 )
 from common.protocol import TEACHER as TEACHER_RECORD
 from common.training import evaluate, predict_logits
@@ -58,11 +74,25 @@ def context(task_identity):
 
 
 TEACHER, STUDENT = "mlp-128x64", "mlp-32"
+TRAIN_DISTIL = message_type(MessageType.TRAIN, Action.DISTIL)
+TRAIN_FEDGEN = message_type(MessageType.TRAIN, Action.FEDGEN)
+
+# The strategies' settings each message type carries, at the defaults of pyproject.toml.
+TEACHER_SETTINGS = {TEACHER_MODEL: TEACHER, FINETUNE_EPOCHS: 0}
+SETTINGS = {
+    TRAIN_DISTIL: {**TEACHER_SETTINGS, TEMPERATURE: 3.0, ALPHA: 0.5},
+    TRAIN_FEDGEN: {GENERATOR_ALPHA: 1.0, GENERATOR_BETA: 1.0},
+}
+TEACHER_QUERY = {SOURCE: SOURCE_TEACHER, SPLIT: PUBLIC, **TEACHER_SETTINGS, LOGITS_DTYPE: "float32"}
+OWN_QUERY = {SOURCE: SOURCE_OWN, SPLIT: PUBLIC, TRANSFER_EPOCHS: 5, LOGITS_DTYPE: "float32"}
+DIGEST_SETTINGS = {TEMPERATURE: 3.0, DIGEST_EPOCHS: 10, TRANSFER_EPOCHS: 5, LOGITS_DTYPE: "float32"}
 
 
-def message(action, arrays, server_round=2, evaluate_incoming=True, model=None, teacher=None):
+def message(action, arrays, server_round=2, evaluate_incoming=True, model=None, teacher=None, settings=None):
+    """A message of type `action` with the settings of its strategy; `settings` override them."""
     model = model or (TEACHER if action == TRAIN_SUPERVISED else STUDENT)
     config = {SERVER_ROUND: server_round, EVALUATE_INCOMING: evaluate_incoming, MODEL: model}
+    config.update({**SETTINGS.get(action, {}), **(settings or {})})
     content = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(config)})
     if teacher is not None:
         content[TEACHER_RECORD] = teacher
@@ -141,19 +171,18 @@ def test_student_keeps_the_sent_teacher_in_state_and_reuses_it(context):
 
 
 def test_teacher_finetuning_adapts_the_local_teacher(context):
-    context.run_config["teacher-finetune-epochs"] = 3
     teacher = to_record(initial_model(TEACHER, "synthetic", 42))
-    app(message(TRAIN_DISTIL, to_record(initial_model(STUDENT, "synthetic", 42)), teacher=teacher), context)
+    student = to_record(initial_model(STUDENT, "synthetic", 42))
+    app(message(TRAIN_DISTIL, student, teacher=teacher, settings={FINETUNE_EPOCHS: 3}), context)
     tuned = load_record(build_model(TEACHER, "synthetic"), context.state[LOCAL_TEACHER])
     start = load_record(build_model(TEACHER, "synthetic"), teacher)
     assert evaluate(tuned, DATA.train.x, DATA.train.y)[1] > evaluate(start, DATA.train.x, DATA.train.y)[1] + 40
 
 
 def test_pure_distillation_pulls_the_student_towards_the_teacher(context):
-    context.run_config["alpha"] = 1.0
     teacher_model = initial_model(TEACHER, "synthetic", 42)
     student = to_record(initial_model(STUDENT, "synthetic", 42))
-    reply = app(message(TRAIN_DISTIL, student, teacher=to_record(teacher_model)), context)
+    reply = app(message(TRAIN_DISTIL, student, teacher=to_record(teacher_model), settings={ALPHA: 1.0}), context)
     target = torch.softmax(predict_logits(teacher_model, DATA.train.x) / 3.0, 1)
 
     def gap(record):
@@ -170,12 +199,6 @@ def test_evaluate_student_reports_counts(context):
     metrics = reply.content[METRICS]
     assert metrics[EVAL_CORRECT] == correct and metrics[NUM_EXAMPLES] == 40
     assert metrics[EVAL_LOSS_SUM] == pytest.approx(loss * 40, rel=1e-5)
-
-
-def test_missing_partition_id_names_the_key(context):
-    context.node_config.clear()
-    with pytest.raises(Exception, match="node config 'partition-id' is missing"):
-        app(message(TRAIN_SUPERVISED, to_record(initial_model(TEACHER, "synthetic", 42))), context)
 
 
 def test_identify_reports_the_partition_and_the_architecture(context):
@@ -212,39 +235,43 @@ def query(config, teacher=None):
 def test_fedmd_logits_come_from_a_model_made_by_transfer_learning_and_kept(context):
     from common.data import load_public
 
-    context.run_config["logits-dtype"] = "float16"
-    reply = app(query({SOURCE: SOURCE_OWN, SPLIT: PUBLIC, INDICES: [0, 5, 7], SERVER_ROUND: 1}), context)
+    half = {**OWN_QUERY, LOGITS_DTYPE: "float16"}
+    reply = app(query({**half, INDICES: [0, 5, 7], SERVER_ROUND: 1}), context)
     logits = reply.content[LOGITS][LOGITS_ARRAY]
     assert logits.dtype == "float16" and tuple(logits.shape) == (3, 10)
-    own = load_record(build_model(STUDENT, "synthetic"), context.state["own-model"])
+    own = load_record(build_model(STUDENT, "synthetic"), context.state[OWN_MODEL])
     public = load_public(CFG)
     expected = predict_logits(own, public.x[[0, 5, 7]])
     assert torch.allclose(logits_from_record(reply.content[LOGITS]), expected, atol=1e-2)
     # Trained on public data, then on the node's data: far above chance (0.1) on its local test split.
     assert evaluate(own, DATA.test.x, DATA.test.y)[1] / len(DATA.test) > 0.3
     assert dict(reply.content[METRICS]) == {NUM_EXAMPLES: 200}
-    again = app(query({SOURCE: SOURCE_OWN, SPLIT: PUBLIC, INDICES: [0, 5, 7], SERVER_ROUND: 2}), context)
+    again = app(query({**half, INDICES: [0, 5, 7], SERVER_ROUND: 2}), context)
     assert torch.equal(logits_from_record(again.content[LOGITS]), logits_from_record(reply.content[LOGITS]))
 
 
-def test_fedmd_digest_moves_the_own_model_toward_the_consensus(context):
-    from common.data import load_public
-
-    indices = list(range(100))
-    app(query({SOURCE: SOURCE_OWN, SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: 1}), context)
-    before = load_record(build_model(STUDENT, "synthetic"), context.state["own-model"])
-    x = load_public(CFG).x[indices]
-    consensus = torch.zeros(100, 10)
-    consensus[:, 3] = 8.0  # everyone agrees on class 3
-    config = {SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: 1, REPORT_TEST_LOGITS: True}
+def digest_message(consensus, indices):
+    config = {SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: 1, REPORT_TEST_LOGITS: True, **DIGEST_SETTINGS}
     msg = Message(
         RecordDict({CONSENSUS: logits_to_record(consensus, "float32"), CONFIG: ConfigRecord(config)}),
         dst_node_id=7,
         message_type=TRAIN_DIGEST,
     )
     msg.metadata.__dict__["_message_id"] = "digest"
-    reply = app(msg, context)
-    after = load_record(build_model(STUDENT, "synthetic"), context.state["own-model"])
+    return msg
+
+
+def test_fedmd_digest_moves_the_own_model_toward_the_consensus(context):
+    from common.data import load_public
+
+    indices = list(range(100))
+    app(query({**OWN_QUERY, INDICES: indices, SERVER_ROUND: 1}), context)
+    before = load_record(build_model(STUDENT, "synthetic"), context.state[OWN_MODEL])
+    x = load_public(CFG).x[indices]
+    consensus = torch.zeros(100, 10)
+    consensus[:, 3] = 8.0  # everyone agrees on class 3
+    reply = app(digest_message(consensus, indices), context)
+    after = load_record(build_model(STUDENT, "synthetic"), context.state[OWN_MODEL])
     share_of_3 = [float((predict_logits(m, x).argmax(1) == 3).float().mean()) for m in (before, after)]
     assert share_of_3[1] > share_of_3[0]
     assert tuple(reply.content[TEST_LOGITS][LOGITS_ARRAY].shape) == (1000, 10)
@@ -254,7 +281,7 @@ def test_fedmd_digest_moves_the_own_model_toward_the_consensus(context):
 def test_local_teacher_logits_for_the_ensemble_teacher(context):
     teacher = initial_model(TEACHER, "synthetic", 42)
     reply = app(
-        query({SOURCE: SOURCE_TEACHER, SPLIT: PUBLIC, INDICES: [1, 2], SERVER_ROUND: 1}, teacher=to_record(teacher)),
+        query({**TEACHER_QUERY, INDICES: [1, 2], SERVER_ROUND: 1}, teacher=to_record(teacher)),
         context,
     )
     from common.data import load_public
@@ -277,54 +304,16 @@ def test_state_dir_brings_the_teacher_back_after_a_restart(context, tmp_path):
     assert (tmp_path / "run-1" / "local-teacher.pt").is_file()
 
 
-def test_a_bad_data_file_is_refused_with_its_reason(context, tmp_path):
-    import numpy as np
-
-    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 32), dtype=np.float32), y=np.array([0, 1, 2, 99]))
-    context.node_config.clear()
-    context.node_config["data-path"] = str(tmp_path / "bad.npz")
-    with pytest.raises(Exception, match=r"'y' holds labels 0..99; allowed: 0 to 9"):
-        app(message(TRAIN_SUPERVISED, to_record(initial_model(TEACHER, "synthetic", 42))), context)
-
-
-def test_data_path_nodes_are_named_by_their_file_or_name(context, tmp_path):
-    context.node_config.clear()
-    context.node_config["data-path"] = "/data/a.npz"
-    assert app(message(QUERY_IDENTIFY, ArrayRecord()), context).content[NODE][NAME] == "/data/a.npz"
-    context.node_config["name"] = "hospital-a"
-    assert app(message(QUERY_IDENTIFY, ArrayRecord()), context).content[NODE][NAME] == "hospital-a"
-
-
-@pytest.mark.parametrize(
-    "config, expected",
-    [
-        ({"partition-id": "abc", "num-partitions": 4}, "node config 'partition-id' = 'abc'; allowed: a whole number"),
-        ({"partition-id": 1.5, "num-partitions": 4}, "node config 'partition-id' = 1.5; allowed: a whole number"),
-        ({"partition-id": True, "num-partitions": 4}, "node config 'partition-id' = True; allowed: a whole number"),
-        ({"partition-id": 0, "num-partitions": 0}, "node config 'num-partitions' = 0; allowed: 1 or more"),
-        ({"partition-id": 0}, "node config 'num-partitions' is missing"),
-    ],
-)
-def test_malformed_node_config_is_refused_with_what_is_allowed(context, config, expected):
-    context.node_config.clear()
-    context.node_config.update(config)
-    with pytest.raises(Exception, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        app(message(TRAIN_SUPERVISED, to_record(initial_model(TEACHER, "synthetic", 42))), context)
-
-
 def test_a_query_for_inputs_other_than_the_public_data_is_refused(context):
     teacher = to_record(initial_model(TEACHER, "synthetic", 42))
     with pytest.raises(Exception, match="message config 'split' = 'server-test'; allowed: 'public'"):
         app(
-            query({SOURCE: SOURCE_TEACHER, SPLIT: "server-test", INDICES: [1, 2], SERVER_ROUND: 1}, teacher=teacher),
+            query({**TEACHER_QUERY, SPLIT: "server-test", INDICES: [1, 2], SERVER_ROUND: 1}, teacher=teacher),
             context,
         )
 
 
 def test_fedgen_trains_plainly_until_the_generator_comes_then_learns_from_it_and_counts_its_labels(context):
-    from common.feature_generator import FeatureGenerator
-    from common.protocol import GENERATOR, GENERATOR_LABELS, LABEL_COUNTS, TRAIN_FEDGEN
-
     sent = to_record(initial_model(STUDENT, "synthetic", 42))
     plain = app(message(TRAIN_SUPERVISED, sent, model=STUDENT), context)
     first = app(message(TRAIN_FEDGEN, sent), context)
@@ -350,8 +339,74 @@ def test_fedgen_trains_plainly_until_the_generator_comes_then_learns_from_it_and
 
 
 def test_fedgen_under_dp_is_refused_naming_why(context):
-    from common.protocol import TRAIN_FEDGEN
-
     context.run_config["dp-epsilon"] = 3.0
-    with pytest.raises(ValueError, match="strategy 'fedgen' reports label counts that DP-SGD does not protect"):
+    expected = (
+        "run config 'dp-epsilon' = 3.0: strategy 'fedgen' reports each node's label counts in the clear, which "
+        "sample-level DP does not cover; allowed: 0 with fedgen"
+    )
+    with pytest.raises(ValueError) as refused:
         app(message(TRAIN_FEDGEN, to_record(initial_model(STUDENT, "synthetic", 42))), context)
+    assert str(refused.value) == expected
+
+
+def student_record():
+    return to_record(initial_model(STUDENT, "synthetic", 42))
+
+
+def teacher_record():
+    return to_record(initial_model(TEACHER, "synthetic", 42))
+
+
+def fedgen_with_generator():
+    msg = message(TRAIN_FEDGEN, student_record())
+    msg.content[GENERATOR] = ArrayRecord(FeatureGenerator(10, [32], seed=5).for_width(32))
+    msg.content[CONFIG][GENERATOR_LABELS] = [0, 3]
+    return msg
+
+
+# Complete messages of each type, and a setting each needs: without it, the node refuses the message.
+TEACHER_LOGITS, OWN_LOGITS = f"{QUERY_LOGITS} of the teacher", f"{QUERY_LOGITS} of the own model"
+COMPLETE = {
+    TRAIN_DISTIL: lambda: message(TRAIN_DISTIL, student_record(), teacher=teacher_record()),
+    TEACHER_LOGITS: lambda: query({**TEACHER_QUERY, INDICES: [1], SERVER_ROUND: 1}, teacher=teacher_record()),
+    OWN_LOGITS: lambda: query({**OWN_QUERY, INDICES: [1], SERVER_ROUND: 1}),
+    TRAIN_DIGEST: lambda: digest_message(torch.zeros(3, 10), [0, 1, 2]),
+    TRAIN_FEDGEN: fedgen_with_generator,
+    EVALUATE: lambda: message(EVALUATE, student_record()),
+}
+MISSING = [
+    (TRAIN_DISTIL, TEACHER_MODEL),
+    (TRAIN_DISTIL, FINETUNE_EPOCHS),
+    (TRAIN_DISTIL, TEMPERATURE),
+    (TRAIN_DISTIL, ALPHA),
+    (TEACHER_LOGITS, TEACHER_MODEL),
+    (TEACHER_LOGITS, FINETUNE_EPOCHS),
+    (TEACHER_LOGITS, LOGITS_DTYPE),
+    (OWN_LOGITS, TRANSFER_EPOCHS),
+    (OWN_LOGITS, LOGITS_DTYPE),
+    (TRAIN_DIGEST, TEMPERATURE),
+    (TRAIN_DIGEST, DIGEST_EPOCHS),
+    (TRAIN_DIGEST, TRANSFER_EPOCHS),
+    (TRAIN_DIGEST, LOGITS_DTYPE),
+    (TRAIN_FEDGEN, GENERATOR_ALPHA),
+    (TRAIN_FEDGEN, GENERATOR_BETA),
+    (EVALUATE, MODEL),
+]
+
+
+def test_the_complete_messages_are_answered(context):
+    for name, build in COMPLETE.items():
+        assert not app(build(), context).has_error(), name
+
+
+@pytest.mark.parametrize("name, key", MISSING, ids=[f"{name}-{key}" for name, key in MISSING])
+def test_a_setting_missing_from_the_message_is_refused_naming_the_key_and_the_message_type(context, name, key):
+    msg = COMPLETE[name]()
+    del msg.content[CONFIG][key]
+    expected = (
+        f"message config '{key}' is missing from {msg.metadata.message_type}: the ServerApp sends it; "
+        "it must run the same fedkd version as this node"
+    )
+    with pytest.raises(ValueError) as refused:
+        app(msg, context)
+    assert str(refused.value) == expected
