@@ -9,16 +9,17 @@ from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import ConfigError, RunConfig, parse_run_config
+from common.config import ConfigError, RunConfig
 from common.data import DataError, Split, load_server_testset, load_test_npz
 from common.models import build_model, count_params, load_record
 from server_app import checkpoint
+from server_app.loop import RoundLoop, RunAborted, fmt_metric
 from server_app.outputs import RunDirectory, point_latest
 from server_app.records import Summary
-from server_app.rounds import RunAborted, fmt_metric, run_phase
+from server_app.round import Globals
 from server_app.sampling import NodeSampler
-from server_app.strategies import STRATEGIES, Globals, Strategy
-from server_app.strategies.base import STUDENT_PHASE, TEACHER_PHASE
+from server_app.settings import config_dump, parse
+from server_app.strategies import STRATEGIES, Strategy
 
 # Nodes of a simulation are all there at start; deployed ones get this long to connect.
 NODE_GRACE_SECONDS = 10.0
@@ -27,12 +28,14 @@ app = ServerApp()
 
 
 def _summary(
-    cfg: RunConfig, strategy: Strategy, run_dir: RunDirectory, started: float, reason: str | None = None
+    cfg: RunConfig, config: dict, strategy: Strategy, run_dir: RunDirectory, started: float, reason: str | None = None
 ) -> Summary:
     """The run's outcome: complete, or aborted for `reason`."""
     history = run_dir.history
     last = {r.phase: r for r in history}
-    teacher, student = last.get(TEACHER_PHASE), last.get(STUDENT_PHASE)
+    phases = strategy.phases()
+    teacher = next((last.get(p.name) for p in phases if p.teacher), None)
+    student = last.get(phases[-1].name)
     teacher_model = strategy.teacher_model()
     names = {cfg.model, *(student.accuracy_by_model if student else {}), *([teacher_model] if teacher_model else [])}
     params = {name: count_params(build_model(name, cfg.dataset)) for name in sorted(names)}
@@ -55,7 +58,7 @@ def _summary(
         median_round_seconds=statistics.median(r.seconds for r in history) if history else None,
         wall_seconds=time.perf_counter() - started,
         run_dir=str(run_dir.path),
-        config=cfg.model_dump(mode="json", by_alias=True),
+        config=config,
         reason=reason,
         dp_epsilon_by_node=dict(sorted(epsilon.items())) or None,
         dp_epsilon_max=max(epsilon.values(), default=None),
@@ -85,12 +88,12 @@ def main(grid: Grid, context: Context) -> None:
     """Run the run config's strategy and write the run directory."""
     started = time.perf_counter()
     try:
-        cfg = parse_run_config(context.run_config, strategies=STRATEGIES)
-        STRATEGIES[cfg.strategy].check_config(cfg)
+        cfg, settings = parse(context.run_config)
+        config = config_dump(cfg, settings)
         sampler = NodeSampler(cfg.seed, cfg.round_timeout, cfg.model)
         connected = _connected_nodes(cfg, sampler, grid)
         test = _server_testset(cfg)
-        resumed = checkpoint.load(Path(cfg.resume_from).expanduser().resolve(), cfg) if cfg.resume_from else None
+        resumed = checkpoint.load(Path(cfg.resume_from).expanduser().resolve(), config) if cfg.resume_from else None
     except (ConfigError, DataError) as exc:
         log(ERROR, "fedkd: invalid run: %s", exc)
         raise
@@ -105,27 +108,31 @@ def main(grid: Grid, context: Context) -> None:
         run_dir = RunDirectory(cfg.output_path(), f"{cfg.strategy}-{cfg.dataset}")
 
     log(INFO, "fedkd: %s on %s, %d nodes, outputs in %s", cfg.strategy, cfg.dataset, connected, run_dir.path)
-    strategy = STRATEGIES[cfg.strategy](cfg, sampler)
+    strategy = STRATEGIES[cfg.strategy](cfg, settings, sampler)
     if resumed:
         strategy.restore(resumed.strategy_state)
+    loop = RoundLoop(grid, cfg, config, strategy, sampler, run_dir)
     previous: Globals | None = None
     # A resumed run skips the phases before its checkpoint's; what they left is in the strategy's state.
-    phases = strategy.phases[strategy.phases.index(resumed.phase) :] if resumed else strategy.phases
+    phases = strategy.phases()
+    if resumed:
+        phases = phases[[p.name for p in phases].index(resumed.phase) :]
     try:
         for phase in phases:
-            if resumed and phase == resumed.phase:
+            if resumed and phase.name == resumed.phase:
                 first_round, start = resumed.server_round + 1, resumed.globals
             else:
-                first_round, start = 1, strategy.initial(phase, grid, previous)
-            previous = run_phase(strategy, phase, grid, cfg, start, test, run_dir, first_round)
+                first_round = 1
+                start = strategy.initial(phase, sampler.nodes(grid, cfg.min_train_nodes), previous)
+            previous = loop.run_phase(phase, start, test, first_round)
             for name, arrays in previous.items():
-                label = phase if len(previous) == 1 else f"{phase}-{name}"
+                label = phase.name if len(previous) == 1 else f"{phase.name}-{name}"
                 run_dir.save_model(label, load_record(build_model(name, cfg.dataset), arrays))
     except (RunAborted, TimeoutError) as exc:
-        run_dir.write_summary(_summary(cfg, strategy, run_dir, started, reason=str(exc)))
+        run_dir.write_summary(_summary(cfg, config, strategy, run_dir, started, reason=str(exc)))
         log(ERROR, "fedkd: run aborted: %s. Finished rounds are in %s", exc, run_dir.path)
         raise
-    summary = _summary(cfg, strategy, run_dir, started)
+    summary = _summary(cfg, config, strategy, run_dir, started)
     run_dir.write_summary(summary)
     run_dir.plot()
     log(

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord
 
-from common.config import RESUMABLE_CHANGES, ConfigError, RunConfig
+from common.config import RESUMABLE_CHANGES, ConfigError
 from server_app.records import HISTORY, RoundRecord
 
 CHECKPOINT = "checkpoint.pt"
@@ -52,8 +52,9 @@ def save(run_dir: Path, ckpt: Checkpoint) -> None:
     os.replace(tmp, run_dir / CHECKPOINT)
 
 
-def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
-    """The checkpoint of `run_dir`; a ConfigError if it is missing or was made with another config."""
+def load(run_dir: Path, config: dict) -> Checkpoint:
+    """The checkpoint of `run_dir`; a ConfigError if it is missing or was made with another `config` (the run
+    config as server_app.settings.config_dump writes it)."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise ConfigError(
@@ -71,7 +72,7 @@ def load(run_dir: Path, cfg: RunConfig) -> Checkpoint:
             f"run config 'resume-from' = {str(run_dir)!r}: {str(path)!r} cannot be read as a fedkd checkpoint "
             f"(truncated, or another kind of file); allowed: a fedkd run directory with an intact {CHECKPOINT}"
         )
-    ours = cfg.model_dump(mode="json", by_alias=True)
+    ours = config
     changed = sorted(
         k
         for k in ours.keys() | raw["config"].keys()

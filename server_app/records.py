@@ -10,28 +10,23 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, model_serializer
 
-# The round metrics a strategy reports (Round.metrics, kebab-case), each with the record field it fills.
-METRIC_FIELDS = {
+# The round metrics every weight-averaging or counting method reports (RoundResult.metrics, kebab-case), each with
+# the record field it fills; a method's other metrics go to the record's `metrics` map under their own names.
+COMMON_METRICS = {
     "federated-accuracy": "federated_accuracy",
     "federated-loss": "federated_loss",
     "train-loss": "train_loss",
     "client-seconds": "client_seconds",
-    "distill-steps": "distill_steps",
-    "distill-validation-start": "distill_validation_start",
-    "distill-validation-best": "distill_validation_best",
-    "distill-kept": "distill_kept",
-    "generator-loss": "generator_loss",
     "clipped-updates": "clipped",
 }
 
 
 def metric_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The record fields that a round's `metrics` fill: None where it measured nothing, and 0 clipped.
-    A metric with no field is refused, so that no strategy's metric is dropped from history.json unseen."""
-    if unknown := sorted(set(metrics) - set(METRIC_FIELDS)):
-        raise ValueError(f"round metrics {unknown} have no history.json field; known: {sorted(METRIC_FIELDS)}")
-    fields = {name: metrics.get(key) for key, name in METRIC_FIELDS.items()}
-    return {**fields, "clipped": int(fields["clipped"] or 0)}
+    """The record fields that a round's `metrics` fill: each common metric's field (None where the round measured
+    nothing, 0 clipped), and `metrics`, the method's own (None if it has none)."""
+    fields = {name: metrics.get(key) for key, name in COMMON_METRICS.items()}
+    own = {key: value for key, value in metrics.items() if key not in COMMON_METRICS and value is not None}
+    return {**fields, "clipped": int(fields["clipped"] or 0), "metrics": own or None}
 
 
 class _Record(BaseModel):
@@ -59,7 +54,7 @@ class Failure(_Record):
 class RoundRecord(_Record):
     """One round: a record of history.json."""
 
-    phase: Literal["teacher", "student"]
+    phase: str
     round: int
     accuracy: float | None
     loss: float | None
@@ -72,9 +67,6 @@ class RoundRecord(_Record):
     seconds: float
     exchange_seconds: float
     client_seconds: float | None
-    distill_steps: float | None
-    distill_validation_start: float | None
-    distill_validation_best: float | None
     replies: int
     clipped: int
     failures: int
@@ -87,10 +79,9 @@ class RoundRecord(_Record):
     # Differential privacy (`dp-epsilon` > 0) only: the ε each accepted node reported spent, and their maximum.
     dp_epsilon_by_node: dict[str, float] | None = None
     dp_epsilon_max: float | None = None
-    # feddf-datafree only: per architecture, whether the round kept the distilled model (else FedAvg's).
-    distill_kept: dict[str, bool] | None = None
-    # feddf-datafree and fedgen only: the generator's training loss on the server that round.
-    generator_loss: float | None = None
+    # The method's own metrics, by name (docs/outputs.md lists each method's): a number, or a flag per
+    # architecture.
+    metrics: dict[str, float | dict[str, bool]] | None = None
 
     omitted_when_none = (
         "evaluation_seconds",
@@ -98,8 +89,7 @@ class RoundRecord(_Record):
         "evaluation_failures",
         "dp_epsilon_by_node",
         "dp_epsilon_max",
-        "distill_kept",
-        "generator_loss",
+        "metrics",
     )
 
 

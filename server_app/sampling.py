@@ -57,7 +57,10 @@ class NodeSampler:
 
     def sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
         """max(fraction x connected, minimum) nodes, drawn by this sampler's generator."""
-        nodes = self.nodes(grid, minimum)
+        return self.sample_from(self.nodes(grid, minimum), fraction, minimum)
+
+    def sample_from(self, nodes: list[int], fraction: float, minimum: int) -> list[int]:
+        """max(fraction x len(nodes), minimum) of `nodes` (sorted by name), drawn by this sampler's generator."""
         size = min(len(nodes), max(int(len(nodes) * fraction), minimum))
         return self.rng.sample(nodes, size)
 

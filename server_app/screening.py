@@ -5,7 +5,8 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
-from common.protocol import NUM_EXAMPLES
+from common.protocol import LOGITS, LOGITS_ARRAY, NUM_EXAMPLES
+from server_app.round import Check
 
 
 def screen_reply(content: RecordDict, expected: ArrayRecord | None, max_num_examples: int) -> str | None:
@@ -57,3 +58,26 @@ def _check_num_examples(metrics: MetricRecord, max_num_examples: int) -> str | N
     if not 1 <= value <= max_num_examples:
         return f"{NUM_EXAMPLES} = {value!r}; {allowed}"
     return None
+
+
+def weights_check(expected: ArrayRecord, max_num_examples: int, extra: Check | None = None) -> Check:
+    """A reply's check: weights shaped as `expected`, a plausible `num-examples`, then `extra`'s test."""
+    return lambda content: screen_reply(content, expected, max_num_examples) or (extra(content) if extra else None)
+
+
+def logits_check(rows: int, classes: int, max_num_examples: int, key: str = LOGITS) -> Check:
+    """A reply's check: a plausible `num-examples`, and under `key` finite float logits of shape (rows, classes)."""
+
+    def check(content: RecordDict) -> str | None:
+        if reason := screen_reply(content, None, max_num_examples):
+            return reason
+        if key not in content.array_records or LOGITS_ARRAY not in content[key]:
+            return f"no '{key}' logits in the reply"
+        logits = content[key][LOGITS_ARRAY].numpy()
+        if logits.shape != (rows, classes) or not np.issubdtype(logits.dtype, np.floating):
+            return f"logits are {logits.dtype}{list(logits.shape)}, expected float[{rows}, {classes}]"
+        if not np.isfinite(logits).all():
+            return "logits hold NaN or Inf"
+        return None
+
+    return check

@@ -1,12 +1,14 @@
-"""fedkd's strategies, by run-config `strategy` name: each module of this package is one method over
-`base`, and registers itself there with `@register`; importing the package imports them all."""
+"""fedkd's strategies, by run-config `strategy` name: each module of this package is one method, registered where
+it is defined (`@register`); importing the package imports them all. `contract.py` is what every method provides,
+`kit/` the pieces they compose."""
 
 import importlib
 import pkgutil
 
-from server_app.strategies.base import STRATEGIES, Globals, Round, Scores, Strategy, register
+from server_app.strategies.contract import STRATEGIES, RoundSteps, Strategy, register
 
 for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+    if not _module.ispkg:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["STRATEGIES", "Globals", "Round", "Scores", "Strategy", "register"]
+__all__ = ["STRATEGIES", "RoundSteps", "Strategy", "register"]
