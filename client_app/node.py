@@ -88,7 +88,8 @@ class Node:
 
     @classmethod
     def load(cls, context: Context) -> "Node":
-        """The node's data file, or its partition of a built-in dataset."""
+        """The node `context` describes: the run config's common keys, and the node's data file or its partition
+        of a built-in dataset."""
         cfg = parse_run_config(context.run_config)
         config = context.node_config
         if "data-path" in config:

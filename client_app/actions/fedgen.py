@@ -34,7 +34,7 @@ def train_fedgen(msg: Message, node: Node) -> Message:
         gen = FeatureGenerator(num_classes, [feature_width(str(setting(msg, MODEL)), cfg.dataset)], cfg.seed)
         gen.load_state_dict(msg.content[GENERATOR].to_torch_state_dict(), strict=True)
         server_round = int(setting(msg, SERVER_ROUND))
-        # The loss reads the head of the model fit trains, so it is built for that model, by fit.
+        # The loss reads the head of the model that node.fit trains, so node.fit builds it for that model.
         loss = partial(
             regularised_loss,
             gen=gen,
