@@ -73,7 +73,7 @@ class RunConfig(Settings):
         },
     )
     dataset: Literal["digits", "mnist5k", "synthetic"] = Field(
-        "digits", description="the dataset every node and the server build (see the README's Data)"
+        "digits", description="the dataset every node and the server build (see docs/data.md)"
     )
     partitioner: Literal["iid", "dirichlet", "pathological"] = Field(
         "dirichlet", description="how the training data is split among clients"
@@ -139,7 +139,7 @@ class RunConfig(Settings):
     )
     resume_from: str = Field(
         "",
-        description="continue that run after its last complete round (see the README's Outputs); empty: a new run",
+        description="continue that run after its last complete round (see docs/outputs.md); empty: a new run",
         json_schema_extra={"allowed": "a run directory, or empty"},
     )
     clip_norm: float = Field(

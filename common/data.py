@@ -57,7 +57,8 @@ def image_shape(name: str) -> tuple[int, int, int] | None:
     return IMAGE_SHAPES.get(name)
 
 
-def _split(x: np.ndarray, y: np.ndarray) -> Split:
+def _as_split(x: np.ndarray, y: np.ndarray) -> Split:
+    """(x, y) as a Split: float32 features, integer labels."""
     return Split(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long))
 
 
@@ -86,7 +87,7 @@ def _synthetic_label_probs(cfg: RunConfig, rng: np.random.Generator) -> np.ndarr
 
 def _synthetic_uniform(rng: np.random.Generator, n: int) -> Split:
     """Synthetic samples with uniform labels: the server's test set and the public slice."""
-    return _split(*_synthetic(rng, n, np.full(SYNTHETIC_CLASSES, 1.0 / SYNTHETIC_CLASSES)))
+    return _as_split(*_synthetic(rng, n, np.full(SYNTHETIC_CLASSES, 1.0 / SYNTHETIC_CLASSES)))
 
 
 def _synthetic_client(cfg: RunConfig, partition_id: int) -> ClientData:
@@ -95,7 +96,7 @@ def _synthetic_client(cfg: RunConfig, partition_id: int) -> ClientData:
     n_test = max(1, round(cfg.samples_per_client * cfg.local_test_fraction))
     train = _synthetic(rng, cfg.samples_per_client, probs)
     test = _synthetic(rng, n_test, probs)
-    return ClientData(_split(*train), _split(*test))
+    return ClientData(_as_split(*train), _as_split(*test))
 
 
 # --- image datasets: bundled digits / MNIST, split into test, public and pool ----------
@@ -130,7 +131,7 @@ def _image_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _image_split(name: str, idx: np.ndarray) -> Split:
     x, y = _image_dataset(name)
-    return _split(x[idx], y[idx])
+    return _as_split(x[idx], y[idx])
 
 
 class _Slices(NamedTuple):
@@ -183,6 +184,13 @@ def _partition_indices(
     return tuple(np.asarray(part.load_partition(i)["index"], dtype=np.int64) for i in range(num_partitions))
 
 
+def _local_test_split(order: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) of a shuffled `order`: its first round(len(order) x `fraction`) entries are the local test
+    split, except that a lone sample stays in train, so a one-sample node still trains."""
+    n_test = int(round(len(order) * fraction)) if len(order) > 1 else 0
+    return order[n_test:], order[:n_test]
+
+
 def _image_client(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
     idx = _partition_indices(
         cfg.dataset,
@@ -194,8 +202,8 @@ def _image_client(cfg: RunConfig, partition_id: int, num_partitions: int) -> Cli
         cfg.classes_per_partition,
     )[partition_id]
     order = stream_rng(cfg.seed, Stream.PARTITION_SPLIT, partition_id).permutation(idx)
-    n_test = int(round(len(order) * cfg.local_test_fraction)) if len(order) > 1 else 0
-    return ClientData(_image_split(cfg.dataset, order[n_test:]), _image_split(cfg.dataset, order[:n_test]))
+    train, test = _local_test_split(order, cfg.local_test_fraction)
+    return ClientData(_image_split(cfg.dataset, train), _image_split(cfg.dataset, test))
 
 
 def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
@@ -276,7 +284,8 @@ def _checked(x: np.ndarray, y: np.ndarray, names: tuple[str, str], features: int
         )
         row = int(np.flatnonzero(~finite.all(axis=1))[0])
         raise DataError(
-            f"{where}: '{names[0]}' holds non-finite values ({found}), the first in row {row}; allowed: finite float32 numbers"
+            f"{where}: '{names[0]}' holds non-finite values ({found}), the first in row {row}; "
+            "allowed: finite float32 numbers"
         )
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(
@@ -288,7 +297,7 @@ def _checked(x: np.ndarray, y: np.ndarray, names: tuple[str, str], features: int
         raise DataError(
             f"{where}: '{names[1]}' holds labels {int(y.min())}..{int(y.max())}; allowed: 0 to {classes - 1}"
         )
-    return _split(values, y)
+    return _as_split(values, y)
 
 
 def load_npz(path: str, cfg: RunConfig, stream: int) -> ClientData:
@@ -309,8 +318,7 @@ def load_npz(path: str, cfg: RunConfig, stream: int) -> ClientData:
             train, _checked(arrays["x_test"], arrays["y_test"], ("x_test", "y_test"), features, classes, where)
         )
     order = stream_rng(cfg.seed, Stream.FILE_SPLIT, stream).permutation(len(train))
-    n_test = int(round(len(order) * cfg.local_test_fraction)) if len(order) > 1 else 0
-    test, rest = torch.as_tensor(order[:n_test]), torch.as_tensor(order[n_test:])
+    rest, test = (torch.as_tensor(part) for part in _local_test_split(order, cfg.local_test_fraction))
     return ClientData(Split(train.x[rest], train.y[rest]), Split(train.x[test], train.y[test]))
 
 

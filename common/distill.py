@@ -81,7 +81,7 @@ def distill(
     """
     optimizer = Adam(model.parameters(), lr=learning_rate)
     start = best = validation(model)
-    best_state, stale, step = _copy(model), 0, 0
+    best_state, stale, step = _state_copy(model), 0, 0
     while step < steps and stale < patience:
         model.train()
         for _ in range(min(VALIDATE_EVERY, steps - step)):
@@ -92,7 +92,7 @@ def distill(
             step += 1
         loss = validation(model)
         if loss < best:
-            best, best_state, stale = loss, _copy(model), 0
+            best, best_state, stale = loss, _state_copy(model), 0
         else:
             stale += 1
     model.load_state_dict(best_state)
@@ -110,5 +110,6 @@ def random_batches(x: torch.Tensor, targets: torch.Tensor, batch_size: int, seed
     return batch
 
 
-def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights, detached from it, to restore the best ones."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -16,7 +16,7 @@ from torch import nn
 from common.loss import diversity_loss
 from common.models import build_model
 from common.seeds import Stream, derive_seed
-from common.training import Adam
+from common.training import fit_generator
 
 NOISE_DIM = 32
 HIDDEN = 64
@@ -131,20 +131,15 @@ def train_feature_generator(
     weights, labels = label_weights(counts)
     if not labels:
         return None, labels
-    frozen = [h.requires_grad_(False) for h in heads]
-    optimizer = Adam(gen.parameters(), lr=learning_rate)
-    generator = torch.Generator().manual_seed(seed)
-    loss = torch.zeros(())
-    gen.train()
-    for _ in range(steps):
-        noise, y = draw(labels, batch_size, generator)
-        loss = generator_loss(gen, heads, weights, noise, y, diversity)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    for h in frozen:
-        h.requires_grad_(True)
-    return loss.item(), labels
+    loss = fit_generator(
+        gen,
+        heads,
+        lambda rng: generator_loss(gen, heads, weights, *draw(labels, batch_size, rng), diversity),
+        steps=steps,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
+    return loss, labels
 
 
 def regularised_loss(
@@ -165,14 +160,14 @@ def regularised_loss(
     alpha, beta = alpha * scale, beta * scale
     prediction_layer = head(model)  # the same module wherever train() moves the model
     width = prediction_layer.in_features
-    generator = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     gen.requires_grad_(False).eval()
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        noise, sampled = draw(labels, len(y), generator)
+        noise, sampled = draw(labels, len(y), rng)
         with torch.no_grad():
             sampled_features = gen(noise, sampled)[width].to(logits.device)
-            own_features = gen(torch.randn(len(y), NOISE_DIM, generator=generator), y.cpu())[width].to(logits.device)
+            own_features = gen(torch.randn(len(y), NOISE_DIM, generator=rng), y.cpu())[width].to(logits.device)
         teacher = F.cross_entropy(prediction_layer(sampled_features), sampled.to(logits.device))
         target = F.softmax(prediction_layer(own_features), dim=1).detach()
         latent = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")

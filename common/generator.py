@@ -9,11 +9,8 @@ from torch import nn
 from common.distill import BatchFn, ensemble_soft_targets, log_mean_probabilities
 from common.feature_generator import NOISE_DIM, draw
 from common.loss import diversity_loss
-from common.training import Adam
+from common.training import fit_generator
 
-# Weight of the diversity loss in the generator's objective, FedGen's default: without it the samples of a
-# class collapse to one input (a generated validation loss near 1e-7 that early stopping cannot use).
-DIVERSITY = 1.0
 # Channels of the image generator's quarter-size and half-size feature maps.
 CHANNELS = (64, 32)
 
@@ -65,13 +62,13 @@ class Generator(nn.Module):
 
 
 def generator_loss(
-    gen: Generator, teachers: Sequence[nn.Module], noise: torch.Tensor, labels: torch.Tensor
+    gen: Generator, teachers: Sequence[nn.Module], noise: torch.Tensor, labels: torch.Tensor, *, diversity: float
 ) -> torch.Tensor:
     """The generator's objective on one batch: the negative log of the teachers' mean probability (at
-    temperature 1) of the asked class, plus DIVERSITY x the diversity loss of the batch."""
+    temperature 1) of the asked class, plus `diversity` x the diversity loss of the batch."""
     x = gen(noise, labels)
     nll = F.nll_loss(log_mean_probabilities([t(x) for t in teachers], 1.0), labels)
-    return nll + DIVERSITY * diversity_loss(noise, x)
+    return nll + diversity * diversity_loss(noise, x)
 
 
 def train_generator(
@@ -81,33 +78,37 @@ def train_generator(
     steps: int,
     batch_size: int,
     learning_rate: float,
+    diversity: float,
     seed: int,
 ) -> float:
-    """Fit `gen` to the frozen `teachers` with Adam; returns the last loss."""
-    frozen = [m.requires_grad_(False).eval() for m in teachers]
-    optimizer = Adam(gen.parameters(), lr=learning_rate)
-    generator = torch.Generator().manual_seed(seed)
-    loss = torch.zeros(())
-    gen.train()
-    for _ in range(steps):
-        loss = generator_loss(gen, teachers, *draw(range(gen.num_classes), batch_size, generator))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    for m in frozen:
-        m.requires_grad_(True)
-    return loss.item()
+    """Fit `gen` to the frozen `teachers` with Adam; returns the last loss. The teachers judge in eval mode
+    (as at inference) and are left in it.
+
+    `diversity` weighs the diversity loss; 1.0 is FedGen's default and what feddf-datafree has used: without
+    the term the samples of a class collapse to one input (a generated validation loss near 1e-7 that early
+    stopping cannot use).
+    """
+    for t in teachers:
+        t.eval()
+    return fit_generator(
+        gen,
+        teachers,
+        lambda rng: generator_loss(gen, teachers, *draw(range(gen.num_classes), batch_size, rng), diversity=diversity),
+        steps=steps,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
 
 
 def generated_batches(
     gen: Generator, teachers: Sequence[nn.Module], batch_size: int, temperature: float, seed: int
 ) -> BatchFn:
     """Mini-batches of generated inputs with the ensemble's soft targets (mean of probabilities)."""
-    generator = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
     def batch(_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, _ = gen.sample(batch_size, generator)
+        x, _ = gen.sample(batch_size, rng)
         return x, ensemble_soft_targets(teachers, x, temperature)
 
     return batch

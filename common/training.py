@@ -1,7 +1,8 @@
-"""Local training and evaluation loops over in-memory tensors."""
+"""Training loops (a node's local training, a data-free generator's fitting) and evaluation over in-memory
+tensors."""
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,73 +81,79 @@ def train(
     dev = device()
     model.to(dev).train()
     try:
-        return _steps(
-            model,
-            x.to(dev),
-            tuple(t.to(dev) for t in targets),
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            seed=seed,
-            loss_fn=loss_fn,
-            proximal_mu=proximal_mu,
-            privacy=privacy,
-        )
+        x, targets = x.to(dev), tuple(t.to(dev) for t in targets)
+        n = len(x)
+        optimizer = Adam(model.parameters(), lr=learning_rate)
+        anchor = [p.detach().clone() for p in optimizer.params] if proximal_mu > 0 else []
+        if privacy is not None:
+            proximal_grad = (
+                (lambda: [proximal_mu * (p.detach() - p0) for p, p0 in zip(optimizer.params, anchor)])
+                if anchor
+                else None
+            )
+            return dp_sgd(
+                model,
+                optimizer,
+                x,
+                targets,
+                epochs=epochs,
+                batch_size=batch_size,
+                seed=seed,
+                privacy=privacy,
+                loss_fn=loss_fn,
+                data_independent_grad=proximal_grad,
+            )
+        rng = torch.Generator().manual_seed(seed)
+        total, steps = 0.0, 0
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=rng).to(x.device)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                optimizer.zero_grad()
+                loss = loss_fn(model(x[idx]), *(t[idx] for t in targets))
+                if anchor:
+                    proximal = sum(((p - p0) ** 2).sum() for p, p0 in zip(optimizer.params, anchor))
+                    (loss + proximal_mu / 2 * proximal).backward()
+                else:
+                    loss.backward()
+                optimizer.step()
+                total += loss.item()
+                steps += 1
+        return total / max(steps, 1)
     finally:
         # Back on the CPU even when training stops midway (a DP budget refused): callers hold CPU models.
         model.cpu()
 
 
-def _steps(
-    model: nn.Module,
-    x: torch.Tensor,
-    targets: tuple[torch.Tensor, ...],
+def fit_generator(
+    gen: nn.Module,
+    frozen: Sequence[nn.Module],
+    step_loss: Callable[[torch.Generator], torch.Tensor],
     *,
-    epochs: int,
-    batch_size: int,
+    steps: int,
     learning_rate: float,
     seed: int,
-    loss_fn: LossFn,
-    proximal_mu: float,
-    privacy: DPSGD | None,
 ) -> float:
-    """`train`'s loop, on the device x is on."""
-    n = len(x)
-    optimizer = Adam(model.parameters(), lr=learning_rate)
-    anchor = [p.detach().clone() for p in optimizer.params] if proximal_mu > 0 else []
-    if privacy is not None:
-        proximal = (
-            (lambda: [proximal_mu * (p.detach() - p0) for p, p0 in zip(optimizer.params, anchor)]) if anchor else None
-        )
-        return dp_sgd(
-            model,
-            optimizer,
-            x,
-            targets,
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            privacy=privacy,
-            loss_fn=loss_fn,
-            data_independent_grad=proximal,
-        )
-    generator = torch.Generator().manual_seed(seed)
-    total, steps = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator).to(x.device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(model(x[idx]), *(t[idx] for t in targets))
-            if anchor:
-                proximal = sum(((p - p0) ** 2).sum() for p, p0 in zip(optimizer.params, anchor))
-                (loss + proximal_mu / 2 * proximal).backward()
-            else:
-                loss.backward()
-            optimizer.step()
-            total += loss.item()
-            steps += 1
-    return total / max(steps, 1)
+    """Adam on `gen`'s parameters: `steps` steps on step_loss(rng), whose draws come from `rng`, a
+    torch.Generator seeded with `seed`; returns the last loss (0.0 after no steps).
+
+    The data-free generators' loop (common.generator, common.feature_generator): the modules that judge
+    the samples are `frozen` (no gradients of their own) while it runs, and trainable again after.
+    """
+    for m in frozen:
+        m.requires_grad_(False)
+    optimizer = Adam(gen.parameters(), lr=learning_rate)
+    rng = torch.Generator().manual_seed(seed)
+    loss = torch.zeros(())
+    gen.train()
+    for _ in range(steps):
+        loss = step_loss(rng)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for m in frozen:
+        m.requires_grad_(True)
+    return loss.item()
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Generate docs/configuration.md from RunConfig: `python -m common.config_docs`."""
+"""Generate docs/configuration.md from RunConfig and every strategy's settings: `python -m server_app.config_docs`."""
 
 import json
 import re
@@ -9,30 +9,39 @@ from typing import Any, Literal, get_args, get_origin
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic.fields import FieldInfo
 
-from common.config import RunConfig
+from common.config import RunConfig, Settings
+from server_app.strategies import STRATEGIES
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
-COMMAND = "python -m common.config_docs"
+COMMAND = "python -m server_app.config_docs"
 
 INTRO = f"""\
 # Run configuration
 
-<!-- Generated from common/config.py by `{COMMAND}`; edit the field descriptions there, not this page. -->
+<!-- Generated from common/config.py and server_app/strategies/ by `{COMMAND}`;
+edit the field descriptions there, not this page. -->
 
-Every key of the run config, in the order of `RunConfig` in `common/config.py`, which defines its
-type, range, default and meaning. Set keys with `--run-config`, strings in quotes (the values are
-TOML), e.g.
+A run config has the keys every run shares (`RunConfig` in `common/config.py`: the task and its data, sampling,
+deadlines, local training, privacy, outputs) and, in a table named after each strategy, that strategy's own
+settings (its `Settings` in `server_app/strategies/<name>.py`). On the command line a table's key is written with
+its table's name, `fedprox.proximal-mu=0.1`; in `pyproject.toml` it sits under `[tool.flwr.app.config.fedprox]`.
+Set keys with `--run-config`, strings in quotes (the values are TOML), e.g.
 
 ```bash
-flwr run . --stream --run-config "strategy='feddf' num-student-rounds=10 alpha=0.7"
+flwr run . --stream --federation-config "num-supernodes=10" \\
+  --run-config "strategy='feddf' num-student-rounds=10 feddf.temperature=2.0"
 ```
 
-The defaults below are the model's; `[tool.flwr.app.config]` in `pyproject.toml` holds the same
-values (a test keeps them equal), and a key left out of `--run-config` takes that default. The whole
-config is validated before round 1: a wrong type, a value out of range or an unknown key stops the
-run with a message that names the key, the value and what is allowed, e.g.
-`run config 'alpha' = 1.5: Input should be less than or equal to 1`. Integer keys take no decimal
-point (`local-epochs=2.0` is refused); number keys take integers too.
+The defaults below are the models'; `pyproject.toml` holds the same values (a test keeps them equal), and a key
+left out of `--run-config` takes that default. The whole config is validated before round 1: a wrong type, a
+value out of range or an unknown key stops the run with a message that names the key, the value and what is
+allowed, e.g. `run config 'two-stage.alpha' = 1.5: Input should be less than or equal to 1`. A strategy's setting
+written as a common key, or changed in another strategy's table than the run's, is refused, naming the key it
+should be. Integer keys take no decimal point (`local-epochs=2.0` is refused); number keys take integers too.
+
+Every node reads the common keys from its copy of the run config; a strategy's settings reach a node only in the
+messages that need them (`common/protocol.py`).
+
 """
 
 
@@ -83,14 +92,23 @@ def _cell(text: str) -> str:
     return "`".join(parts).replace("|", "\\|")
 
 
-def render() -> str:
-    """The whole page, as `docs/configuration.md` must read."""
+def table(model: type[Settings], prefix: str = "") -> str:
+    """A Markdown table of `model`'s keys (each written with `prefix`), in field order."""
     rows = ["| key | default | allowed values | meaning |", "|---|---|---|---|"]
-    for name, field in RunConfig.model_fields.items():
-        key, default = f"`{field.alias or name}`", f"`{toml_value(field.default)}`"
+    for name, field in model.model_fields.items():
+        key, default = f"`{prefix}{field.alias or name}`", f"`{toml_value(field.default)}`"
         cells = (key, default, allowed_values(field), field.description or "")
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return INTRO + "\n" + "\n".join(rows) + "\n"
+    return "\n".join(rows) + "\n"
+
+
+def render() -> str:
+    """The whole page, as `docs/configuration.md` must read."""
+    parts = [INTRO, "## Common keys\n\n", table(RunConfig)]
+    for name, cls in STRATEGIES.items():
+        parts.append(f"\n## `{name}`\n\n{(cls.Settings.__doc__ or '').strip()}\n\n")
+        parts.append(table(cls.Settings, f"{name}.") if cls.Settings.model_fields else "No settings of its own.\n")
+    return "".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

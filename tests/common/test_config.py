@@ -3,13 +3,15 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from common.config import ConfigError, RunConfig, parse_run_config
+from common.config import ConfigError, RunConfig, parse_run_config, split_tables
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def app_defaults() -> dict:
-    return tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    """The plain keys of the app's run config (the strategies' tables are server_app/settings.py's)."""
+    config = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    return {key: value for key, value in config.items() if not isinstance(value, dict)}
 
 
 MODELS = "allowed: mlp-<width>[x<width>...] (an MLP with those hidden layers, e.g. mlp-32, mlp-128x64), cnn"
@@ -18,8 +20,8 @@ MODELS = "allowed: mlp-<width>[x<width>...] (an MLP with those hidden layers, e.
 def test_pyproject_defaults_validate_and_match_the_model():
     cfg = parse_run_config(app_defaults())
     assert cfg == RunConfig()
-    assert (cfg.dataset, cfg.partitioner, cfg.num_teacher_rounds, cfg.seed) == ("digits", "dirichlet", 25, 42)
-    assert (cfg.teacher_model, cfg.model, cfg.models, cfg.max_num_examples) == ("mlp-128x64", "mlp-32", "", 1_000_000)
+    assert (cfg.dataset, cfg.partitioner, cfg.num_student_rounds, cfg.seed) == ("digits", "dirichlet", 25, 42)
+    assert (cfg.model, cfg.models, cfg.max_num_examples) == ("mlp-32", "", 1_000_000)
 
 
 def test_every_model_field_has_a_pyproject_default():
@@ -31,10 +33,8 @@ def test_every_model_field_has_a_pyproject_default():
     "key, value, expected",
     [
         # ranges
-        ("alpha", 1.5, "run config 'alpha' = 1.5: Input should be less than or equal to 1"),
-        ("alpha", -0.1, "run config 'alpha' = -0.1: Input should be greater than or equal to 0"),
-        ("temperature", 0.0, "run config 'temperature' = 0.0: Input should be greater than 0"),
-        ("temperature", -2, "run config 'temperature' = -2: Input should be greater than 0"),
+        ("dirichlet-alpha", 0, "run config 'dirichlet-alpha' = 0: Input should be greater than 0"),
+        ("min-replies", 1.5, "run config 'min-replies' = 1.5: Input should be less than or equal to 1"),
         ("fraction-train", 0.0, "run config 'fraction-train' = 0.0: Input should be greater than 0"),
         ("fraction-train", 1.2, "run config 'fraction-train' = 1.2: Input should be less than or equal to 1"),
         ("local-epochs", 0, "run config 'local-epochs' = 0: Input should be greater than or equal to 1"),
@@ -43,14 +43,13 @@ def test_every_model_field_has_a_pyproject_default():
         ("public-fraction", 0.5, "run config 'public-fraction' = 0.5: Input should be less than 0.5"),
         ("round-timeout", 0, "run config 'round-timeout' = 0: Input should be greater than 0"),
         # types
+        ("dp-epsilon", True, "run config 'dp-epsilon' = True: Input should be a valid number"),
         ("local-epochs", "3", "run config 'local-epochs' = '3': Input should be a valid integer"),
         ("local-epochs", 2.0, "run config 'local-epochs' = 2.0: Input should be a valid integer"),
         ("max-num-examples", 1.5, "run config 'max-num-examples' = 1.5: Input should be a valid integer"),
         ("learning-rate", "fast", "run config 'learning-rate' = 'fast': Input should be a valid number"),
         ("round-timeout", "10", "run config 'round-timeout' = '10': Input should be a valid number"),
         ("seed", True, "run config 'seed' = True: Input should be a valid integer"),
-        ("alpha", True, "run config 'alpha' = True: Input should be a valid number"),
-        ("ensemble-teacher", "yes", "run config 'ensemble-teacher' = 'yes': Input should be a valid boolean"),
         ("model", 32, "run config 'model' = 32: Input should be a valid string"),
         (
             "output-dir",
@@ -64,14 +63,11 @@ def test_every_model_field_has_a_pyproject_default():
             "shards",
             "run config 'partitioner' = 'shards': Input should be 'iid', 'dirichlet' or 'pathological'",
         ),
-        ("logits-dtype", "float64", "run config 'logits-dtype' = 'float64': Input should be 'float32' or 'float16'"),
         # model names
         ("model", "resnet", f"run config 'model' = 'resnet': Value error, unknown model 'resnet'; {MODELS}"),
         ("model", "mlp-0", f"run config 'model' = 'mlp-0': Value error, unknown model 'mlp-0'; {MODELS}"),
         ("model", "mlp-32x", f"run config 'model' = 'mlp-32x': Value error, unknown model 'mlp-32x'; {MODELS}"),
         ("model", "MLP-32", f"run config 'model' = 'MLP-32': Value error, unknown model 'MLP-32'; {MODELS}"),
-        ("teacher-model", "cnn2", f"run config 'teacher-model' = 'cnn2': Value error, unknown model 'cnn2'; {MODELS}"),
-        ("teacher-model", "", f"run config 'teacher-model' = '': Value error, unknown model ''; {MODELS}"),
         ("models", "mlp-32,vit", f"run config 'models' = 'mlp-32,vit': Value error, unknown model 'vit'; {MODELS}"),
         (
             "models",
@@ -88,8 +84,8 @@ def test_bad_values_name_key_value_and_what_is_allowed(key, value, expected):
 
 @pytest.mark.parametrize("name", ["cnn", "mlp-32", "mlp-128x64", "mlp-256x128x64"])
 def test_registry_names_are_accepted_for_every_model_key(name):
-    cfg = parse_run_config({"model": name, "teacher-model": name, "models": f"{name},cnn"})
-    assert (cfg.model, cfg.teacher_model, cfg.models) == (name, name, f"{name},cnn")
+    cfg = parse_run_config({"model": name, "models": f"{name},cnn"})
+    assert (cfg.model, cfg.models) == (name, f"{name},cnn")
 
 
 def test_unknown_key_lists_the_known_ones():
@@ -103,11 +99,20 @@ def test_unknown_key_lists_the_known_ones():
 
 def test_several_errors_are_reported_together():
     with pytest.raises(ConfigError) as err:
-        parse_run_config({"alpha": 2.0, "temperature": 0})
+        parse_run_config({"min-replies": 2.0, "local-epochs": 0})
     assert str(err.value) == (
-        "run config 'temperature' = 0: Input should be greater than 0; "
-        "run config 'alpha' = 2.0: Input should be less than or equal to 1"
+        "run config 'min-replies' = 2.0: Input should be less than or equal to 1; "
+        "run config 'local-epochs' = 0: Input should be greater than or equal to 1"
     )
+
+
+def test_strategy_tables_are_left_to_the_server_and_split_off_by_their_prefix():
+    assert split_tables({"seed": 1, "fedprox.proximal-mu": 0.1, "two-stage.alpha": 0.3}) == (
+        {"seed": 1},
+        {"fedprox": {"proximal-mu": 0.1}, "two-stage": {"alpha": 0.3}},
+    )
+    # A node reads the common keys only: a table it does not know is no error for it.
+    assert parse_run_config({"seed": 1, "fedprox.proximal-mu": 0.1, "no-such.key": 1}).seed == 1
 
 
 @pytest.mark.parametrize(
@@ -147,16 +152,16 @@ def test_more_clients_than_nodes_is_refused():
 
 
 def test_integers_are_accepted_for_floats_and_output_dir_is_made_absolute(tmp_path):
-    cfg = parse_run_config({"alpha": 1, "temperature": 2, "output-dir": str(tmp_path / "o")})
-    assert cfg.alpha == 1.0 and cfg.temperature == 2.0
+    cfg = parse_run_config({"learning-rate": 1, "round-timeout": 2, "output-dir": str(tmp_path / "o")})
+    assert cfg.learning_rate == 1.0 and cfg.round_timeout == 2.0
     assert cfg.output_path() == tmp_path / "o"
     assert parse_run_config({"output-dir": "rel"}).output_path().is_absolute()
 
 
 def test_dumped_config_validates_again():
-    cfg = parse_run_config({"teacher-model": "mlp-256x128x64", "models": "cnn,mlp-16", "alpha": 0.7})
+    cfg = parse_run_config({"model": "mlp-256x128x64", "models": "cnn,mlp-16", "learning-rate": 0.7})
     dumped = cfg.model_dump(mode="json", by_alias=True)
-    assert (dumped["teacher-model"], dumped["models"]) == ("mlp-256x128x64", "cnn,mlp-16")
+    assert (dumped["model"], dumped["models"]) == ("mlp-256x128x64", "cnn,mlp-16")
     assert parse_run_config(dumped) == cfg
 
 

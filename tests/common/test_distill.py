@@ -1,5 +1,6 @@
 """Consensus, ensemble and the distillation loops against hand computations."""
 
+import copy
 import math
 
 import pytest
@@ -136,11 +137,14 @@ def test_the_generator_objective_by_hand():
     # The two teachers read the sample as logits [1, 2] and [2, 1]: mean probability 1/2 for either class.
     teachers = [linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0]), linear([[0.0, 1.0], [1.0, 0.0]], [0.0, 0.0])]
     noise = torch.randn(3, NOISE_DIM, generator=torch.Generator().manual_seed(0))
-    # Every sample is the same input: the diversity loss is exp(0) = 1, weighted 1.
-    loss = generator_loss(gen, teachers, noise, torch.tensor([0, 1, 1]))
+    # Every sample is the same input: the diversity loss is exp(0) = 1, times its weight.
+    loss = generator_loss(gen, teachers, noise, torch.tensor([0, 1, 1]), diversity=1.0)
     assert loss.item() == pytest.approx(math.log(2) + 1.0, rel=1e-6)
+    assert generator_loss(gen, teachers, noise, torch.tensor([0, 1, 1]), diversity=0.25).item() == pytest.approx(
+        math.log(2) + 0.25, rel=1e-6
+    )
     # One teacher: the cross-entropy of its logits [1, 2] for classes 0, 1, 1.
-    loss = generator_loss(gen, teachers[:1], noise, torch.tensor([0, 1, 1]))
+    loss = generator_loss(gen, teachers[:1], noise, torch.tensor([0, 1, 1]), diversity=1.0)
     big, small = math.log(1 + math.e), math.log(1 + 1 / math.e)
     assert loss.item() == pytest.approx((big + 2 * small) / 3 + 1.0, rel=1e-6)
 
@@ -168,6 +172,14 @@ def test_generator_learns_inputs_the_ensemble_labels_as_asked():
             return float((teachers[0](x).argmax(1) == labels).float().mean())
 
     before = agreement()
-    train_generator(gen, teachers, steps=150, batch_size=64, learning_rate=0.01, seed=3)
+    start = copy.deepcopy(gen.state_dict())
+    loss = train_generator(gen, teachers, steps=150, batch_size=64, learning_rate=0.01, diversity=1.0, seed=3)
     assert agreement() > 0.95 > before
+    # The teachers are trainable again, and left in eval mode.
     assert all(p.requires_grad for t in teachers for p in t.parameters())
+    assert not any(t.training for t in teachers)
+    # The same start and seed fit the same generator, bit for bit.
+    again = Generator(2, 2, image=None)
+    again.load_state_dict(start)
+    assert train_generator(again, teachers, steps=150, batch_size=64, learning_rate=0.01, diversity=1.0, seed=3) == loss
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in gen.state_dict().items())

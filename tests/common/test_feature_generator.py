@@ -91,8 +91,7 @@ def test_the_generator_learns_features_each_clients_head_assigns_to_the_classes_
         features = gen(noise, labels)
         owner = (labels >= 2).long()
         return sum(
-            int(heads[o](features[heads[o].in_features][i]).argmax() == labels[i])
-            for i, o in enumerate(owner.tolist())
+            int(heads[o](features[heads[o].in_features][i]).argmax() == labels[i]) for i, o in enumerate(owner.tolist())
         )
 
     assert gen.widths == []

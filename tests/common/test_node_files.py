@@ -8,6 +8,7 @@ import torch
 
 from common.config import parse_run_config
 from common.data import DataError, export_partitions, load_client_data, load_npz, load_test_npz, main
+from common.seeds import Stream, stream_rng
 
 CFG = parse_run_config({"dataset": "digits", "partitioner": "iid"})
 
@@ -43,6 +44,19 @@ def test_without_a_test_pair_a_seeded_split_is_held_out(tmp_path):
     a = load_npz(str(tmp_path / "d.npz"), CFG, stream=5)
     b = load_npz(str(tmp_path / "d.npz"), CFG, stream=5)
     assert len(a.train) == 40 and len(a.test) == 10 and torch.equal(a.test.x, b.test.x)
+
+
+@pytest.mark.parametrize("rows, held_out", [(1, 0), (2, 1), (5, 3)])
+def test_the_local_test_split_is_the_first_of_the_seeded_order_and_a_lone_sample_stays_in_train(
+    tmp_path, rows, held_out
+):
+    cfg = parse_run_config({"dataset": "digits", "local-test-fraction": 0.6})
+    np.savez(tmp_path / "d.npz", x=np.arange(rows * 64, dtype=np.float32).reshape(rows, 64), y=np.arange(rows))
+    data = load_npz(str(tmp_path / "d.npz"), cfg, stream=2)
+    # round(rows x 0.6) rows held out: 1.2 -> 1 and 3.0 -> 3, but never a one-sample node's only row.
+    order = stream_rng(cfg.seed, Stream.FILE_SPLIT, 2).permutation(rows).tolist()
+    assert (data.test.y.tolist(), data.train.y.tolist()) == (order[:held_out], order[held_out:])
+    assert torch.equal(data.test.x[:, 0], 64 * data.test.y.float())
 
 
 def write(path, **arrays):
@@ -95,7 +109,8 @@ def with_value(value, row=2, column=7, dtype=np.float32):
         ),
         (
             {"x": with_value(1e300, row=3, dtype=np.float64), "y": GOOD_Y},
-            ": 'x' holds non-finite values (1 beyond float32's range), the first in row 3; allowed: finite float32 numbers",
+            ": 'x' holds non-finite values (1 beyond float32's range), the first in row 3; "
+            "allowed: finite float32 numbers",
         ),
         ({"x": GOOD_X, "y": GOOD_Y + 8}, ": 'y' holds labels 8..12; allowed: 0 to 9"),
         ({"x": GOOD_X, "y": -GOOD_Y}, ": 'y' holds labels -4..0; allowed: 0 to 9"),
@@ -116,7 +131,8 @@ def with_value(value, row=2, column=7, dtype=np.float32):
         ),
         (
             {"x": GOOD_X.astype(object), "y": GOOD_Y},
-            ": 'x' cannot be read (Object arrays cannot be loaded when allow_pickle=False); allowed: an array of numbers",
+            ": 'x' cannot be read (Object arrays cannot be loaded when allow_pickle=False); "
+            "allowed: an array of numbers",
         ),
         (
             {"x": GOOD_X, "y": GOOD_Y, "x_test": GOOD_X[:, :3], "y_test": GOOD_Y},
@@ -159,7 +175,8 @@ def test_missing_truncated_and_foreign_files(tmp_path):
         with pytest.raises(DataError) as err:
             load_npz(path, CFG, 0)
         assert str(err.value) == (
-            f"data file {path!r} (node config 'data-path') is not a readable .npz file: not a zip archive (truncated, or another format)"
+            f"data file {path!r} (node config 'data-path') is not a readable .npz file: "
+            "not a zip archive (truncated, or another format)"
         )
 
 
@@ -204,7 +221,8 @@ def test_a_missing_or_truncated_server_test_file_is_refused(tmp_path):
     with pytest.raises(DataError) as err:
         load_test_npz(path, CFG)
     assert str(err.value) == (
-        f"server test file {path!r} (run config 'server-test') is not a readable .npz file: not a zip archive (truncated, or another format)"
+        f"server test file {path!r} (run config 'server-test') is not a readable .npz file: "
+        "not a zip archive (truncated, or another format)"
     )
 
 
@@ -212,10 +230,11 @@ def node_data(node_config: dict):
     """What a ClientApp handler loads for a SuperNode started with `node_config`."""
     from flwr.app import Context, RecordDict
 
-    from client_app.app import _node_data
+    from client_app.node import Node
 
-    context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
-    return _node_data(CFG, context)
+    run_config = {"dataset": "digits", "partitioner": "iid"}
+    node = Node.load(Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config))
+    return node.stream, node.data
 
 
 @pytest.mark.parametrize(

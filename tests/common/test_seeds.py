@@ -12,7 +12,7 @@ from common.data import load_client_data, load_npz, load_public, load_server_tes
 from common.models import build_model, initial_model
 from common.seeds import Stream, derive_seed, stream_rng
 from server_app.sampling import NodeSampler
-from server_app.strategies.fedavg import FedAvgStudent
+from server_app.strategies.kit.logits import public_subset
 
 CFG = parse_run_config({"dataset": "synthetic", "partitioner": "iid"})
 
@@ -75,9 +75,8 @@ def test_call_sites_draw_as_before():
     # Numbers computed with the call sites' former expressions, e.g. derive_seed(42, 40).
     assert NodeSampler(42, 1).rng.getstate() == random.Random(386481062322112390).getstate()
     assert derive_seed(42, Stream.LOCAL_TRAINING, 7, 3, 1) == 8052549408597342066
-    strategy = FedAvgStudent(parse_run_config({"public-samples-per-round": 5}), NodeSampler(42, 1))
-    assert strategy.public_subset(100, 3, "student") == [18, 45, 55, 91, 93]
-    assert strategy.public_subset(100, 3, "student") == sorted(
+    assert public_subset(5, 100, 42, 0, 3) == [18, 45, 55, 91, 93]
+    assert public_subset(5, 100, 42, 0, 3) == sorted(
         np.random.default_rng([42, 60, 0, 3]).choice(100, size=5, replace=False).tolist()
     )
 

@@ -4,9 +4,10 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from common.models import build_mlp
-from common.training import Adam, evaluate, train
+from common.training import Adam, evaluate, fit_generator, train
 
 
 def test_adam_matches_torch_optim_adam():
@@ -23,6 +24,34 @@ def test_adam_matches_torch_optim_adam():
             opt.step()
     for a, b in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_generator_is_adam_on_the_seeded_step_losses_with_the_judges_frozen_meanwhile():
+    torch.manual_seed(4)
+    gen, judge = nn.Linear(3, 2), nn.Linear(2, 1)
+    reference = nn.Linear(3, 2)
+    reference.load_state_dict(gen.state_dict())
+    frozen_while_running = []
+
+    def step_loss(rng: torch.Generator) -> torch.Tensor:
+        frozen_while_running.append([p.requires_grad for p in judge.parameters()])
+        return judge(gen(torch.randn(4, 3, generator=rng))).pow(2).mean()
+
+    gen.eval()
+    last = fit_generator(gen, [judge], step_loss, steps=6, learning_rate=0.1, seed=3)
+    # Written out with torch.optim.Adam, the same draws from a generator seeded 3.
+    optimizer, rng = torch.optim.Adam(reference.parameters(), lr=0.1), torch.Generator().manual_seed(3)
+    for _ in range(6):
+        loss = judge(reference(torch.randn(4, 3, generator=rng))).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for a, b in zip(gen.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert last == pytest.approx(loss.item(), rel=1e-5) and gen.training
+    assert frozen_while_running == [[False, False]] * 6
+    assert all(p.requires_grad for p in judge.parameters())
+    assert fit_generator(gen, [judge], step_loss, steps=0, learning_rate=0.1, seed=3) == 0.0
 
 
 def test_training_learns_and_is_seeded():
