@@ -9,11 +9,20 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from common.config import ConfigError, parse_run_config
+from common.config import ConfigError
 from server_app import checkpoint
 from server_app.records import read_history
+from server_app.settings import config_dump, parse
 
-CFG = parse_run_config({"teacher-model": "mlp-128x64", "local-epochs": 2})
+RAW = {"two-stage.teacher-model": "mlp-128x64", "local-epochs": 2}
+
+
+def dumped(raw: dict) -> dict:
+    """The run config as the ServerApp dumps it into a checkpoint: common keys, then the strategy's table."""
+    return config_dump(*parse(raw))
+
+
+CONFIG = dumped(RAW)
 # A history as the round loop writes it: cut in half, its checkpoint fails otherwise than a toy one's.
 HISTORY_JSON = Path(__file__).parent / "fixtures" / "history.json"
 HISTORY = read_history(HISTORY_JSON)
@@ -31,7 +40,7 @@ def run_dir(tmp_path):
             HISTORY,
             {"teacher": arrays},
             random.Random(1).getstate(),
-            CFG.model_dump(mode="json", by_alias=True),
+            CONFIG,
             {"generator": arrays},
         ),
     )
@@ -40,15 +49,14 @@ def run_dir(tmp_path):
 
 def refusal(run_dir, **changes) -> str:
     with pytest.raises(ConfigError) as err:
-        checkpoint.load(run_dir, parse_run_config({"teacher-model": "mlp-128x64", "local-epochs": 2, **changes}))
+        checkpoint.load(run_dir, dumped({**RAW, **changes}))
     return str(err.value)
 
 
 def test_the_same_config_resumes_and_resumable_keys_may_change(run_dir, tmp_path_factory):
-    other = parse_run_config(
+    other = dumped(
         {
-            "teacher-model": "mlp-128x64",
-            "local-epochs": 2,
+            **RAW,
             "output-dir": str(tmp_path_factory.mktemp("out")),
             "round-timeout": 5,
             "min-replies": 1.0,
@@ -57,7 +65,7 @@ def test_the_same_config_resumes_and_resumable_keys_may_change(run_dir, tmp_path
     )
     loaded = checkpoint.load(run_dir, other)
     assert (loaded.phase, loaded.server_round, loaded.history) == ("teacher", 3, HISTORY)
-    assert loaded.config == CFG.model_dump(mode="json", by_alias=True)
+    assert loaded.config == CONFIG and CONFIG["two-stage.teacher-model"] == "mlp-128x64"
     assert np.array_equal(loaded.strategy_state["generator"]["w"].numpy(), np.arange(6).reshape(2, 3))
     assert loaded.globals["teacher"]["w"].numpy().tolist() == [[0, 1, 2], [3, 4, 5]]
 
@@ -67,15 +75,26 @@ def test_a_crash_between_checkpoint_and_history_loses_no_round(run_dir):
     from server_app.outputs import RunDirectory
 
     (run_dir / "history.json").write_text(json.dumps(json.loads(HISTORY_JSON.read_text())[:-1]))
-    RunDirectory.reopen(run_dir, checkpoint.load(run_dir, CFG).history)
+    RunDirectory.reopen(run_dir, checkpoint.load(run_dir, CONFIG).history)
     assert (run_dir / "history.json").read_text() == HISTORY_JSON.read_text()
 
 
 def test_a_checkpoint_of_another_model_is_refused(run_dir):
-    assert refusal(run_dir, **{"teacher-model": "cnn"}) == (
+    assert refusal(run_dir, **{"two-stage.teacher-model": "cnn"}) == (
         f"run config 'resume-from' = {str(run_dir)!r} was made with another config: "
-        f"'teacher-model' = 'cnn' (checkpoint: 'mlp-128x64'); {ONLY}"
+        f"'two-stage.teacher-model' = 'cnn' (checkpoint: 'mlp-128x64'); {ONLY}"
     )
+
+
+def test_a_checkpoint_of_another_strategy_is_refused_naming_the_settings_of_both(run_dir):
+    # fedprox has its own table: its setting is new, two-stage's are gone.
+    message = refusal(run_dir, strategy="fedprox", **{"two-stage.teacher-model": "mlp-128x64"})
+    assert message.startswith(
+        f"run config 'resume-from' = {str(run_dir)!r} was made with another config: "
+        "'fedprox.proximal-mu' = 0.01 (checkpoint: None), 'strategy' = 'fedprox' (checkpoint: 'two-stage'), "
+        "'two-stage.alpha' = None (checkpoint: 0.5), "
+    )
+    assert message.endswith(f"; {ONLY}")
 
 
 def test_a_checkpoint_of_another_config_is_refused_naming_every_difference(run_dir):
@@ -83,9 +102,10 @@ def test_a_checkpoint_of_another_config_is_refused_naming_every_difference(run_d
         f"run config 'resume-from' = {str(run_dir)!r} was made with another config: "
         f"'local-epochs' = 5 (checkpoint: 2); {ONLY}"
     )
-    assert refusal(run_dir, **{"local-epochs": 5, "teacher-model": "mlp-64"}) == (
+    assert refusal(run_dir, **{"local-epochs": 5, "two-stage.teacher-model": "mlp-64"}) == (
         f"run config 'resume-from' = {str(run_dir)!r} was made with another config: "
-        f"'local-epochs' = 5 (checkpoint: 2), 'teacher-model' = 'mlp-64' (checkpoint: 'mlp-128x64'); {ONLY}"
+        f"'local-epochs' = 5 (checkpoint: 2), 'two-stage.teacher-model' = 'mlp-64' (checkpoint: 'mlp-128x64'); "
+        f"{ONLY}"
     )
 
 
