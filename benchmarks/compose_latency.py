@@ -52,7 +52,7 @@ def main() -> None:
     if reason := docker_unavailable():
         raise SystemExit(f"compose latency needs Docker: {reason}")
     base = {
-        "num-teacher-rounds": args.rounds,
+        "two-stage.num-teacher-rounds": args.rounds,
         "num-student-rounds": 1,
         "fraction-train": 1.0,
         "fraction-evaluate": 1.0,

@@ -66,7 +66,7 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     info = provenance()
     base = {
-        "num-teacher-rounds": args.rounds,
+        "two-stage.num-teacher-rounds": args.rounds,
         "num-student-rounds": 1,
         "fraction-train": 1.0,
         "fraction-evaluate": 1.0,

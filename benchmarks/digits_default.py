@@ -20,6 +20,7 @@ from benchmarks.provenance import before_timing, provenance, provenance_line, qu
 from common.config import parse_run_config
 from deploy.processes import PROJECT
 from deploy.simulation import run_summary, simulation_superlink
+from server_app.strategies.two_stage import TwoStageSettings
 
 RESULTS = PROJECT / "benchmarks" / "results"
 CENTRAL_EPOCHS = 30
@@ -28,8 +29,9 @@ CENTRAL_EPOCHS = 30
 def centralised_models(seed: int) -> dict:
     """Teacher and student trained on the pooled client data, scored on the server's test set."""
     cfg = parse_run_config({"seed": seed})
-    scores = centralised(cfg, [cfg.teacher_model, cfg.model], 10, CENTRAL_EPOCHS)
-    return {"teacher_accuracy": scores[cfg.teacher_model], "student_accuracy": scores[cfg.model]}
+    teacher = TwoStageSettings().teacher_model
+    scores = centralised(cfg, [teacher, cfg.model], 10, CENTRAL_EPOCHS)
+    return {"teacher_accuracy": scores[teacher], "student_accuracy": scores[cfg.model]}
 
 
 def main() -> None:

@@ -37,6 +37,8 @@ STUDENTS = ("cnn", "mlp-32")
 PARTITIONS = 10
 # Three rounds of feddf-datafree's default `datafree-steps` (300): the generator persists across rounds.
 GENERATOR_STEPS = 900
+# feddf-datafree's default `diversity`, the weight of the generator's diversity loss.
+DIVERSITY = 1.0
 DISTILL_STEPS = 1000
 TV_WEIGHT = 1.0
 # DAFL's (Chen et al. 2019) weight of its activation term, the teachers' penultimate features made large.
@@ -128,7 +130,7 @@ def generator_step(
 ) -> None:
     """One Adam step on fedkd's generator objective, plus `extra` of the generated batch if given."""
     noise, labels = draw(range(gen.num_classes), 32, rng)
-    loss = generator_loss(gen, teachers, noise, labels)
+    loss = generator_loss(gen, teachers, noise, labels, diversity=DIVERSITY)
     if extra:
         loss = loss + extra(gen(noise, labels))
     optimizer.zero_grad()
@@ -148,7 +150,9 @@ def fitted_generator(variant: str, teachers: list[torch.nn.Module], seed: int, s
     if extra is None:
         guides = teachers[:1] if variant == "cnn-teacher" else teachers
         gen = with_batch_norm(gen) if variant == "generator-bn" else gen
-        train_generator(gen, guides, steps=GENERATOR_STEPS, batch_size=32, learning_rate=1e-3, seed=seed)
+        train_generator(
+            gen, guides, steps=GENERATOR_STEPS, batch_size=32, learning_rate=1e-3, diversity=DIVERSITY, seed=seed
+        )
         return gen
     for t in teachers:
         t.requires_grad_(False).eval()
@@ -250,7 +254,10 @@ def measure(seed: int, teacher_epochs: int) -> dict:
     # fedkd's own generator, which sampling leaves as it was, for the normalised and the real-data students.
     gen = generators["fedkd"]
     for norm in NORMS:
-        cnns = [lambda s=s: with_norms(initial_model("cnn", DATASET, seed + 1 + s), norm) for s in range(NORM_SEEDS)]
+        cnns = [
+            lambda s=s, norm=norm: with_norms(initial_model("cnn", DATASET, seed + 1 + s), norm)
+            for s in range(NORM_SEEDS)
+        ]
         out["norms"][norm] = {
             "distilled": [
                 accuracy(distil(make(), batches("fedkd", gen, teachers, seed, side), DISTILL_STEPS)) for make in cnns

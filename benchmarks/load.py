@@ -239,7 +239,7 @@ def simulation(clients: int, sampled: int, rounds: int, timeout: float, tmp: Pat
     config = {
         "dataset": "synthetic",
         "samples-per-client": 200,
-        "num-teacher-rounds": rounds,
+        "two-stage.num-teacher-rounds": rounds,
         "num-student-rounds": rounds,
         "fraction-train": fraction,
         "fraction-evaluate": fraction,
@@ -285,7 +285,7 @@ def deployed(
     out, work = tmp / f"deploy-out-{supernodes}", tmp / f"deploy-{supernodes}"
     config = {
         "dataset": "synthetic",
-        "num-teacher-rounds": rounds,
+        "two-stage.num-teacher-rounds": rounds,
         "num-student-rounds": rounds,
         "fraction-train": 1.0,
         "fraction-evaluate": 1.0,

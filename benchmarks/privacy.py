@@ -30,10 +30,22 @@ from pathlib import Path
 from benchmarks.baselines import local_only
 from benchmarks.provenance import before_timing, load_average, provenance, provenance_line, quiet_arguments, quiet_line
 from benchmarks.strategies import CLIENTS, DATASETS, RESULTS, _append, _load, _ms, run_config
-from common.config import parse_run_config
+from common.config import ConfigError, RunConfig, parse_run_config
 from deploy.simulation import run_directory, run_summary, simulation_superlink
+from server_app.strategies import STRATEGIES as REGISTERED
 
-STRATEGIES = ["two-stage", "fedavg", "fedmd", "feddf", "local-only"]
+
+def _runs_under_dp(name: str) -> bool:
+    """Whether a registered strategy accepts a DP budget (feddf-datafree and fedgen release what DP does not cover)."""
+    try:
+        REGISTERED[name].check_config(RunConfig(dp_epsilon=1.0), REGISTERED[name].Settings())
+    except ConfigError:
+        return False
+    return True
+
+
+# Every registered strategy that runs under DP, then local-only training under the same budget.
+STRATEGIES = [*(name for name in REGISTERED if _runs_under_dp(name)), "local-only"]
 EPSILONS = [1.0, 3.0, 8.0, 0.0]  # 0: no DP
 DELTA = 1e-5
 SPLIT, MODELS = "dirichlet-0.5", "homogeneous"

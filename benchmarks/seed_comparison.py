@@ -36,15 +36,15 @@ FEATURES, CLASSES = 32, 10
 APP_CONFIG = {
     "dataset": "synthetic",
     "partitioner": "iid",
-    "num-teacher-rounds": 25,
+    "two-stage.num-teacher-rounds": 25,
     "num-student-rounds": 25,
     "fraction-train": 0.5,
     "local-epochs": 3,
     "batch-size": 32,
     "learning-rate": 0.01,
-    "temperature": 3.0,
-    "alpha": 0.5,
-    "teacher-model": "mlp-128x64",
+    "two-stage.temperature": 3.0,
+    "two-stage.alpha": 0.5,
+    "two-stage.teacher-model": "mlp-128x64",
     "model": "mlp-32",
 }
 
@@ -116,7 +116,7 @@ def run_app(env: dict, seed: int, out: Path, test) -> dict:
     if summary.status != "complete":
         raise RuntimeError(f"fedkd run {run_dir} {summary.status}: {summary.reason}")
     common = {}
-    for role, name in (("teacher", APP_CONFIG["teacher-model"]), ("student", APP_CONFIG["model"])):
+    for role, name in (("teacher", APP_CONFIG["two-stage.teacher-model"]), ("student", APP_CONFIG["model"])):
         model = build_model(name, APP_CONFIG["dataset"])
         model.load_state_dict(torch.load(run_dir / f"{role}.pt", weights_only=True))
         common[f"common_{role}_accuracy"] = accuracy(model, test)

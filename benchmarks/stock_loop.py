@@ -13,10 +13,10 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from common.config import parse_run_config
 from common.models import initial_model, to_record
 from common.protocol import ARRAYS, CONFIG, MODEL, NUM_EXAMPLES, TRAIN_SUPERVISED
 from server_app.outputs import write_json
+from server_app.settings import parse
 
 app = ServerApp()
 
@@ -38,9 +38,9 @@ class StockFedAvg(FedAvg):
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run `num-teacher-rounds` stock FedAvg rounds of the teacher; record when each ended."""
-    cfg = parse_run_config(context.run_config)
+    cfg, settings = parse(context.run_config)
     strategy = StockFedAvg(
-        cfg.teacher_model,
+        settings.teacher_model,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=1.0,
         min_train_nodes=cfg.min_train_nodes,
@@ -54,8 +54,8 @@ def main(grid: Grid, context: Context) -> None:
 
     strategy.start(
         grid,
-        to_record(initial_model(cfg.teacher_model, cfg.dataset, cfg.seed)),
-        num_rounds=cfg.num_teacher_rounds,
+        to_record(initial_model(settings.teacher_model, cfg.dataset, cfg.seed)),
+        num_rounds=settings.num_teacher_rounds,
         timeout=cfg.round_timeout,
         evaluate_fn=mark,
     )

@@ -30,7 +30,7 @@ from server_app.strategies import STRATEGIES as REGISTERED
 RESULTS = PROJECT / "benchmarks" / "results"
 DATASETS = ["digits", "mnist5k"]
 # Settings a strategy is measured under, as run-config keys, each labelled in the tables; one run otherwise.
-VARIANTS = {"fedprox": {f"fedprox mu={mu}": {"proximal-mu": mu} for mu in (0.001, 0.01, 0.1)}}
+VARIANTS = {"fedprox": {f"fedprox mu={mu}": {"fedprox.proximal-mu": mu} for mu in (0.001, 0.01, 0.1)}}
 # Every registered strategy, the run config's default first; a strategy with variants by each label.
 NAMES = sorted(REGISTERED, key=lambda name: name != RunConfig.model_fields["strategy"].default)
 STRATEGIES = [label for name in NAMES for label in VARIANTS.get(name, {name: {}})]
@@ -58,7 +58,8 @@ def run_config(dataset: str, split: str, models: str, label: str, seed: int, rou
         "strategy": name,
         "dataset": dataset,
         "seed": seed,
-        "num-teacher-rounds": rounds,
+        # Each phase gets `rounds`: two-stage's teacher phase is its own setting.
+        **({"two-stage.num-teacher-rounds": rounds} if name == "two-stage" else {}),
         "num-student-rounds": rounds,
         "fraction-train": 0.5,
         **SPLITS[split],

@@ -135,7 +135,9 @@ class RoundLoop:
             self.run_dir.append(record)
             _log_round(record, phase.rounds)
             for failure in record.failed:
-                log(WARNING, "  %s round %d: node %s failed: %s", phase.name, server_round, failure.node, failure.reason)
+                log(
+                    WARNING, "  %s round %d: node %s failed: %s", phase.name, server_round, failure.node, failure.reason
+                )
         self.final_evaluation(phase, globals_)
         return globals_
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from common.config import parse_run_config
 from common.models import initial_model, to_record
 from common.protocol import ARRAYS, CONFIG, EVALUATE_INCOMING, MODEL, SERVER_ROUND, TRAIN_SUPERVISED
 from deploy.processes import PROJECT
@@ -21,7 +20,7 @@ from server_app.transport import record_bytes
 
 pytestmark = pytest.mark.e2e
 
-SMALL = {"num-teacher-rounds": 3, "num-student-rounds": 3, "fraction-train": 0.6, "local-epochs": 2}
+SMALL = {"two-stage.num-teacher-rounds": 3, "num-student-rounds": 3, "fraction-train": 0.6, "local-epochs": 2}
 NODES = 5
 # Two single-threaded ClientApp workers: on 2 cores more only add start-up time to a test's small rounds.
 ACTORS = 2
@@ -68,7 +67,7 @@ def test_summary_weights_and_plot_are_complete(runs):
     assert summary["teacher_params"] == 17_226 and summary["student_params"] == 2_410
     assert summary["compression"] == pytest.approx(17_226 / 2_410)
     assert summary["bytes_total"] == sum(r["bytes_down"] + r["bytes_up"] for r in history)
-    assert summary["config"]["num-teacher-rounds"] == 3 and summary["config"]["dataset"] == "digits"
+    assert summary["config"]["two-stage.num-teacher-rounds"] == 3 and summary["config"]["dataset"] == "digits"
     for name, params in (("teacher", 17_226), ("student", 2_410)):
         state = torch.load(run_dir / f"{name}.pt", weights_only=True)
         assert sum(t.numel() for t in state.values()) == params
@@ -93,19 +92,26 @@ def test_bytes_are_the_records_sent_and_the_teacher_travels_once_per_node(runs):
     assert len(reached) > 3
 
 
+def config_of(raw: dict) -> dict:
+    """The run config as the ServerApp dumps it for checkpoints."""
+    from server_app.settings import config_dump, parse
+
+    return config_dump(*parse(raw))
+
+
 def test_resuming_with_another_config_is_refused(runs, tmp_path):
     from common.config import ConfigError
     from server_app import checkpoint
 
     run_dir = runs[0][0]
-    same = checkpoint.load(run_dir, parse_run_config({**SMALL, "output-dir": "elsewhere", "round-timeout": 5}))
+    same = checkpoint.load(run_dir, config_of({**SMALL, "output-dir": "elsewhere", "round-timeout": 5}))
     assert (same.phase, same.server_round) == ("student", 3)
     # The last round's federated accuracy arrives with the final evaluation, after the last checkpoint.
     assert same.history[:5] == read_history(run_dir / "history.json")[:5] and len(same.history) == 6
     with pytest.raises(ConfigError, match=r"was made with another config: 'local-epochs' = 5 \(checkpoint: 2\)"):
-        checkpoint.load(run_dir, parse_run_config({**SMALL, "local-epochs": 5}))
+        checkpoint.load(run_dir, config_of({**SMALL, "local-epochs": 5}))
     with pytest.raises(ConfigError, match="no checkpoint.pt there"):
-        checkpoint.load(tmp_path, parse_run_config(SMALL))
+        checkpoint.load(tmp_path, config_of(SMALL))
 
 
 def kill_when_recorded(env: dict, config: dict, rounds: int) -> None:
@@ -138,7 +144,7 @@ def test_a_run_killed_in_phase_two_resumes_to_the_uninterrupted_result(flower, r
     """The resumed run skips phase 1 and takes the final teacher from the checkpoint (tests/deploy resumes
     after phase 1): its rounds are those of the uninterrupted run."""
     killed = tmp_path / "killed"
-    kill_when_recorded(flower, {**SMALL, "output-dir": str(killed)}, SMALL["num-teacher-rounds"] + 1)
+    kill_when_recorded(flower, {**SMALL, "output-dir": str(killed)}, SMALL["two-stage.num-teacher-rounds"] + 1)
     stopped = run_directory(killed)
     recorded = json.loads((stopped / "history.json").read_text())
     assert not (stopped / "summary.json").exists()

@@ -16,8 +16,6 @@ TINY = {
     "num-student-rounds": 2,
     "fraction-train": 0.75,
     "local-epochs": 2,
-    "distill-steps": 40,
-    "datafree-steps": 30,
     "partitioner": "iid",
     "output-dir": None,
 }
@@ -25,19 +23,22 @@ TINY = {
 # tests/test_end_to_end.py: two-stage (its main run) and fedavg (the misbehaving clients' run).
 ELSEWHERE = {"two-stage", "fedavg"}
 SETTINGS = {
-    "fedmd": {"models": "mlp-32,cnn", "logits-dtype": "float16", "public-samples-per-round": 100},
-    "feddf": {"models": "mlp-32,cnn"},
-    "fedprox": {"models": "mlp-32,cnn", "proximal-mu": 0.1},
+    "fedmd": {"models": "mlp-32,cnn", "fedmd.logits-dtype": "float16", "fedmd.public-samples-per-round": 100},
+    "feddf": {"models": "mlp-32,cnn", "feddf.distill-steps": 40},
+    "fedprox": {"models": "mlp-32,cnn", "fedprox.proximal-mu": 0.1},
     "fedgen": {"models": "mlp-32,cnn"},
-    "feddf-datafree": {"models": "mlp-32,cnn"},
+    "feddf-datafree": {"models": "mlp-32,cnn", "feddf-datafree.distill-steps": 30},
+    "fedavgm": {"models": "mlp-32,cnn"},
+    "fedadam": {"models": "mlp-32,cnn"},
 }
 CASES = {
     **{name: {"strategy": name, **SETTINGS.get(name, {})} for name in STRATEGIES if name not in ELSEWHERE},
     "ensemble-teacher": {
         "strategy": "two-stage",
-        "ensemble-teacher": True,
-        "num-teacher-rounds": 2,
-        "server-learning-rate": 0.01,
+        "two-stage.ensemble-teacher": True,
+        "two-stage.num-teacher-rounds": 2,
+        "two-stage.distill-steps": 40,
+        "two-stage.distill-learning-rate": 0.01,
     },
 }
 
@@ -97,18 +98,18 @@ def test_fedmd_sends_logits_not_weights_and_float16_halves_them(runs):
 def test_server_side_distillation_runs_to_its_strategy_budget(runs):
     # Both patiences (50 and 20 validations) outlast these budgets, so every group uses all its steps.
     for name, budget in (("feddf", 40), ("feddf-datafree", 30), ("ensemble-teacher", 40)):
-        steps = [r["distill_steps"] for r in runs[name][1] if r["phase"] == "student"]
+        steps = [r["metrics"]["distill-steps"] for r in runs[name][1] if r["phase"] == "student"]
         assert steps == [budget] * 2, (name, steps)
 
 
 def test_history_shows_server_distillation_never_worsening_its_validation_score(runs):
     for name in ("feddf", "feddf-datafree", "ensemble-teacher"):
         student = [r for r in runs[name][1] if r["phase"] == "student"]
-        scores = [(r["distill_validation_start"], r["distill_validation_best"]) for r in student]
+        scores = [(r["metrics"]["distill-validation-start"], r["metrics"]["distill-validation-best"]) for r in student]
         assert len(scores) == 2 and all(0 <= best <= start for start, best in scores), (name, scores)
     # FedDF and two-stage score by the error on labelled public samples: a rate.
     for name in ("feddf", "ensemble-teacher"):
-        assert all(r["distill_validation_start"] <= 1 for r in runs[name][1] if r["phase"] == "student")
+        assert all(r["metrics"]["distill-validation-start"] <= 1 for r in runs[name][1] if r["phase"] == "student")
 
 
 def test_the_ensemble_teacher_phase_sends_the_teacher_once_and_no_student_weights_up(runs):
@@ -127,15 +128,15 @@ def test_the_ensemble_teacher_phase_sends_the_teacher_once_and_no_student_weight
 
 def test_feddf_datafree_checks_each_server_step_with_the_nodes_that_did_not_train(runs, task_identity):
     from common.models import build_model, to_record
-    from server_app.strategies.base import evaluate_message
+    from server_app.strategies.kit.evaluation import evaluate_message
     from server_app.transport import record_bytes
 
     _, history = runs["feddf-datafree"]
     _, feddf = runs["feddf"]
     student = [r for r in history if r["phase"] == "student"]
-    assert all(set(r["distill_kept"]) == {"mlp-32", "cnn"} for r in student)
-    assert all(isinstance(kept, bool) for r in student for kept in r["distill_kept"].values())
-    assert all("distill_kept" not in r for r in feddf)
+    assert all(set(r["metrics"]["distill-kept"]) == {"mlp-32", "cnn"} for r in student)
+    assert all(isinstance(kept, bool) for r in student for kept in r["metrics"]["distill-kept"].values())
+    assert all("distill-kept" not in r["metrics"] for r in feddf)
     # The same nodes as FedDF's first round get their model to train; then each group's FedAvg and distilled
     # models go to the group's node that did not train (3 of 4 train), or, for the other group, to its nodes
     # that did. Partitions alternate mlp-32 and cnn.
@@ -152,11 +153,11 @@ def test_feddf_datafree_checks_each_server_step_with_the_nodes_that_did_not_trai
 
 def test_the_strategies_that_train_a_generator_record_its_loss_every_round(runs):
     for name in ("feddf-datafree", "fedgen"):
-        losses = [r["generator_loss"] for r in runs[name][1] if r["phase"] == "student"]
+        losses = [r["metrics"]["generator-loss"] for r in runs[name][1] if r["phase"] == "student"]
         # Negative log-likelihood plus the diversity loss exp(-x) (feddf-datafree), or weighted cross-entropy
         # plus it (fedgen): positive, and for a 10-class task below the NLL of a uniform guess plus 1.
         assert len(losses) == 2 and all(0 < loss < math.log(10) + 1 for loss in losses), (name, losses)
-    assert all("generator_loss" not in r for r in runs["feddf"][1])
+    assert all("generator-loss" not in r["metrics"] for r in runs["feddf"][1])
 
 
 def test_fedgen_sends_each_node_the_generator_for_its_feature_width_from_round_two(runs):

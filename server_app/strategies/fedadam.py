@@ -33,7 +33,9 @@ class FedAdam(FedAvg):
     def _optimiser(self, name: str) -> flower.FedAdam:
         if name not in self.optimisers:
             s = self.settings
-            self.optimisers[name] = flower.FedAdam(eta=s.server_learning_rate, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau)
+            self.optimisers[name] = flower.FedAdam(
+                eta=s.server_learning_rate, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau
+            )
         return self.optimisers[name]
 
     def apply(self, name: str, base: ArrayRecord, averaged: ArrayRecord, server_round: int) -> ArrayRecord:

@@ -63,7 +63,11 @@ class FedAvg(Strategy):
         messages, checks = [], []
         for node in r.sampled:
             name = self.architecture(node, r.phase)
-            content = {ARRAYS: globals_[name], CONFIG: ConfigRecord({**config, MODEL: name}), **self.train_records(node, r)}
+            content = {
+                ARRAYS: globals_[name],
+                CONFIG: ConfigRecord({**config, MODEL: name}),
+                **self.train_records(node, r),
+            }
             messages.append(Message(RecordDict(content), dst_node_id=node, message_type=kind))
             checks.append(weights_check(globals_[name], self.cfg.max_num_examples, self.check_reply))
         replies = yield Ask(messages, checks)

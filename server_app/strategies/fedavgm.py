@@ -14,7 +14,9 @@ from server_app.strategies.kit.server_optimiser import flower_step
 class FedAvgMSettings(Settings):
     """FedAvgM's server optimiser: SGD with momentum on the pseudo-gradient (global model minus the average)."""
 
-    server_learning_rate: float = Field(1.0, gt=0, description="the server's SGD learning rate (1 with momentum 0: FedAvg)")
+    server_learning_rate: float = Field(
+        1.0, gt=0, description="the server's SGD learning rate (1 with momentum 0: FedAvg)"
+    )
     server_momentum: float = Field(0.9, ge=0, lt=1, description="the server's momentum")
 
 

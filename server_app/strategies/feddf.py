@@ -51,7 +51,9 @@ class FedDF(FedAvg):
         public = load_public(self.cfg)
         cut = validation_cut(len(public))
         phase_index = self.phases().index(r.phase)
-        indices = public_subset(s.public_samples_per_round, len(public) - cut, self.cfg.seed, phase_index, r.server_round)
+        indices = public_subset(
+            s.public_samples_per_round, len(public) - cut, self.cfg.seed, phase_index, r.server_round
+        )
         x = public.x[cut:][indices]
         targets = ensemble_soft_targets(teachers, x, s.temperature)
         seed = derive_seed(self.cfg.seed, Stream.FEDDF_BATCHES, r.server_round)

@@ -41,7 +41,9 @@ class FedDFDataFreeSettings(DistillSettings):
         description="stop distilling after this many validations without improvement (the validation is the "
         "continuous loss toward the ensemble on generated samples, so it sees progress sooner)",
     )
-    distill_learning_rate: float = Field(0.001, gt=0, description="Adam learning rate of the generator and of distillation")
+    distill_learning_rate: float = Field(
+        0.001, gt=0, description="Adam learning rate of the generator and of distillation"
+    )
     diversity: float = Field(1.0, ge=0, description="weight of the generator's diversity loss (FedGen's default)")
 
 

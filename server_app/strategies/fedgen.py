@@ -114,7 +114,11 @@ class FedGen(FedAvg):
         metrics = content[METRICS]
         classes = dataset_shape(self.cfg.dataset)[1]
         counts = metrics.get(LABEL_COUNTS)
-        if not isinstance(counts, list) or len(counts) != classes or not all(isinstance(c, int) and c >= 0 for c in counts):
+        if (
+            not isinstance(counts, list)
+            or len(counts) != classes
+            or not all(isinstance(c, int) and c >= 0 for c in counts)
+        ):
             return f"'{LABEL_COUNTS}' is {counts!r}, expected {classes} counts of 0 or more"
         if sum(counts) != metrics[NUM_EXAMPLES]:
             return f"'{LABEL_COUNTS}' sum to {sum(counts)}, not the {metrics[NUM_EXAMPLES]} examples the reply claims"

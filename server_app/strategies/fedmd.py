@@ -68,8 +68,13 @@ class FedMD(Strategy):
         public_size = len(load_public(self.cfg))
         phase_index = self.phases().index(r.phase)
         indices = public_subset(s.public_samples_per_round, public_size, self.cfg.seed, phase_index, r.server_round)
-        config = {SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: r.server_round, TRANSFER_EPOCHS: s.transfer_epochs,
-                  LOGITS_DTYPE: s.logits_dtype}
+        config = {
+            SPLIT: PUBLIC,
+            INDICES: indices,
+            SERVER_ROUND: r.server_round,
+            TRANSFER_EPOCHS: s.transfer_epochs,
+            LOGITS_DTYPE: s.logits_dtype,
+        }
         classes = dataset_shape(self.cfg.dataset)[1]
         messages = logits_queries(r.sampled, {**config, SOURCE: SOURCE_OWN})
         replies = yield Ask(messages, [logits_check(len(indices), classes, self.cfg.max_num_examples)] * len(messages))
@@ -79,8 +84,9 @@ class FedMD(Strategy):
         agreed = logits_to_record(consensus([logits_from_record(x.content[LOGITS]) for x in replies]), s.logits_dtype)
         # Nodes can only compute logits on the built-in test set, which they build as the server does.
         report = self.cfg.server_test == "builtin" and r.test is not None
-        digest = ConfigRecord({**config, REPORT_TEST_LOGITS: report, TEMPERATURE: s.temperature,
-                               DIGEST_EPOCHS: s.digest_epochs})
+        digest = ConfigRecord(
+            {**config, REPORT_TEST_LOGITS: report, TEMPERATURE: s.temperature, DIGEST_EPOCHS: s.digest_epochs}
+        )
         messages = [
             Message(RecordDict({CONSENSUS: agreed, CONFIG: digest}), dst_node_id=x.node, message_type=TRAIN_DIGEST)
             for x in replies
@@ -88,8 +94,10 @@ class FedMD(Strategy):
         if report:
             check = logits_check(len(r.test), classes, self.cfg.max_num_examples, TEST_LOGITS)
         else:
+
             def check(content):
                 return screen_reply(content, None, self.cfg.max_num_examples)
+
         digested = yield Ask(messages, [check] * len(messages))
         if digested:
             result.metrics.update(reply_metrics([x.content for x in digested]))

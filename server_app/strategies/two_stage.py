@@ -152,8 +152,12 @@ class TwoStage(FedAvg):
         phase_index = self.phases().index(r.phase)
         indices = public_subset(s.public_samples_per_round, len(public), self.cfg.seed, phase_index, r.server_round)
         config = {
-            SOURCE: SOURCE_TEACHER, SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: r.server_round,
-            **self._teacher_settings(), LOGITS_DTYPE: s.logits_dtype,
+            SOURCE: SOURCE_TEACHER,
+            SPLIT: PUBLIC,
+            INDICES: indices,
+            SERVER_ROUND: r.server_round,
+            **self._teacher_settings(),
+            LOGITS_DTYPE: s.logits_dtype,
         }
         messages = logits_queries(r.sampled, config, {n: self.train_records(n, r) for n in r.sampled})
         check = logits_check(len(indices), dataset_shape(self.cfg.dataset)[1], self.cfg.max_num_examples)

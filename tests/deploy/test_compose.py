@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 ROUND_TIMEOUT = 30
 NODES = ("supernode-0", "supernode-1", "supernode-2")
 QUICK = {
-    "num-teacher-rounds": 1,
+    "two-stage.num-teacher-rounds": 1,
     "num-student-rounds": 1,
     "fraction-train": 1.0,
     "fraction-evaluate": 0.0,
@@ -77,7 +77,7 @@ def test_nodes_started_before_their_keys_are_registered_come_back(stack):
 
 
 def test_both_phases_complete_on_three_nodes_with_outputs_on_the_host(stack):
-    summary, history, output = submit(stack, {"num-teacher-rounds": 2, "fraction-evaluate": 1.0, "local-epochs": 3})
+    summary, history, output = submit(stack, {"two-stage.num-teacher-rounds": 2, "fraction-evaluate": 1.0, "local-epochs": 3})
     assert [(r["phase"], r["round"]) for r in history] == [("teacher", 1), ("teacher", 2), ("student", 1)]
     assert all(r["replies"] == 3 and r["failures"] == 0 for r in history)
     assert all(sorted(r["sampled"]) == list(NODES) for r in history)

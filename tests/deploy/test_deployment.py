@@ -52,8 +52,8 @@ def wait_for_rounds(out: Path, count: int, process, timeout: float = 300) -> Non
 
 def test_a_bad_run_config_stops_the_run_naming_the_key(deployed, tmp_path):
     dep, _ = deployed
-    output, _ = dep.run({"alpha": 1.5, "output-dir": str(tmp_path)}).communicate(timeout=300)
-    assert "run config 'alpha' = 1.5: Input should be less than or equal to 1" in output, output[-3000:]
+    output, _ = dep.run({"two-stage.alpha": 1.5, "output-dir": str(tmp_path)}).communicate(timeout=300)
+    assert "run config 'two-stage.alpha' = 1.5: Input should be less than or equal to 1" in output, output[-3000:]
     assert not list(tmp_path.iterdir())
 
 
@@ -70,7 +70,7 @@ def test_run_survives_a_killed_supernode(deployed, tmp_path):
     run = dep.run(
         {
             # No final evaluations: each would wait out the deadline on the killed node while it is still listed.
-            "num-teacher-rounds": 2,
+            "two-stage.num-teacher-rounds": 2,
             "num-student-rounds": 1,
             "fraction-train": 1.0,
             "fraction-evaluate": 0.0,
@@ -200,7 +200,7 @@ def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(deployed, tmp_pa
     """Kill the ServerApp of a deployed run after phase 1, resume it: the rounds of an uninterrupted run."""
     dep, data = deployed
     config = {
-        "num-teacher-rounds": 1,
+        "two-stage.num-teacher-rounds": 1,
         "num-student-rounds": 1,
         "fraction-train": 0.5,
         "local-epochs": 1,

@@ -38,6 +38,8 @@ def logits_queries(nodes: list[int], config: dict, extra: dict[int, dict] | None
     """`query.logits` to each of `nodes` with `config`, and the records `extra` holds for it."""
     extra = extra or {}
     return [
-        Message(RecordDict({CONFIG: ConfigRecord(config), **extra.get(n, {})}), dst_node_id=n, message_type=QUERY_LOGITS)
+        Message(
+            RecordDict({CONFIG: ConfigRecord(config), **extra.get(n, {})}), dst_node_id=n, message_type=QUERY_LOGITS
+        )
         for n in nodes
     ]
