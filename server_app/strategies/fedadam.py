@@ -42,7 +42,7 @@ class FedAdam(FedAvg):
         """Flower's FedAdam step from `base`."""
         optimiser = self._optimiser(name)
         optimiser.current_arrays = {key: array.numpy() for key, array in base.items()}
-        return flower_step(optimiser, averaged, server_round)
+        return flower_step(optimiser, base, averaged, server_round)
 
     def state(self) -> dict[str, ArrayRecord]:
         """Each group's first and second moments, once it has them."""

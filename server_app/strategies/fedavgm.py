@@ -41,7 +41,7 @@ class FedAvgM(FedAvg):
         """Flower's FedAvgM step from `base`."""
         optimiser = self._optimiser(name)
         optimiser.current_arrays = base
-        return flower_step(optimiser, averaged, server_round)
+        return flower_step(optimiser, base, averaged, server_round)
 
     def state(self) -> dict[str, ArrayRecord]:
         """Each group's momentum, once it has one."""

@@ -4,7 +4,7 @@ apply step of methods that treat the average of the replies as a pseudo-gradient
 import logging
 from contextlib import contextmanager
 
-from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import FLOWER_LOGGER
 from flwr.serverapp.strategy import FedAvg
 
@@ -23,9 +23,11 @@ def _quiet_flower():
         FLOWER_LOGGER.setLevel(level)
 
 
-def flower_step(optimiser: FedAvg, averaged: ArrayRecord, server_round: int) -> ArrayRecord:
+def flower_step(optimiser: FedAvg, base: ArrayRecord, averaged: ArrayRecord, server_round: int) -> ArrayRecord:
     """`optimiser`'s `aggregate_train` of one reply that holds `averaged` (the average of one record is itself,
-    exactly), so that only its server optimiser's step acts; the caller sets its `current_arrays` first."""
+    exactly), so that only its server optimiser's step from `base` acts; the caller sets the optimiser's
+    `current_arrays` to `base` first. The result has `base`'s dtypes: Flower's FedAdam computes in float64, and
+    the nodes train, and replies are screened against, the model's own dtypes."""
     reply = Message(
         RecordDict({ARRAYS: averaged, METRICS: MetricRecord({NUM_EXAMPLES: 1})}),
         dst_node_id=0,
@@ -33,4 +35,4 @@ def flower_step(optimiser: FedAvg, averaged: ArrayRecord, server_round: int) -> 
     )
     with _quiet_flower():
         arrays, _ = optimiser.aggregate_train(server_round, [reply])
-    return arrays
+    return ArrayRecord({key: Array(arrays[key].numpy().astype(base[key].dtype)) for key in base.keys()})
