@@ -1,11 +1,12 @@
-"""screen_reply: every kind of bad train reply gets its reason; a good one gets None."""
+"""screen_reply: every kind of bad train reply gets its reason; a good one gets None. The checks built on it:
+weights_check and logits_check."""
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES, TRAIN_LOSS
-from server_app.screening import screen_reply
+from common.protocol import ARRAYS, LOGITS, LOGITS_ARRAY, METRICS, NUM_EXAMPLES, TRAIN_LOSS
+from server_app.screening import logits_check, screen_reply, weights_check
 
 MAX = 1_000_000
 
@@ -136,3 +137,44 @@ def test_the_bound_is_the_run_configs():
 def test_the_arrays_are_checked_before_the_count():
     bad = reply(good_arrays(b=np.array([np.nan, 0.0], dtype=np.float32)), num_examples=0)
     assert screen_reply(bad, GLOBAL, MAX) == "'b' holds NaN or Inf"
+
+
+def logits_reply(logits, key=LOGITS, num_examples=5) -> RecordDict:
+    content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: num_examples})})
+    content[key] = ArrayRecord({LOGITS_ARRAY: Array(np.asarray(logits))})
+    return content
+
+
+def test_logit_replies_must_be_finite_float_rows_by_classes():
+    check = logits_check(4, 10, MAX)
+    assert check(logits_reply(np.zeros((4, 10), dtype=np.float16))) is None
+    assert check(logits_reply(np.zeros((4, 10), dtype=np.float32))) is None
+    assert check(logits_reply(np.zeros((3, 10), dtype=np.float32))) == "logits are float32[3, 10], expected float[4, 10]"
+    assert check(logits_reply(np.zeros((4, 10), dtype=np.int64))) == "logits are int64[4, 10], expected float[4, 10]"
+    assert check(logits_reply(np.full((4, 10), np.inf, dtype=np.float32))) == "logits hold NaN or Inf"
+
+
+def test_logits_are_looked_for_under_the_checks_key_after_the_count():
+    assert logits_check(4, 10, MAX)(reply()) == "no 'logits' logits in the reply"
+    test_logits = logits_check(2, 3, MAX, key="test-logits")
+    assert test_logits(logits_reply(np.zeros((2, 3), dtype=np.float32), key="test-logits")) is None
+    assert test_logits(logits_reply(np.zeros((2, 3), dtype=np.float32))) == "no 'test-logits' logits in the reply"
+    assert logits_check(4, 10, 3)(logits_reply(np.zeros((4, 10), dtype=np.float32))) == (
+        "num-examples = 5; allowed: 1 to 3"
+    )
+
+
+def test_a_weights_check_screens_the_reply_then_asks_the_extra_test():
+    asked = []
+
+    def extra(content):
+        asked.append(content)
+        return "no label counts"
+
+    assert weights_check(GLOBAL, MAX)(reply(good_arrays())) is None
+    assert weights_check(GLOBAL, MAX, extra)(reply(good_arrays(w=np.ones((3, 2), dtype=np.float32)))) == (
+        "'w' is float32[3, 2], expected float32[2, 3]"
+    )
+    assert asked == []
+    good = reply(good_arrays())
+    assert weights_check(GLOBAL, MAX, extra)(good) == "no label counts" and asked == [good]
