@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
+from common.config import RunConfig
 from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
 from server_app.loop import RoundLoop, RoundTrace
 from server_app.round import Ask, Phase, Reply, RoundInput, RoundResult
@@ -14,7 +15,8 @@ from server_app.settings import parse
 from server_app.strategies import Strategy
 from server_app.transport import Exchange
 
-STUDENT = Phase("student", 3)
+# The one phase of a single-phase strategy under the default run config.
+STUDENT = Phase("student", RunConfig().num_student_rounds)
 
 
 class Nodes:
@@ -117,15 +119,16 @@ def screening_loop(nodes: Nodes) -> RoundLoop:
 
 def drive_screened(
     steps: Generator[Ask, list[Reply], RoundResult], answer: Answer, nodes: Nodes, sampled: list[int]
-) -> tuple[RoundResult, RoundTrace]:
+) -> tuple[RoundResult, RoundTrace, list[Ask]]:
     """Run a round generator as the loop does, minus the Grid: each Ask's messages answered by `answer`, the
-    replies screened by the loop's `screen`. Returns the result and the loop's trace of the round."""
-    loop, trace = screening_loop(nodes), RoundTrace(sampled)
+    replies screened by the loop's `screen`. Returns the result, the loop's trace of the round and the Asks."""
+    loop, trace, asks = screening_loop(nodes), RoundTrace(sampled), []
     replies = None
     while True:
         try:
             ask = steps.send(replies)
         except StopIteration as stop:
-            return stop.value, trace
+            return stop.value, trace, asks
+        asks.append(ask)
         trace.exchanges.append(ex := exchanged(ask.messages, answer))
         replies = loop.screen(ex, ask, trace)

@@ -108,7 +108,7 @@ def test_each_architecture_keeps_its_own_moments(task_identity):
 def test_a_round_2_reply_in_the_dtype_nodes_train_in_is_accepted(task_identity):
     fedadam = strategy("fedadam", NODES, **ADAM)
     first = step(fedadam, {"mlp-32": weights(1.0, 2.0)}, ROUND_1, 1)
-    _, trace = drive_screened(
+    _, trace, _ = drive_screened(
         fedadam.round(round_input([1], first, server_round=2)), answers(ROUND_2), Nodes(NODES), [1]
     )
     assert trace.rejected == [] and trace.accepted == [1]

@@ -91,7 +91,7 @@ def test_a_node_of_an_architecture_without_a_group_trains_its_seeded_model(task_
 def test_each_reply_is_checked_against_its_own_groups_model(task_identity):
     fedavg = strategy("fedavg", NODES, **{"max-num-examples": 50})
     start = {"mlp-32": weights(0, 0), "cnn": weights(9, 9, 9)}
-    result, trace = drive_screened(
+    result, trace, _ = drive_screened(
         fedavg.round(round_input([1, 2, 3], start)),
         answers(
             {
