@@ -7,6 +7,7 @@ by Flower to `fedprox.proximal-mu`); the ServerApp validates them with the strat
 node receives the ones it needs in the message that needs them, never from its copy of the run config.
 """
 
+import json
 import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -44,6 +45,16 @@ def check_model_name(name: str) -> None:
     """Raise ValueError unless `name` is in common.models' registry."""
     if name != "cnn" and mlp_widths(name) is None:
         raise ValueError(f"unknown model {name!r}; allowed: {MODEL_FAMILIES}")
+
+
+def toml_value(value: Any) -> str:
+    """A run- or node-config value written as in TOML, and so as in `--run-config` and `--node-config`: strings
+    quoted and escaped, booleans in lower case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
 
 
 def model_cycle(text: str) -> list[str]:

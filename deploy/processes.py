@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.config import toml_value
+
 BIN = Path(sys.executable).parent
 PROJECT = Path(__file__).resolve().parent.parent
 SUPEREXEC_POLL_SECONDS = "0.05"
@@ -142,15 +144,6 @@ def wait_log(process: subprocess.Popen, log: Path, text: str, timeout: float = 6
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"{Path(process.args[0]).name} did not log {text!r}:\n{tail}")
         time.sleep(0.2)
-
-
-def toml_value(value: object) -> str:
-    """A run- or node-config value as TOML: strings quoted, booleans lower-case."""
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
 
 
 def config_args(values: dict[str, object]) -> str:

@@ -1,1 +1,2 @@
-"""fedkd's ServerApp: the two-stage strategy, its round loop and the run's outputs."""
+"""fedkd's ServerApp: the run config's reading, the strategies (server_app/strategies/), the round loop that
+runs them over the Grid, and the run's outputs (history, summary, models, checkpoints)."""

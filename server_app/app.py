@@ -13,8 +13,8 @@ from common.config import ConfigError, RunConfig
 from common.data import DataError, Split, load_server_testset, load_test_npz
 from common.models import build_model, count_params, load_record
 from server_app import checkpoint
-from server_app.loop import RoundLoop, RunAborted, fmt_metric
-from server_app.outputs import RunDirectory, point_latest
+from server_app.loop import RoundLoop, RunAborted
+from server_app.outputs import RunDirectory, fmt_metric, point_latest
 from server_app.records import Summary
 from server_app.round import Globals
 from server_app.sampling import NodeSampler

@@ -1,6 +1,5 @@
 """Generate docs/configuration.md from RunConfig and every strategy's settings: `python -m server_app.config_docs`."""
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from typing import Any, Literal, get_args, get_origin
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic.fields import FieldInfo
 
-from common.config import RunConfig, Settings
+from common.config import RunConfig, Settings, toml_value
 from server_app.strategies import STRATEGIES
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -43,15 +42,6 @@ Every node reads the common keys from its copy of the run config; a strategy's s
 messages that need them (`common/protocol.py`).
 
 """
-
-
-def toml_value(value: Any) -> str:
-    """A Python value written as in TOML (and so as in `--run-config`)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
 
 
 def _bounds(metadata: list[Any]) -> str:

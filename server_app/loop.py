@@ -14,7 +14,7 @@ from common.config import RunConfig
 from common.data import Split
 from common.protocol import CONFIG, DP_EPSILON, METRICS, PRIVATE_EPOCHS
 from server_app import checkpoint
-from server_app.outputs import RunDirectory
+from server_app.outputs import RunDirectory, fmt_metric
 from server_app.records import Failure as FailureRecord
 from server_app.records import RoundRecord, metric_fields
 from server_app.round import Ask, Failure, Globals, Phase, Reply, RoundInput, RoundResult
@@ -230,11 +230,6 @@ class RoundLoop:
 
 def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
-
-
-def fmt_metric(value: float | None) -> str:
-    """A metric for the log: four decimals, or n/a."""
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _log_round(r: RoundRecord, total: int) -> None:

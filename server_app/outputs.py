@@ -132,7 +132,8 @@ class RunDirectory:
         plt.close(fig)
 
 
-def _accuracy(value: float | None) -> str:
+def fmt_metric(value: float | None) -> str:
+    """A metric for a log or report line: four decimals, or n/a."""
     return "n/a" if value is None else f"{value:.4f}"
 
 
@@ -149,7 +150,7 @@ def run_status(run_dir: Path) -> tuple[int, str]:
         return 2, f"unreadable summary.json in {path}: {str(error).splitlines()[0]}"
     if summary.status == "complete":
         accuracies = [
-            f"{p} accuracy {_accuracy(getattr(summary, f'{p}_accuracy'))}"
+            f"{p} accuracy {fmt_metric(getattr(summary, f'{p}_accuracy'))}"
             for p in ("teacher", "student")
             if p == "student" or summary.teacher_params is not None
         ]
