@@ -72,16 +72,23 @@ def test_a_rejection_starts_with_the_asks_label(task_identity):
     ex = exchanged(ask.messages, answers({1: trained(None, 1), 2: trained(None, 1)}))
     trace = RoundTrace([1, 2])
     assert screening_loop(NODES).screen(ex, ask, trace) == []
-    assert trace.rejected == [Failure(2, "check rejected: 12 right of 10"), Failure(1, "check rejected: 12 right of 10")]
+    assert trace.rejected == [
+        Failure(2, "check rejected: 12 right of 10"),
+        Failure(1, "check rejected: 12 right of 10"),
+    ]
 
 
 def test_an_exchange_that_does_not_answer_the_round_leaves_its_accepted_replies_alone(task_identity):
     loop, trace = screening_loop(NODES), RoundTrace([1, 2, 3])
     train = ask_of([1, 2, 3])
-    loop.screen(exchanged(train.messages, answers({1: trained([1.0, 1.0], 1), 3: trained([1.0, 1.0], 1)})), train, trace)
+    loop.screen(
+        exchanged(train.messages, answers({1: trained([1.0, 1.0], 1), 3: trained([1.0, 1.0], 1)})), train, trace
+    )
     assert trace.accepted == [3, 1]
     judges = ask_of([2, 4], check=lambda content: None, label="check", answers_round=False)
-    accepted = loop.screen(exchanged(judges.messages, answers({2: trained(None, 1), 4: trained(None, 1)})), judges, trace)
+    accepted = loop.screen(
+        exchanged(judges.messages, answers({2: trained(None, 1), 4: trained(None, 1)})), judges, trace
+    )
     assert [r.node for r in accepted] == [2, 4] and trace.accepted == [3, 1]
     # An exchange that answers the round replaces them: its accepted replies are the round's.
     again = ask_of([2])
@@ -110,7 +117,9 @@ def test_too_few_usable_replies_stop_the_run_with_the_reasons():
     )
     loop.check_replies(Phase("teacher", 5), 4, sent=5, accepted=3, failures=failures)
     # At least one reply, however small the share.
-    with pytest.raises(RunAborted, match="0 of 1 sampled nodes replied usably, min-replies = 0.6 needs 1. Failures: none"):
+    with pytest.raises(
+        RunAborted, match="0 of 1 sampled nodes replied usably, min-replies = 0.6 needs 1. Failures: none"
+    ):
         loop.check_replies(Phase("student", 5), 1, sent=1, accepted=0, failures=[])
 
 

@@ -133,11 +133,6 @@ def documented(file: str) -> set[str]:
     return {name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docs/outputs.md's history.json table still lists distill_steps, distill_validation_start/best, "
-    "distill_kept and generator_loss, which RoundRecord replaced by `metrics`",
-)
 def test_docs_list_exactly_the_fields_of_the_records():
     assert documented("history.json") == set(RoundRecord.model_fields)
     assert documented("summary.json") == set(Summary.model_fields)

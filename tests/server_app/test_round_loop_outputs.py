@@ -168,7 +168,11 @@ def test_fused_evaluation_scores_land_on_the_round_whose_models_they_scored(stub
     assert [r.federated_accuracy for r in student] == [0.6, 0.65]
     # The method's own metrics are under `metrics`, the common ones in their fields.
     assert [r.metrics for r in teacher] == [None, None] and [r.clipped for r in teacher] == [1, 1]
-    assert student[0].metrics == {"distill-steps": 40.0, "distill-validation-start": 0.3, "distill-validation-best": 0.25}
+    assert student[0].metrics == {
+        "distill-steps": 40.0,
+        "distill-validation-start": 0.3,
+        "distill-validation-best": 0.25,
+    }
 
 
 def test_a_round_scored_as_its_own_is_not_written_back(tmp_path, monkeypatch, task_identity):

@@ -93,7 +93,8 @@ def test_missing_num_examples_is_refused():
     content = RecordDict({ARRAYS: good_arrays(), METRICS: MetricRecord({TRAIN_LOSS: 0.5})})
     assert screen_reply(content, GLOBAL, MAX) == (
         "Missing required key `num-examples` in the MetricRecord of reply messages. Cannot average "
-        "ArrayRecords and MetricRecords. Skipping aggregation. (reply holds 'arrays': ArrayRecord, 'metrics': MetricRecord)"
+        "ArrayRecords and MetricRecords. Skipping aggregation. "
+        "(reply holds 'arrays': ArrayRecord, 'metrics': MetricRecord)"
     )
 
 
@@ -149,7 +150,9 @@ def test_logit_replies_must_be_finite_float_rows_by_classes():
     check = logits_check(4, 10, MAX)
     assert check(logits_reply(np.zeros((4, 10), dtype=np.float16))) is None
     assert check(logits_reply(np.zeros((4, 10), dtype=np.float32))) is None
-    assert check(logits_reply(np.zeros((3, 10), dtype=np.float32))) == "logits are float32[3, 10], expected float[4, 10]"
+    assert (
+        check(logits_reply(np.zeros((3, 10), dtype=np.float32))) == "logits are float32[3, 10], expected float[4, 10]"
+    )
     assert check(logits_reply(np.zeros((4, 10), dtype=np.int64))) == "logits are int64[4, 10], expected float[4, 10]"
     assert check(logits_reply(np.full((4, 10), np.inf, dtype=np.float32))) == "logits hold NaN or Inf"
 

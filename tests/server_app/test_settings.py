@@ -1,9 +1,9 @@
 """server_app.settings: the run config's common keys and its strategy's table, every misplaced key refused by name."""
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from common.config import ConfigError, RunConfig
 from server_app.settings import config_dump, parse
@@ -25,9 +25,7 @@ def test_the_strategys_table_is_parsed_into_its_settings():
     cfg, settings = parse({"strategy": "fedprox", "fedprox.proximal-mu": 0.1, "seed": 3})
     assert (cfg.strategy, cfg.seed) == ("fedprox", 3)
     assert settings == FedProxSettings(proximal_mu=0.1)
-    cfg, settings = parse(
-        {"strategy": "fedavgm", "fedavgm.server-momentum": 0.5, "fedavgm.server-learning-rate": 2.0}
-    )
+    cfg, settings = parse({"strategy": "fedavgm", "fedavgm.server-momentum": 0.5, "fedavgm.server-learning-rate": 2.0})
     assert settings == FedAvgMSettings(server_learning_rate=2.0, server_momentum=0.5)
     # A table left out: the strategy's defaults.
     assert parse({"strategy": "two-stage"})[1] == TwoStageSettings()
@@ -95,7 +93,9 @@ def test_the_config_dump_is_the_common_keys_then_the_strategys_table():
     assert (dump["strategy"], dump["seed"], dump["fedprox.proximal-mu"]) == ("fedprox", 3, 0.1)
     assert list(config_dump(*parse({"strategy": "fedavg"}))) == common
     two_stage = config_dump(*parse({"strategy": "two-stage", "two-stage.teacher-model": "cnn"}))
-    assert [k for k in two_stage if "." in k] == [f"two-stage.{f.alias}" for f in TwoStageSettings.model_fields.values()]
+    assert [k for k in two_stage if "." in k] == [
+        f"two-stage.{f.alias}" for f in TwoStageSettings.model_fields.values()
+    ]
     assert two_stage["two-stage.teacher-model"] == "cnn"
 
 

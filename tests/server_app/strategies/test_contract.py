@@ -97,9 +97,7 @@ def test_one_phase_of_num_student_rounds_with_each_nodes_own_architecture():
 
 
 def test_two_phases_of_two_stage_the_teacher_one_with_the_runs_teacher_model():
-    two_stage = strategy(
-        "two-stage", {1: ("a", "cnn")}, **{"num-student-rounds": 4, "two-stage.num-teacher-rounds": 2}
-    )
+    two_stage = strategy("two-stage", {1: ("a", "cnn")}, **{"num-student-rounds": 4, "two-stage.num-teacher-rounds": 2})
     teacher, student = two_stage.phases()
     assert (teacher, student) == (Phase("teacher", 2, teacher=True), Phase("student", 4))
     assert two_stage.architecture(1, teacher) == "mlp-128x64" and two_stage.architecture(1, student) == "cnn"

@@ -4,6 +4,7 @@ proximal term travels with the training config."""
 import numpy as np
 import pytest
 
+from common.models import initial_model, to_record
 from common.protocol import (
     ARRAYS,
     CONFIG,
@@ -14,7 +15,6 @@ from common.protocol import (
     TRAIN_LOSS,
     TRAIN_SUPERVISED,
 )
-from common.models import initial_model, to_record
 from tests.server_app.helpers import Nodes, drive, drive_screened, round_input, strategy, trained, values, weights
 
 NODES = {1: ("a", "mlp-32"), 2: ("b", "mlp-32"), 3: ("c", "cnn")}

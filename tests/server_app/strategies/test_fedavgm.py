@@ -47,9 +47,7 @@ def test_two_rounds_of_one_group_by_hand(task_identity):
 
 
 def test_the_learning_rate_scales_the_step(task_identity):
-    fedavgm = strategy(
-        "fedavgm", NODES, **{"fedavgm.server-momentum": 0.0, "fedavgm.server-learning-rate": 0.5}
-    )
+    fedavgm = strategy("fedavgm", NODES, **{"fedavgm.server-momentum": 0.0, "fedavgm.server-learning-rate": 0.5})
     # No momentum: new = old - 0.5 (old - average) = (1, 2) - 0.5 (1, 1).
     out = step(fedavgm, {"mlp-32": weights(1.0, 2.0)}, ROUND_1, 1)
     np.testing.assert_allclose(values(out["mlp-32"]), [0.5, 1.5])

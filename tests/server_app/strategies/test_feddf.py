@@ -20,7 +20,12 @@ def test_a_round_averages_each_group_then_distils_every_group(task_identity):
     )
     assert len(ask.messages) == 3
     assert list(result.globals) == ["mlp-32", "mlp-8"]
-    assert set(result.metrics) == {"clipped-updates", "distill-steps", "distill-validation-start", "distill-validation-best"}
+    assert set(result.metrics) == {
+        "clipped-updates",
+        "distill-steps",
+        "distill-validation-start",
+        "distill-validation-best",
+    }
     assert result.metrics["distill-steps"] <= 2
     # Early stopping keeps the weights best on the validation split, the start included.
     assert result.metrics["distill-validation-best"] <= result.metrics["distill-validation-start"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from flwr.app import MetricRecord, RecordDict
 
-from common.models import initial_model, to_record
+from common.models import initial_model, logits_to_record, to_record
 from common.protocol import (
     ALPHA,
     ARRAYS,
@@ -27,7 +27,6 @@ from common.protocol import (
     TRAIN_SUPERVISED,
     message_type,
 )
-from common.models import logits_to_record
 from server_app.round import Phase
 from tests.server_app.helpers import drive, round_input, strategy, trained, values, weights
 
@@ -112,7 +111,9 @@ def test_the_ensemble_teacher_round_distils_the_students_on_the_server(task_iden
             return None
         rows = np.zeros((20, 10), dtype=np.float32)
         rows[:, m.metadata.dst_node_id] = 5.0
-        return RecordDict({LOGITS: logits_to_record(torch.as_tensor(rows), "float16"), METRICS: MetricRecord({NUM_EXAMPLES: 1})})
+        return RecordDict(
+            {LOGITS: logits_to_record(torch.as_tensor(rows), "float16"), METRICS: MetricRecord({NUM_EXAMPLES: 1})}
+        )
 
     result, (ask,), _ = drive(two_stage.round(round_input([1, 2, 3], start, phase=STUDENT_PHASE)), logits)
     assert all(m.metadata.message_type == QUERY_LOGITS for m in ask.messages)

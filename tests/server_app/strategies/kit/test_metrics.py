@@ -16,10 +16,22 @@ def content(**metrics) -> RecordDict:
 def test_reply_metrics_are_sample_weighted():
     out = reply_metrics(
         [
-            content(num_examples=100, train_loss=1.0, eval_examples=10, eval_correct=9, eval_loss_sum=2.0,
-                    client_seconds=0.2),
-            content(num_examples=300, train_loss=2.0, eval_examples=30, eval_correct=15, eval_loss_sum=6.0,
-                    client_seconds=0.5),
+            content(
+                num_examples=100,
+                train_loss=1.0,
+                eval_examples=10,
+                eval_correct=9,
+                eval_loss_sum=2.0,
+                client_seconds=0.2,
+            ),
+            content(
+                num_examples=300,
+                train_loss=2.0,
+                eval_examples=30,
+                eval_correct=15,
+                eval_loss_sum=6.0,
+                client_seconds=0.5,
+            ),
         ]
     )
     assert out["federated-accuracy"] == pytest.approx(24 / 40)
