@@ -192,7 +192,7 @@ def batches(variant: str, gen: Generator, teachers: list[torch.nn.Module], seed:
     return batch
 
 
-def distil(student: nn.Module, draw_batch: Callable, steps: int, head_only: bool = False) -> nn.Module:
+def distill(student: nn.Module, draw_batch: Callable, steps: int, head_only: bool = False) -> nn.Module:
     """`student` after `steps` Adam steps toward the batches' soft targets (temperature 3); with `head_only`,
     only its last layer moves."""
     optimizer = Adam((student[-1] if head_only else student).parameters(), lr=1e-3)
@@ -244,7 +244,7 @@ def measure(seed: int, teacher_epochs: int) -> dict:
     for variant, gen in generators.items():
         out["variants"][variant] = {
             name: accuracy(
-                distil(
+                distill(
                     initial_model(name, DATASET, seed + 1), batches(variant, gen, teachers, seed, side), DISTILL_STEPS
                 )
             )
@@ -260,7 +260,7 @@ def measure(seed: int, teacher_epochs: int) -> dict:
         ]
         out["norms"][norm] = {
             "distilled": [
-                accuracy(distil(make(), batches("fedkd", gen, teachers, seed, side), DISTILL_STEPS)) for make in cnns
+                accuracy(distill(make(), batches("fedkd", gen, teachers, seed, side), DISTILL_STEPS)) for make in cnns
             ],
             "real": [accuracy(trained(make(), everything, 1)) for make in cnns],
         }
@@ -276,7 +276,7 @@ def measure(seed: int, teacher_epochs: int) -> dict:
                 "start": accuracy(model),
                 **{
                     step: accuracy(
-                        distil(
+                        distill(
                             copy.deepcopy(model),
                             batches("fedkd", gen, teachers, seed, side),
                             SERVER_STEPS,

@@ -22,10 +22,10 @@ def train_supervised(msg: Message, context: Context) -> Message:
     return fedavg.train_supervised(msg, Node.load(context))
 
 
-@app.train(Action.DISTIL)
-def train_distil(msg: Message, context: Context) -> Message:
-    """Two-stage phase 2: distil the sent global student from the local teacher."""
-    return two_stage.train_distil(msg, Node.load(context))
+@app.train(Action.DISTILL)
+def train_distill(msg: Message, context: Context) -> Message:
+    """Two-stage phase 2: distill the sent global student from the local teacher."""
+    return two_stage.train_distill(msg, Node.load(context))
 
 
 @app.train(Action.DIGEST)

@@ -15,7 +15,7 @@ class Action:
     """The actions of the ClientApp's handlers, registered as `@app.<kind>(Action.X)`."""
 
     SUPERVISED = "supervised"  # train: the sent global model on local labels
-    DISTIL = "distil"  # train: the sent global student, distilled from the node's local teacher
+    DISTILL = "distill"  # train: the sent global student, distilled from the node's local teacher
     DIGEST = "digest"  # train: FedMD's own model toward the consensus, then on local labels
     FEDGEN = "fedgen"  # train: the sent global model on local labels, regularised by FedGen's generator
     LOGITS = "logits"  # query: a model's logits on public inputs
@@ -47,7 +47,7 @@ EVAL_EXAMPLES = "eval-examples"
 EVAL_CORRECT = "eval-correct"
 EVAL_LOSS_SUM = "eval-loss-sum"
 
-# --- train.supervised, train.distil: a global model to train, returned in ARRAYS ---------------
+# --- train.supervised, train.distill: a global model to train, returned in ARRAYS ---------------
 TRAIN_SUPERVISED = message_type(MessageType.TRAIN, Action.SUPERVISED)
 # CONFIG: score the sent model on the local test split before training (evaluation fused into training).
 EVALUATE_INCOMING = "evaluate-incoming"
@@ -55,11 +55,11 @@ EVALUATE_INCOMING = "evaluate-incoming"
 PROXIMAL_MU = "proximal-mu"
 # The final global teacher (ArrayRecord), sent only to nodes that may not hold it yet (also with query.logits).
 TEACHER = "teacher"
-# CONFIG of train.distil and of query.logits from the local teacher: the teacher's architecture, and the epochs
+# CONFIG of train.distill and of query.logits from the local teacher: the teacher's architecture, and the epochs
 # a node fine-tunes it on its data when it arrives (two-stage's `teacher-model`, `teacher-finetune-epochs`).
 TEACHER_MODEL = "teacher-model"
 FINETUNE_EPOCHS = "finetune-epochs"
-# CONFIG of train.distil and train.digest: the distillation temperature T; train.distil: the soft loss's weight.
+# CONFIG of train.distill and train.digest: the distillation temperature T; train.distill: the soft loss's weight.
 TEMPERATURE = "temperature"
 ALPHA = "alpha"
 

@@ -59,7 +59,7 @@ def own_logits(msg: Message, node: Node) -> Message:
 
 
 def train_digest(msg: Message, node: Node) -> Message:
-    """Digest (distil the own model toward the consensus on its public inputs), then revisit (train on local data)."""
+    """Digest (distill the own model toward the consensus on its public inputs), then revisit (train on local data)."""
     start = time.perf_counter()
     cfg = node.cfg
     model = own_model(msg, node)

@@ -1,5 +1,5 @@
 """Two-stage's node side: the local teacher (the global teacher, sent once and optionally fine-tuned here),
-train.distil (the global student distilled from it), and its logits for the ensemble teacher (query.logits)."""
+train.distill (the global student distilled from it), and its logits for the ensemble teacher (query.logits)."""
 
 from functools import partial
 
@@ -34,8 +34,8 @@ def local_teacher(msg: Message, node: Node) -> torch.nn.Module:
     return teacher
 
 
-def train_distil(msg: Message, node: Node) -> Message:
-    """Distil the sent global student from the local teacher on local data."""
+def train_distill(msg: Message, node: Node) -> Message:
+    """Distill the sent global student from the local teacher on local data."""
     teacher = local_teacher(msg, node)
     # The teacher is frozen, so its logits are computed once, not every batch.
     soft = predict_logits(teacher, node.data.train.x)

@@ -10,7 +10,7 @@ from common.seeds import Stream, derive_seed
 from server_app.round import Globals, Reply, RoundInput, RoundResult
 from server_app.strategies.contract import RoundSteps, register
 from server_app.strategies.fedavg import FedAvg
-from server_app.strategies.kit.distillation import DistillSettings, distil_groups, validation_cut
+from server_app.strategies.kit.distillation import DistillSettings, distill_groups, validation_cut
 from server_app.strategies.kit.logits import PublicDataSettings, public_subset
 
 
@@ -29,15 +29,15 @@ class FedDF(FedAvg):
         """Grouped FedAvg of `train.supervised`, then server-side ensemble distillation."""
         result, replies = yield from self.train_and_average(r)
         if replies:
-            result.globals = self.distil(r, result, replies)
+            result.globals = self.distill(r, result, replies)
         return result
 
-    def distil(self, r: RoundInput, result: RoundResult, replies: list[Reply]) -> Globals:
+    def distill(self, r: RoundInput, result: RoundResult, replies: list[Reply]) -> Globals:
         """Each group's model in `result` distilled toward the ensemble of the replies' models; the distillation's
         metrics go into `result`."""
         teachers = [self.client_model(reply, r) for reply in replies]
         batches, validation = self.distillation_data(teachers, result, r)
-        distilled, metrics = distil_groups(result.globals, self.cfg.dataset, self.settings, batches, validation)
+        distilled, metrics = distill_groups(result.globals, self.cfg.dataset, self.settings, batches, validation)
         result.metrics.update(metrics)
         return distilled
 

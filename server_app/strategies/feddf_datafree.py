@@ -1,4 +1,4 @@
-"""`feddf-datafree`: FedDF with no data on the server; it distils on inputs from a generator it trains, and
+"""`feddf-datafree`: FedDF with no data on the server; it distills on inputs from a generator it trains, and
 keeps a group's distilled model only where the group's nodes find it no worse than FedAvg's."""
 
 from collections.abc import Callable, Generator
@@ -50,7 +50,7 @@ class FedDFDataFreeSettings(DistillSettings):
 @register("feddf-datafree")
 class FedDFDataFree(FedDF):
     """Each round a conditional generator is fitted so that the ensemble of received client models (mean of
-    probabilities) labels its samples as asked, with a diversity term; each group's FedAvg model then distils
+    probabilities) labels its samples as asked, with a diversity term; each group's FedAvg model then distills
     from the ensemble on its samples. No server-side signal tells a helpful server step from a harmful one
     (docs/notes/feddf-datafree-generator.md), so nodes of each group that did not train this round score both
     models on their local test splits, and the group keeps the distilled model only if they count at least as
@@ -85,7 +85,7 @@ class FedDFDataFree(FedDF):
         result, replies = yield from self.train_and_average(r)
         if replies:
             averaged = result.globals
-            distilled = self.distil(r, result, replies)
+            distilled = self.distill(r, result, replies)
             result.globals = yield from self.judge(r, averaged, distilled, replies, result)
         return result
 

@@ -28,7 +28,7 @@ from server_app.round import Ask, Globals, Phase, RoundInput, RoundResult
 from server_app.screening import logits_check
 from server_app.strategies.contract import RoundSteps, register
 from server_app.strategies.fedavg import FedAvg
-from server_app.strategies.kit.distillation import DistillSettings, distil_groups, validation_cut
+from server_app.strategies.kit.distillation import DistillSettings, distill_groups, validation_cut
 from server_app.strategies.kit.logits import LogitsSettings, logits_queries, public_subset
 
 # The state key of the final global teacher, which phase 2 sends to the nodes.
@@ -52,7 +52,7 @@ class TwoStageSettings(DistillSettings, LogitsSettings):
     )
     ensemble_teacher: bool = Field(
         False,
-        description="phase 2 on the server: it distils the student from the ensemble of the local teachers' logits "
+        description="phase 2 on the server: it distills the student from the ensemble of the local teachers' logits "
         "on public data (the `distill-*` keys, `public-samples-per-round` and `logits-dtype` apply to it)",
     )
 
@@ -65,10 +65,10 @@ class TwoStageSettings(DistillSettings, LogitsSettings):
 
 @register("two-stage")
 class TwoStage(FedAvg):
-    """Phase "teacher" trains the global teacher; phase "student" distils from the clients' local teachers.
+    """Phase "teacher" trains the global teacher; phase "student" distills from the clients' local teachers.
 
     The final global teacher travels to a node once, with its first phase-2 message; a node that failed since (and
-    may have lost its state) gets it again. With `ensemble-teacher`, the server distils the student itself from the
+    may have lost its state) gets it again. With `ensemble-teacher`, the server distills the student itself from the
     ensemble of the local teachers' logits on public data.
     """
 
@@ -89,7 +89,7 @@ class TwoStage(FedAvg):
 
     def action(self, phase: Phase) -> str:
         """Supervised training of the teacher, then distillation of the student."""
-        return Action.SUPERVISED if phase.teacher else Action.DISTIL
+        return Action.SUPERVISED if phase.teacher else Action.DISTILL
 
     def initial(self, phase: Phase, connected: list[int], previous: Globals | None) -> Globals:
         """The teacher's seeded weights, or at phase 2 the students', fixing the final teacher."""
@@ -106,7 +106,7 @@ class TwoStage(FedAvg):
         self.final_teacher = state.get(FINAL_TEACHER)
 
     def private_epochs(self) -> int:
-        """Phase 1's training and the teacher's fine-tuning; phase 2's distillation unless the server distils."""
+        """Phase 1's training and the teacher's fine-tuning; phase 2's distillation unless the server distills."""
         s = self.settings
         student = 0 if s.ensemble_teacher else self.cfg.num_student_rounds * self.cfg.local_epochs
         return s.num_teacher_rounds * self.cfg.local_epochs + s.teacher_finetune_epochs + student
@@ -135,7 +135,7 @@ class TwoStage(FedAvg):
         self.holds_teacher = (self.holds_teacher | answered) - (set(sampled) - answered)
 
     def round(self, r: RoundInput) -> RoundSteps:
-        """Teacher: grouped FedAvg. Student: local distillation (`train.distil`), or the ensemble-teacher round."""
+        """Teacher: grouped FedAvg. Student: local distillation (`train.distill`), or the ensemble-teacher round."""
         if r.phase.teacher:
             result, _ = yield from self.train_and_average(r)
             return result
@@ -146,7 +146,7 @@ class TwoStage(FedAvg):
         return result
 
     def _ensemble_round(self, r: RoundInput) -> RoundSteps:
-        """Sampled nodes send their local teacher's logits on public data; the server distils every student."""
+        """Sampled nodes send their local teacher's logits on public data; the server distills every student."""
         s = self.settings
         public = load_public(self.cfg)
         phase_index = self.phases().index(r.phase)
@@ -170,7 +170,7 @@ class TwoStage(FedAvg):
         x, y = public.x[indices], public.y[indices]
         cut = validation_cut(len(x))
         seed = derive_seed(self.cfg.seed, Stream.ENSEMBLE_BATCHES, r.server_round)
-        result.globals, result.metrics = distil_groups(
+        result.globals, result.metrics = distill_groups(
             r.globals,
             self.cfg.dataset,
             s,

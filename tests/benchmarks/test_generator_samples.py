@@ -5,7 +5,7 @@ from torch import nn
 
 from benchmarks.generator_samples import (
     activation,
-    distil,
+    distill,
     mixed,
     shifted,
     total_variation,
@@ -77,7 +77,7 @@ def test_distilling_the_head_only_moves_the_last_layer_alone():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     before = [p.clone() for p in model.parameters()]
     targets = torch.tensor([[0.9, 0.1]]).repeat(4, 1)
-    distil(
+    distill(
         model,
         lambda step: (torch.rand(4, 3, generator=torch.Generator().manual_seed(step)), targets),
         5,

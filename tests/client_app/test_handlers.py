@@ -74,7 +74,7 @@ def context(task_identity):
 
 
 TEACHER, STUDENT = "mlp-128x64", "mlp-32"
-TRAIN_DISTIL = message_type(MessageType.TRAIN, Action.DISTIL)
+TRAIN_DISTIL = message_type(MessageType.TRAIN, Action.DISTILL)
 TRAIN_FEDGEN = message_type(MessageType.TRAIN, Action.FEDGEN)
 
 # The strategies' settings each message type carries, at the defaults of pyproject.toml.

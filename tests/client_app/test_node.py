@@ -102,11 +102,11 @@ def test_eval_metrics_are_sums_on_the_local_test_split_and_none_with_dp():
 
 
 def test_setting_reads_the_message_config_and_names_what_is_missing(task_identity):
-    msg = Message(RecordDict({CONFIG: ConfigRecord({TEMPERATURE: 2.5})}), dst_node_id=7, message_type="train.distil")
+    msg = Message(RecordDict({CONFIG: ConfigRecord({TEMPERATURE: 2.5})}), dst_node_id=7, message_type="train.distill")
     assert setting(msg, TEMPERATURE) == 2.5
     with pytest.raises(ValueError) as refused:
         setting(msg, "alpha")
     assert str(refused.value) == (
-        "message config 'alpha' is missing from train.distil: the ServerApp sends it; "
+        "message config 'alpha' is missing from train.distill: the ServerApp sends it; "
         "it must run the same fedkd version as this node"
     )

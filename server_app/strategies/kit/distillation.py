@@ -37,7 +37,7 @@ def validation_cut(size: int) -> int:
     return max(1, size // VALIDATION_DIVISOR)
 
 
-def distil_groups(
+def distill_groups(
     globals_: Globals,
     dataset: str,
     settings: DistillSettings,
