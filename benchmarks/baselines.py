@@ -13,7 +13,8 @@ from common.training import evaluate, train
 
 
 def _accuracy(cfg: RunConfig, name: str, data: Split, epochs: int, stream: int, ledger: Ledger | None = None) -> float:
-    """Train architecture `name` on `data` from the run's initial weights (DP-SGD charged to `ledger` if given); its server-test accuracy."""
+    """Train architecture `name` on `data` from the run's initial weights (DP-SGD charged to `ledger` if given);
+    its server-test accuracy."""
     model = initial_model(name, cfg.dataset, cfg.seed)
     seed = derive_seed(cfg.seed, Stream.BASELINE_TRAINING, stream)
     # The noise seed is derived from the batch seed as client_app/app.py derives it.

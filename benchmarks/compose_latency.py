@@ -110,10 +110,12 @@ def main() -> None:
             f"3 SuperNodes, digits (README's node files), TLS + SuperNode authentication, process isolation, "
             f"every node sampled, {args.rounds} teacher rounds x {args.repeats} runs per deployment, alternately.",
             "",
-            "| deployment | median round (s) | fastest-slowest (s) | ratio to deploy.local | CPU in use / load average before each run |",
+            "| deployment | median round (s) | fastest-slowest (s) | ratio to deploy.local "
+            "| CPU in use / load average before each run |",
             "|---|---|---|---|---|",
             *(
-                f"| {name} | {median[d]:.2f} | {spread[d][0]:.2f}-{spread[d][1]:.2f} | {median[d] / median['deploy.local']:.2f} "
+                f"| {name} | {median[d]:.2f} | {spread[d][0]:.2f}-{spread[d][1]:.2f} "
+                f"| {median[d] / median['deploy.local']:.2f} "
                 f"| {', '.join(load_cell(x) for x in loads[d])} |"
                 for d, name in (
                     ("deploy.local", "`deploy.local` (processes)"),

@@ -103,21 +103,26 @@ def main() -> None:
     server = statistics.median(b[2] for b in breakdown)
     table = "\n".join(
         [
-            f"3 SuperNodes, one host, TLS + SuperNode authentication, {args.rounds} teacher rounds x {args.repeats} runs per loop.",
+            f"3 SuperNodes, one host, TLS + SuperNode authentication, {args.rounds} teacher rounds x {args.repeats} "
+            "runs per loop.",
             "",
             "| loop | exchanges per round | median round (s) | ratio to stock |",
             "|---|---|---|---|",
-            f"| Flower stock (`Strategy.start`, `send_and_receive`) | 2 (train, evaluate) | {med['stock']:.2f} | 1.00 |",
-            f"| fedkd (own push/pull loop, evaluation fused) | 1 | {med['fedkd']:.2f} | {med['fedkd'] / med['stock']:.2f} |",
+            f"| Flower stock (`Strategy.start`, `send_and_receive`) | 2 (train, evaluate) | {med['stock']:.2f} "
+            "| 1.00 |",
+            f"| fedkd (own push/pull loop, evaluation fused) | 1 | {med['fedkd']:.2f} "
+            f"| {med['fedkd'] / med['stock']:.2f} |",
             "",
             "Where a fedkd round goes (medians):",
             "",
             f"- ClientApp handler (data, evaluation of the incoming model, training): {client:.2f} s",
             f"- ServerApp between exchanges (aggregation, centralised evaluation, history): {server:.3f} s",
-            f"- Flower's engine, the rest: {med['fedkd'] - client - server:.2f} s. It holds the SuperNode's fixed 3 s idle "
-            "poll (a node that has just replied polls once, finds nothing and sleeps 3 s, so every round waits it out), "
+            f"- Flower's engine, the rest: {med['fedkd'] - client - server:.2f} s. It holds the SuperNode's fixed "
+            "3 s idle poll (a node that has just replied polls once, finds nothing and sleeps 3 s, so every round "
+            "waits it out), "
             f"a fresh ClientApp process per message (importing flwr and fedkd's ClientApp alone takes {imports:.2f} s "
-            f"here, three nodes importing at once on {info['cores']} cores), the SuperExec poll (0.05 s) and the transfers.",
+            f"here, three nodes importing at once on {info['cores']} cores), the SuperExec poll (0.05 s) and the "
+            "transfers.",
             "",
             quiet_line(loads, info["cores"]),
             "",

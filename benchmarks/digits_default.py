@@ -84,7 +84,8 @@ def main() -> None:
     lines += [
         "",
         f"Student federated accuracy (clients' local test splits): {ms(fed, 'student_federated_accuracy')}; "
-        f"median round {ms(fed, 'median_round_seconds')} s; {statistics.mean(r['bytes_total'] for r in fed) / 1e6:.1f} MB per run.",
+        f"median round {ms(fed, 'median_round_seconds')} s; "
+        f"{statistics.mean(r['bytes_total'] for r in fed) / 1e6:.1f} MB per run.",
         "",
         quiet_line([r["before_run"] for r in fed], info["cores"]),
         "",

@@ -469,7 +469,8 @@ def deployment_report(part: dict) -> list[str]:
         f"{args['round_timeout']:.0f} s (a lost reply makes its round wait that long). A SuperNode host is the "
         "SuperNode with its SuperExec and the ClientApp processes it starts.",
         "",
-        "| SuperNodes | SuperLink state | rounds done | median round (s) | mean round (s) | wall (s) | SuperLink (MiB) | ServerApp process (MiB) "
+        "| SuperNodes | SuperLink state | rounds done | median round (s) | mean round (s) | wall (s) | SuperLink (MiB) "
+        "| ServerApp process (MiB) "
         "| SuperNode process, max (MiB) | SuperNode host, max (MiB) | SuperNode hosts, sum (MiB) "
         "| failed replies | load before / after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -494,13 +495,15 @@ def deployment_report(part: dict) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     bullets = growth_lines(part["growth"], 1, "SuperNode")
     bullets += [
-        f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the run stopped after {r['rounds']} rounds; the end of its output and of "
+        f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the run stopped after {r['rounds']} rounds; "
+        "the end of its output and of "
         "the SuperLink's log are in load.json"
         for r in dep
         if r["status"] != "complete"
     ]
     bullets += [
-        f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the SuperLink answered {count} request(s) with HTTP 500, {error}"
+        f"- {r['supernodes']} SuperNodes, SuperLink state {r['database']}: the SuperLink answered {count} request(s) "
+        f"with HTTP 500, {error}"
         for r in dep
         for error, count in r["superlink_errors"].items()
     ]

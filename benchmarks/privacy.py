@@ -143,7 +143,8 @@ def _pick(rows: list[dict], cell: tuple, strategy: str, epsilon: float | None) -
 
 
 def report(path: Path) -> str:
-    """privacy.md: per dataset, accuracy strategy x ε, points lost against no DP, round time with DP against without; privacy.png."""
+    """privacy.md: per dataset, accuracy strategy x ε, points lost against no DP, round time with DP against
+    without; privacy.png."""
     rows = _load(path)
     cells, strategies, epsilons = _order(rows)
     private = [e for e in epsilons if e is not None]

@@ -225,7 +225,8 @@ def report(path: Path) -> str:
             lines.append(
                 f"| {strategy} | {len(rs)} | {_ms([r['accuracy'] for r in rs])} | "
                 + (arch_cols + " | " if per_arch else "")
-                + f"{statistics.fmean(r['bytes_total'] for r in rs) / 1e6:.2f} | {statistics.fmean(r['wall_seconds'] for r in rs):.0f} |"
+                + f"{statistics.fmean(r['bytes_total'] for r in rs) / 1e6:.2f} | "
+                + f"{statistics.fmean(r['wall_seconds'] for r in rs):.0f} |"
             )
         lines.append("")
     _plot(rows, cells, path.with_suffix(".png"))
@@ -299,7 +300,7 @@ def _targets(rows: list[dict], cells: list[tuple]) -> list[str]:
         dataset, split, models, rounds = cell
         picked = [r for r in rows if _cell(r) == cell]
 
-        def mean(strategy: str, arch: str | None = None) -> float | None:
+        def mean(strategy: str, arch: str | None = None, picked: list[dict] = picked) -> float | None:
             found = _mean_accuracy(picked, strategy, arch)
             return found[0] if found else None
 
@@ -312,7 +313,8 @@ def _targets(rows: list[dict], cells: list[tuple]) -> list[str]:
             gap = 100 * (central - federated[best])
             lines.append(
                 f"- {where}: best strategy within 2 points of centralised: {_verdict(gap <= 2)} "
-                f"({best} {federated[best]:.3f}, centralised {central:.3f}, {abs(gap):.1f} points {'below' if gap >= 0 else 'above'})"
+                f"({best} {federated[best]:.3f}, centralised {central:.3f}, "
+                f"{abs(gap):.1f} points {'below' if gap >= 0 else 'above'})"
             )
         if split == "dirichlet-0.1" and {"feddf", "fedavg"} <= federated.keys():
             lines.append(

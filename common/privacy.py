@@ -37,7 +37,8 @@ def sample_rate(num_examples: int, batch_size: int) -> float:
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """DP-SGD steps of one epoch: as many as the shuffled loop takes (an epoch sees each example once in expectation)."""
+    """DP-SGD steps of one epoch: as many as the shuffled loop takes (an epoch sees each example once in
+    expectation)."""
     return math.ceil(num_examples / batch_size)
 
 

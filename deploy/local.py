@@ -73,7 +73,8 @@ class Federation:
     def run(
         self, run_config: dict[str, object] | str, app: Path | None = None, capture: bool = True
     ) -> subprocess.Popen:
-        """Start `flwr run <app> <connection> --stream` (app: fedkd); the caller waits for it (or kills nodes meanwhile).
+        """Start `flwr run <app> <connection> --stream` (app: fedkd); the caller waits for it (or kills nodes
+        meanwhile).
 
         `run_config` is a dict, or the text of `--run-config` as a user typed it; with `capture`
         the run's output comes back through the process's stdout, otherwise it goes to the terminal.
@@ -216,7 +217,8 @@ def deployment(
     else:
         connection = "insecure = true"
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{dep.host}:{dep.port}"\n{connection}\n'
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "{dep.host}:{dep.port}"\n{connection}\n'
     )
     with ExitStack() as cleanup:
         cleanup.enter_context(sigterm_unwinds())

@@ -137,7 +137,8 @@ def wait_listening(process: subprocess.Popen, host: str, port: int, log: Path, t
 
 
 def wait_log(process: subprocess.Popen, log: Path, text: str, timeout: float = 60) -> None:
-    """Wait until `text` appears in `log` (for processes in another network namespace, whose ports this one cannot probe)."""
+    """Wait until `text` appears in `log` (for processes in another network namespace, whose ports this one
+    cannot probe)."""
     deadline = time.monotonic() + timeout
     while not (log.exists() and text in log.read_text(errors="replace")):
         if process.poll() is not None or time.monotonic() > deadline:

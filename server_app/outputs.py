@@ -138,7 +138,8 @@ def fmt_metric(value: float | None) -> str:
 
 
 def run_status(run_dir: Path) -> tuple[int, str]:
-    """Exit code and one-line report of `run_dir`: 0 complete, 1 aborted, 2 no (readable) summary.json or no directory."""
+    """Exit code and one-line report of `run_dir`: 0 complete, 1 aborted, 2 no (readable) summary.json or no
+    directory."""
     if not run_dir.is_dir():
         return 2, f"no such run directory: {run_dir}"
     path = run_dir.resolve()

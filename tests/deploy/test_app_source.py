@@ -1,4 +1,5 @@
-"""The app copy that tests and benchmarks run packs into the same FAB as the project, less what the app never imports."""
+"""The app copy that tests and benchmarks run packs into the same FAB as the project, less what the app never
+imports."""
 
 import io
 import zipfile

@@ -77,7 +77,8 @@ def test_nodes_started_before_their_keys_are_registered_come_back(stack):
 
 
 def test_both_phases_complete_on_three_nodes_with_outputs_on_the_host(stack):
-    summary, history, output = submit(stack, {"two-stage.num-teacher-rounds": 2, "fraction-evaluate": 1.0, "local-epochs": 3})
+    config = {"two-stage.num-teacher-rounds": 2, "fraction-evaluate": 1.0, "local-epochs": 3}
+    summary, history, output = submit(stack, config)
     assert [(r["phase"], r["round"]) for r in history] == [("teacher", 1), ("teacher", 2), ("student", 1)]
     assert all(r["replies"] == 3 and r["failures"] == 0 for r in history)
     assert all(sorted(r["sampled"]) == list(NODES) for r in history)
