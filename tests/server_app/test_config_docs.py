@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from common.config import RunConfig
+from common.config import RunConfig, toml_value
 from server_app.config_docs import COMMAND, DOC_PATH, allowed_values, render
 from server_app.strategies import STRATEGIES
 
@@ -38,12 +38,22 @@ def test_the_page_has_one_row_per_key_in_field_order():
     assert [row.split("`")[1] for row in rows] == [prefix + f.alias for prefix, f in ALL_FIELDS]
 
 
+def pyproject_table(name: str) -> str:
+    """A strategy's table as pyproject.toml must hold it: Flower accepts a `--run-config` key only if it is there."""
+    fields = STRATEGIES[name].Settings.model_fields.values()
+    return f"[tool.flwr.app.config.{name}]\n" + "".join(f"{f.alias} = {toml_value(f.default)}\n" for f in fields)
+
+
 def test_pyproject_has_exactly_the_model_keys_and_one_table_per_strategy_with_settings():
     assert set(app_defaults()) == {f.alias for f in FIELDS.values()}
     tables = {name: keys for name, keys in app_config().items() if isinstance(keys, dict)}
-    assert set(tables) == {name for name, cls in STRATEGIES.items() if cls.Settings.model_fields}
+    wanted = {name for name, cls in STRATEGIES.items() if cls.Settings.model_fields}
+    assert set(tables) <= wanted, f"tables of no strategy's settings: {sorted(set(tables) - wanted)}"
+    missing = "\n".join(pyproject_table(name) for name in sorted(wanted - set(tables)))
+    assert not missing, f"add to pyproject.toml, after [tool.flwr.app.config]:\n{missing}"
     for name, keys in tables.items():
-        assert set(keys) == {f.alias for f in STRATEGIES[name].Settings.model_fields.values()}, name
+        want = {f.alias for f in STRATEGIES[name].Settings.model_fields.values()}
+        assert set(keys) == want, f"pyproject.toml's table should read:\n{pyproject_table(name)}"
 
 
 @pytest.mark.parametrize("name", [name for name, cls in STRATEGIES.items() if cls.Settings.model_fields])
