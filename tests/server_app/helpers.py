@@ -12,7 +12,7 @@ from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
 from server_app.loop import RoundLoop, RoundTrace
 from server_app.round import Ask, Phase, Reply, RoundInput, RoundResult
 from server_app.settings import parse
-from server_app.strategies import Strategy
+from server_app.strategies import STRATEGIES, Strategy
 from server_app.transport import Exchange
 
 # The one phase of a single-phase strategy under the default run config.
@@ -35,8 +35,6 @@ class Nodes:
 def strategy(name: str, nodes: dict[int, tuple[str, str]] | None = None, **raw: Any) -> Strategy:
     """Strategy `name` as the ServerApp builds it from the run config `raw` (kebab-case keys, tables dotted)."""
     cfg, settings = parse({"strategy": name, **raw})
-    from server_app.strategies import STRATEGIES
-
     return STRATEGIES[name](cfg, settings, Nodes(nodes))
 
 

@@ -1,7 +1,9 @@
 """The round loop's history.json and summary.json, byte for byte, from a stubbed two-phase run.
 
 The files in fixtures/ were first written by this run before the records were typed; any change to the
-writers' field names, order or values shows up here.
+writers' field names, order or values shows up here. Since the round loop (loop.py) replaced rounds.py, a method's
+own metrics (`distill-*`) sit in a record's `metrics` map, and the final evaluation's federated scores come from its
+replies' counts (so `evaluation_replies` counts them); history.json was regenerated for exactly that.
 """
 
 import itertools
@@ -20,6 +22,7 @@ from common.protocol import (
     EVAL_CORRECT,
     EVAL_EXAMPLES,
     EVAL_LOSS_SUM,
+    EVALUATE,
     METRICS,
     NUM_EXAMPLES,
     SERVER_ROUND,
@@ -85,7 +88,7 @@ class StubLoop(RoundLoop):
         self.epsilon, self.step = epsilon or {}, 0
 
     def send(self, messages):
-        if messages[0].metadata.message_type == "evaluate":
+        if messages[0].metadata.message_type == EVALUATE:
             counts = {EVAL_EXAMPLES: 20, EVAL_CORRECT: 13, EVAL_LOSS_SUM: 20.0}
             return exchanged(
                 messages,
