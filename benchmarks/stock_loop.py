@@ -37,7 +37,7 @@ class StockFedAvg(FedAvg):
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run `num-teacher-rounds` stock FedAvg rounds of the teacher; record when each ended."""
+    """Run `two-stage.num-teacher-rounds` stock FedAvg rounds of the teacher; record when each ended."""
     cfg, settings = parse(context.run_config)
     strategy = StockFedAvg(
         settings.teacher_model,

@@ -2,7 +2,7 @@
 SuperNode authentication on, each SuperNode with its own data file; `flwr run` submits to it.
 
     python -m common.data export --dataset digits --num-partitions 3 --out data/
-    python -m deploy.local --data data/ --run-config "num-teacher-rounds=5 num-student-rounds=5"
+    python -m deploy.local --data data/ --run-config "two-stage.num-teacher-rounds=5 num-student-rounds=5"
 
 Everything it starts is stopped when it ends, whatever happens. The command lines it ran are
 written to <work>/commands.json (the compose file is checked against them).
@@ -240,7 +240,7 @@ def main() -> None:
         prog="python -m deploy.local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, required=True, help="folder of part-<i>.npz files (one SuperNode each)")
-    parser.add_argument("--run-config", default="", help='run config overrides, e.g. "num-teacher-rounds=5"')
+    parser.add_argument("--run-config", default="", help='run config overrides, e.g. "two-stage.num-teacher-rounds=5"')
     parser.add_argument(
         "--work", type=Path, help="folder for certificates, keys, logs, state (default: a temporary one)"
     )

@@ -1,4 +1,4 @@
-"""`fedavgm`: FedAvgM (Hsieh et al. 2020), FedAvg whose server applies each round's average with momentum."""
+"""`fedavgm`: FedAvgM (Hsu, Qi and Brown 2019), FedAvg whose server applies each round's average with momentum."""
 
 import numpy as np
 from flwr.app import Array, ArrayRecord

@@ -10,7 +10,7 @@ from tests.server_app.helpers import drive, round_input, strategy
 NODES = {1: ("a", "mlp-32"), 2: ("b", "mlp-32"), 3: ("c", "mlp-8")}
 
 
-def test_a_round_averages_each_group_then_distils_every_group(task_identity):
+def test_a_round_averages_each_group_then_distills_every_group(task_identity):
     feddf = strategy("feddf", NODES, **{"feddf.distill-steps": 2, "feddf.public-samples-per-round": 16})
     models = {n: to_record(initial_model(NODES[n][1], "digits", n)) for n in NODES}
     start = {name: to_record(initial_model(name, "digits", 9)) for name in ("mlp-32", "mlp-8")}

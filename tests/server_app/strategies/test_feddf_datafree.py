@@ -166,7 +166,7 @@ def test_differential_privacy_is_refused_naming_the_check():
         strategy("feddf-datafree", **{"dp-epsilon": 3.0})
 
 
-def test_a_whole_round_trains_distils_on_generated_inputs_then_asks_the_judges(task_identity):
+def test_a_whole_round_trains_distills_on_generated_inputs_then_asks_the_judges(task_identity):
     from common.models import initial_model, to_record
     from common.protocol import NUM_EXAMPLES, TRAIN_SUPERVISED
 

@@ -78,7 +78,7 @@ def test_the_final_teacher_is_resent_only_to_nodes_that_may_have_lost_it(task_id
     # Round 1: no node holds it yet; 1 and 2 reply, 3 fails (and may have lost it).
     got, ask = sent_teacher([1, 2, 3], {1, 2}, 1)
     assert got == [1, 2, 3] and values(ask.messages[0].content[TEACHER]) == [7.0]
-    assert ask.messages[0].metadata.message_type == message_type("train", "distil")
+    assert ask.messages[0].metadata.message_type == message_type("train", "distill")
     assert {k: ask.messages[0].content[CONFIG][k] for k in (TEACHER_MODEL, FINETUNE_EPOCHS, TEMPERATURE, ALPHA)} == {
         TEACHER_MODEL: "mlp-64",
         FINETUNE_EPOCHS: 1,
@@ -94,7 +94,7 @@ def test_the_final_teacher_is_resent_only_to_nodes_that_may_have_lost_it(task_id
     assert got == [3] and two_stage.holds_teacher == {1, 3, 4}
 
 
-def test_the_ensemble_teacher_round_distils_the_students_on_the_server(task_identity):
+def test_the_ensemble_teacher_round_distills_the_students_on_the_server(task_identity):
     raw = {
         **RAW,
         "two-stage.ensemble-teacher": True,
