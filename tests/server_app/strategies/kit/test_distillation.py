@@ -5,7 +5,7 @@ import pytest
 from common.distill import DistillReport
 from common.models import initial_model, to_record
 from server_app.strategies.kit import distillation
-from server_app.strategies.kit.distillation import DistillSettings, distil_groups, validation_cut
+from server_app.strategies.kit.distillation import DistillSettings, distill_groups, validation_cut
 
 
 @pytest.mark.parametrize("size, cut", [(1, 1), (4, 1), (5, 1), (10, 2), (179, 35)])
@@ -27,7 +27,7 @@ def test_each_group_is_distilled_with_the_settings_and_the_metrics_are_means_ove
     )
     start = {name: to_record(initial_model(name, "digits", 1)) for name in ("mlp-32", "cnn")}
     validation = object()
-    out, metrics = distil_groups(start, "digits", settings, lambda name: f"batches of {name}", validation)
+    out, metrics = distill_groups(start, "digits", settings, lambda name: f"batches of {name}", validation)
     assert list(out) == ["mlp-32", "cnn"]
     assert [(c[1], c[2]) for c in calls] == [("batches of mlp-32", validation), ("batches of cnn", validation)]
     assert calls[0][3] == {"steps": 7, "patience": 3, "learning_rate": 0.5, "temperature": 2.0}
@@ -39,4 +39,4 @@ def test_each_group_is_distilled_with_the_settings_and_the_metrics_are_means_ove
 
 
 def test_no_groups_no_metrics():
-    assert distil_groups({}, "digits", DistillSettings(), lambda name: None, lambda model: 0.0) == ({}, {})
+    assert distill_groups({}, "digits", DistillSettings(), lambda name: None, lambda model: 0.0) == ({}, {})
