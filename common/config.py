@@ -31,7 +31,11 @@ def _kebab(name: str) -> str:
 RESUMABLE_CHANGES = {"resume-from", "output-dir", "round-timeout", "min-replies"}
 
 
-MODEL_FAMILIES = "mlp-<width>[x<width>...] (an MLP with those hidden layers, e.g. mlp-32, mlp-128x64), cnn"
+MODEL_FAMILIES = (
+    "mlp-<width>[x<width>...] (an MLP with those hidden layers, e.g. mlp-32, mlp-128x64), cnn, "
+    "resnet-8, resnet-20 (the CIFAR ResNets), shufflenet-v2 (a ShuffleNetV2 0.5x), "
+    "or 'package.module:factory' (a model of your own: factory(input_shape, num_classes) -> nn.Module)"
+)
 _MLP_NAME = re.compile(r"mlp-([1-9][0-9]*(?:x[1-9][0-9]*)*)")
 
 
@@ -42,8 +46,11 @@ def mlp_widths(name: str) -> tuple[int, ...] | None:
 
 
 def check_model_name(name: str) -> None:
-    """Raise ValueError unless `name` is in common.models' registry."""
-    if name != "cnn" and mlp_widths(name) is None:
+    """Raise ValueError unless `name` is in common.models' registry or, syntactically, a factory reference
+    "package.module:factory" (whose import and output common.models.build_model_for checks)."""
+    named = ("cnn", "resnet-8", "resnet-20", "shufflenet-v2")
+    factory = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+    if name not in named and mlp_widths(name) is None and re.fullmatch(factory, name) is None:
         raise ValueError(f"unknown model {name!r}; allowed: {MODEL_FAMILIES}")
 
 

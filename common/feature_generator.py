@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.data import dataset_shape
 from common.loss import diversity_loss
 from common.models import build_model
 from common.seeds import Stream, derive_seed
@@ -24,18 +25,43 @@ HIDDEN = 64
 DECAY = 0.98
 
 
-def head(model: nn.Sequential) -> nn.Linear:
-    """The model's prediction layer: the last layer of every fedkd model."""
-    last = model[-1]
+def head(model: nn.Module) -> nn.Linear:
+    """The model's prediction layer: the last layer of an nn.Sequential (every model of the zoo), else the
+    last child module a model registers (a user's model that defines its `fc` last)."""
+    layers = list(model) if isinstance(model, nn.Sequential) else list(model.children())
+    last = layers[-1] if layers else None
     if not isinstance(last, nn.Linear):
-        raise TypeError(f"the last layer of {type(model).__name__} is {type(last).__name__}, not a linear head")
+        raise TypeError(
+            f"the last layer of {type(model).__name__} is {type(last).__name__}, not a linear head; "
+            "FedGen needs a model whose last layer is an nn.Linear that maps its features to the logits"
+        )
     return last
 
 
 @functools.cache
 def feature_width(name: str, dataset: str) -> int:
-    """The width of the features architecture `name`'s head reads on `dataset`."""
-    return head(build_model(name, dataset)).in_features
+    """The width of the features architecture `name`'s head reads on `dataset`; ValueError naming the model
+    if it has no linear head, or (a user's model) if what that layer returns is not the model's output."""
+    model = build_model(name, dataset)
+    try:
+        layer = head(model)
+    except TypeError as exc:
+        raise ValueError(f"model {name!r}: {exc}") from None
+    if ":" in name:
+        seen: list[torch.Tensor] = []
+        hook = layer.register_forward_hook(lambda module, args, out: seen.append(out))
+        try:
+            with torch.no_grad():
+                out = model.eval()(torch.zeros(2, dataset_shape(dataset)[0]))
+        finally:
+            hook.remove()
+        if not seen or not torch.equal(seen[-1], out):
+            raise ValueError(
+                f"model {name!r}: its last child module, {type(layer).__name__}({layer.in_features}, "
+                f"{layer.out_features}), does not give the model's output; FedGen needs a model whose last "
+                "layer is an nn.Linear that maps its features to the logits"
+            )
+    return layer.in_features
 
 
 class FeatureGenerator(nn.Module):
