@@ -72,3 +72,27 @@ def test_float16_logits_take_half_the_bytes_on_the_wire_and_come_back_as_float32
     assert sizes[1] - sizes[0] == pytest.approx(500 * 10 * 2, abs=16)  # the payload, plus a few header bytes
     back = logits_from_record(half)
     assert back.dtype == torch.float32 and torch.equal(back, logits)
+
+
+@pytest.mark.parametrize(
+    "name, dataset, weights, outputs, entries",
+    # Measured with the models of before the zoo (commit 791a617): the golden runs depend on these staying put.
+    [
+        ("mlp-128x64", "synthetic", 779.1289276566492, -0.00046593695878982544, 6),
+        ("mlp-32", "synthetic", 121.41881305011339, 0.6083961557596922, 4),
+        ("mlp-128x64", "digits", 924.287493526579, -0.8661858811974525, 6),
+        ("mlp-32", "mnist5k", 476.8687373830318, -0.34710123389959335, 4),
+        ("cnn", "digits", 278.06875640771705, -0.086614896543324, 6),
+        ("cnn", "mnist5k", 278.06875640771705, -0.0507906936109066, 6),
+    ],
+)
+def test_the_seed_models_keep_their_initial_weights_and_outputs(name, dataset, weights, outputs, entries):
+    from common.data import dataset_shape
+
+    model = initial_model(name, dataset, 42)
+    features = dataset_shape(dataset)[0]
+    with torch.no_grad():
+        logits = model(torch.linspace(-1, 1, 3 * features).reshape(3, features))
+    assert len(model.state_dict()) == len(to_record(model)) == entries
+    assert sum(float(p.double().abs().sum()) for p in model.state_dict().values()) == pytest.approx(weights, rel=1e-9)
+    assert float(logits.double().sum()) == pytest.approx(outputs, rel=1e-5, abs=1e-6)
