@@ -1,4 +1,7 @@
-"""Ensembles of logits and the distillation loop toward them, shared by FedMD, FedDF and two-stage."""
+"""Ensembles of logits and the distillation loop toward them, shared by FedMD, FedDF and two-stage.
+
+The loop and the logits compute on common.device's `compute_device()` (CUDA when present); batches and seeded
+draws are made on the CPU and moved there, and the model is handed back where it was."""
 
 import math
 from collections.abc import Callable, Sequence
@@ -7,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from common.device import compute_device, module_device
 from common.loss import soft_loss
 from common.training import Adam, predict_logits
 
@@ -73,29 +77,34 @@ def distill(
     learning_rate: float,
     temperature: float,
 ) -> DistillReport:
-    """Adam on soft_loss(model(x), targets) over `batches`, at most `steps` steps.
+    """Adam on soft_loss(model(x), targets) over `batches`, at most `steps` steps, on the compute device.
 
-    Early stopping as FedDF does it: every VALIDATE_EVERY steps `validation` is measured;
-    the best weights (the starting ones included) are kept, and `patience` checks without
+    Early stopping as FedDF does it: every VALIDATE_EVERY steps `validation` is measured (on the model as it is,
+    on the compute device); the best weights (the starting ones included) are kept, and `patience` checks without
     improvement stop it.
     """
-    optimizer = Adam(model.parameters(), lr=learning_rate)
-    start = best = validation(model)
-    best_state, stale, step = _state_copy(model), 0, 0
-    while step < steps and stale < patience:
-        model.train()
-        for _ in range(min(VALIDATE_EVERY, steps - step)):
-            x, targets = batches(step)
-            optimizer.zero_grad()
-            soft_loss(model(x), targets, temperature).backward()
-            optimizer.step()
-            step += 1
-        loss = validation(model)
-        if loss < best:
-            best, best_state, stale = loss, _state_copy(model), 0
-        else:
-            stale += 1
-    model.load_state_dict(best_state)
+    dev, home = compute_device(), module_device(model)
+    model.to(dev)
+    try:
+        optimizer = Adam(model.parameters(), lr=learning_rate)
+        start = best = validation(model)
+        best_state, stale, step = _state_copy(model), 0, 0
+        while step < steps and stale < patience:
+            model.train()
+            for _ in range(min(VALIDATE_EVERY, steps - step)):
+                x, targets = batches(step)
+                optimizer.zero_grad()
+                soft_loss(model(x.to(dev)), targets.to(dev), temperature).backward()
+                optimizer.step()
+                step += 1
+            loss = validation(model)
+            if loss < best:
+                best, best_state, stale = loss, _state_copy(model), 0
+            else:
+                stale += 1
+        model.load_state_dict(best_state)
+    finally:
+        model.to(home)
     return DistillReport(step, start, best)
 
 

@@ -1,5 +1,10 @@
 """Training loops (a node's local training, a data-free generator's fitting) and evaluation over in-memory
-tensors."""
+tensors.
+
+`train`, `evaluate` and `predict_logits` compute on common.device's `compute_device()` (CUDA when present): they
+move the model and the tensors there, and hand back the model where it was and results on the CPU. Seeded draws
+come from CPU generators, so a CPU run is bit-identical to one before devices were supported. `fit_generator` runs
+where its modules are (the server's data-free generators: the CPU)."""
 
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -8,14 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.device import compute_device, module_device
 from common.privacy import DPSGD, dp_sgd
 
 LossFn = Callable[..., torch.Tensor]
-
-
-def device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Adam:
@@ -78,7 +79,7 @@ def train(
     With `privacy`, the steps are DP-SGD (common.privacy.dp_sgd): Poisson-sampled batches drawn by
     `seed`, clipped per-sample gradients and seeded noise, charged to the node's ledger first.
     """
-    dev = device()
+    dev, home = compute_device(), module_device(model)
     model.to(dev).train()
     try:
         x, targets = x.to(dev), tuple(t.to(dev) for t in targets)
@@ -121,8 +122,8 @@ def train(
                 steps += 1
         return total / max(steps, 1)
     finally:
-        # Back on the CPU even when training stops midway (a DP budget refused): callers hold CPU models.
-        model.cpu()
+        # Back where it was (callers hold CPU models) even when training stops midway (a DP budget refused).
+        model.to(home)
 
 
 def fit_generator(
@@ -158,16 +159,24 @@ def fit_generator(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-    """(mean cross-entropy, number correct) of `model` on (x, y)."""
+    """(mean cross-entropy, number correct) of `model` on (x, y), computed on the compute device."""
     if len(y) == 0:
         return 0.0, 0
-    model.eval()
-    logits = model(x)
-    return F.cross_entropy(logits, y).item(), int((logits.argmax(1) == y).sum())
+    dev, home = compute_device(), module_device(model)
+    model.to(dev).eval()
+    try:
+        logits, y = model(x.to(dev)), y.to(dev)
+        return F.cross_entropy(logits, y).item(), int((logits.argmax(1) == y).sum())
+    finally:
+        model.to(home)
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of `model` on x, without gradients."""
-    model.eval()
-    return model(x)
+    """Logits of `model` on x, without gradients, computed on the compute device and handed back on the CPU."""
+    dev, home = compute_device(), module_device(model)
+    model.to(dev).eval()
+    try:
+        return model(x.to(dev)).cpu()
+    finally:
+        model.to(home)

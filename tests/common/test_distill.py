@@ -21,6 +21,7 @@ from common.feature_generator import NOISE_DIM
 from common.generator import Generator, generator_loss, train_generator
 from common.loss import soft_loss
 from common.models import build_model
+from common.training import Adam
 
 
 def linear(weight, bias):
@@ -94,6 +95,34 @@ def test_distillation_pulls_the_student_to_the_ensemble_and_keeps_its_best_weigh
     assert report.start_validation_loss == pytest.approx(before, rel=1e-5)
     assert report.best_validation_loss == pytest.approx(after, rel=1e-5)
     assert report.steps % VALIDATE_EVERY == 0 and 0 < report.steps <= 400
+
+
+def test_on_the_cpu_distill_is_the_plain_adam_loop_bit_for_bit():
+    """The device handling adds nothing on the CPU: the distilled weights are plain Adam's on the same batches."""
+    torch.manual_seed(1)
+    x = torch.randn(60, 4)
+    targets = linear([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]], [0.0, 0.1])(x).detach()
+    student, reference = nn.Linear(4, 2), nn.Linear(4, 2)
+    reference.load_state_dict(student.state_dict())
+    validation = ensemble_disagreement(x[:20], targets[:20], 2.0)
+    report = distill(
+        student,
+        random_batches(x[20:], targets[20:], 8, seed=4),
+        validation,
+        steps=2 * VALIDATE_EVERY,
+        patience=5,
+        learning_rate=0.05,
+        temperature=2.0,
+    )
+    optimizer, batches = Adam(reference.parameters(), lr=0.05), random_batches(x[20:], targets[20:], 8, seed=4)
+    for step in range(2 * VALIDATE_EVERY):
+        xb, tb = batches(step)
+        optimizer.zero_grad()
+        soft_loss(reference(xb), tb, 2.0).backward()
+        optimizer.step()
+    assert report.best_validation_loss == validation(reference)  # the last weights were the best
+    assert all(torch.equal(a, b) for a, b in zip(student.parameters(), reference.parameters()))
+    assert all(p.device.type == "cpu" for p in student.parameters())
 
 
 def test_labelled_error_is_the_exact_share_of_wrong_predictions():

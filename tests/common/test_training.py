@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.models import build_mlp
-from common.training import Adam, evaluate, fit_generator, train
+from common.training import Adam, evaluate, fit_generator, predict_logits, train
 
 
 def test_adam_matches_torch_optim_adam():
@@ -118,3 +118,40 @@ def test_a_fresh_process_trains_without_importing_dynamo():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_on_the_cpu_train_is_the_plain_loop_bit_for_bit():
+    """The device handling adds nothing on the CPU: train() is Adam over randperm batches of a CPU generator."""
+    torch.manual_seed(5)
+    x, y = torch.randn(50, 6), torch.randint(0, 3, (50,))
+    ours, reference = build_mlp(6, (8,), 3), build_mlp(6, (8,), 3)
+    reference.load_state_dict(ours.state_dict())
+    reported = train(ours, x, (y,), epochs=2, batch_size=16, learning_rate=0.05, seed=9)
+    optimizer, generator, losses = Adam(reference.parameters(), lr=0.05), torch.Generator().manual_seed(9), []
+    reference.train()
+    for _ in range(2):
+        order = torch.randperm(50, generator=generator)
+        for start in range(0, 50, 16):
+            batch = order[start : start + 16]
+            optimizer.zero_grad()
+            loss = F.cross_entropy(reference(x[batch]), y[batch])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
+    assert reported == sum(losses) / len(losses)
+    assert all(p.device.type == "cpu" for p in ours.parameters())
+
+
+def test_evaluate_and_logits_come_back_on_the_cpu_with_the_model_where_it_was():
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        model.bias.zero_()
+    x, y = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]]), torch.tensor([0, 0, 0])
+    logits = predict_logits(model, x)
+    assert logits.device.type == "cpu" and torch.equal(logits, x) and not logits.requires_grad
+    loss, correct = evaluate(model, x, y)
+    assert correct == 2 and loss == pytest.approx(float(F.cross_entropy(x, y)), rel=1e-6)
+    assert isinstance(loss, float) and isinstance(correct, int)
+    assert all(p.device.type == "cpu" for p in model.parameters()) and not model.training
