@@ -43,8 +43,7 @@ class RoundTrace:
 
     def failures(self) -> list[Failure]:
         """Errors and missing replies of every exchange of the round, then its rejected replies."""
-        missed = [Failure(int(f["node"]), str(f["reason"])) for ex in self.exchanges for f in ex.failures()]
-        return missed + self.rejected
+        return [f for ex in self.exchanges for f in ex.failures()] + self.rejected
 
 
 class RoundLoop:

@@ -12,6 +12,8 @@ from flwr.common.logger import log
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 
+from server_app.round import Failure
+
 # Grid.send_and_receive sleeps 3 s between pulls in deployment. fedkd polls every 5 ms for the
 # first second, so a simulated round costs little more than its training, then every 100 ms, so
 # that a long wait on deployed nodes does not keep the SuperLink busy answering pulls.
@@ -70,10 +72,10 @@ class Exchange:
         """Replies that carry content rather than an error."""
         return [m for m in self.replies if not m.has_error()]
 
-    def failures(self) -> list[dict[str, object]]:
-        """One entry per node that answered with an error or not at all."""
-        errors = [{"node": self.node_of(m), "reason": m.error.reason} for m in self.replies if m.has_error()]
-        late = [{"node": n, "reason": "no reply before round-timeout"} for n in self.missing]
+    def failures(self) -> list[Failure]:
+        """One per node that answered with an error or not at all."""
+        errors = [Failure(self.node_of(m), m.error.reason) for m in self.replies if m.has_error()]
+        late = [Failure(n, "no reply before round-timeout") for n in self.missing]
         return errors + late
 
 

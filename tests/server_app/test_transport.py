@@ -69,7 +69,7 @@ def test_failed_pushes_and_pulls_are_tried_again_and_every_reply_arrives(task_id
 def test_a_superlink_busy_past_the_deadline_leaves_the_nodes_missing(task_identity):
     result = exchange(BusyGrid({"pull": 10**6}), _messages(), timeout=0.2)
     assert result.missing == [1, 2]
-    assert [f["reason"] for f in result.failures()] == ["no reply before round-timeout"] * 2
+    assert [f.reason for f in result.failures()] == ["no reply before round-timeout"] * 2
 
 
 def test_a_refusal_is_not_retried():
