@@ -320,14 +320,15 @@ def build_factory_model(name: str, input_shape: tuple[int, ...], num_classes: in
     model.register_forward_pre_hook(_InputAsShape(input_shape))
     batch = (2, *input_shape)
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # restored one by one: a user may freeze some
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(batch, device=device))
     except Exception as exc:
         raise refuse(f"its forward pass on a zero batch of shape {batch} raised {first_line(exc)}") from exc
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     if not isinstance(out, torch.Tensor):
         got = type(out).__name__
         raise refuse(f"a batch of shape {batch} gave an object of type {got}, expected a tensor of logits")

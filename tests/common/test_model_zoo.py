@@ -120,7 +120,7 @@ def test_a_users_factory_is_imported_called_with_the_shape_and_checked():
     assert isinstance(model[1], nn.Linear) and model[1].in_features == 3072
     # Its model gets (batch, *input_shape) even from flat data, the way the built-in image datasets are stored.
     custom = build_model(f"{F}:net", "digits")
-    assert custom(torch.ones(4, 64)).shape == (4, 10) and custom.training
+    assert custom(torch.ones(4, 64)).shape == (4, 10) and custom.training and not custom.body.training
     assert build_model_for(f"{F}:net", (40,), 3)(torch.ones(2, 40)).shape == (2, 3)
     a, b = initial_model(f"{F}:tiny", "digits", 5), initial_model(f"{F}:tiny", "digits", 5)
     assert torch.equal(a[1].weight, b[1].weight)
