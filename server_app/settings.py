@@ -5,7 +5,16 @@ name, saying where it belongs."""
 from collections.abc import Mapping
 from typing import Any
 
-from common.config import ConfigError, RunConfig, Settings, parse_run_config, split_tables, validate_settings
+from common.config import (
+    ConfigError,
+    RunConfig,
+    Settings,
+    model_cycle,
+    parse_run_config,
+    split_tables,
+    validate_settings,
+)
+from common.models import build_model, dp_compatible
 from server_app.strategies import STRATEGIES
 
 
@@ -51,6 +60,22 @@ def _check_other_tables(strategy: str, tables: Mapping[str, Mapping[str, Any]]) 
                 )
 
 
+def _check_models(cfg: RunConfig, settings: Settings, strategy: type) -> None:
+    """Every architecture the run config names is built once on the task (a user's factory imported and run on a
+    batch); under DP, one Opacus cannot train (batch norm) is refused. Named by its key, before round 1."""
+    named = [("model", cfg.model), *(("models", name) for name in model_cycle(cfg.models))]
+    teacher = strategy(cfg, settings, None).teacher_model()
+    if teacher:
+        named.append((f"{cfg.strategy}.teacher-model", teacher))
+    for key, name in named:
+        try:
+            model = build_model(name, cfg.dataset)
+        except ValueError as exc:
+            raise ConfigError(f"run config '{key}' = {name!r}: {exc}") from None
+        if cfg.dp_epsilon > 0 and (reason := dp_compatible(model)):
+            raise ConfigError(f"run config '{key}' = {name!r} with 'dp-epsilon' = {cfg.dp_epsilon}: {reason}")
+
+
 def parse(raw: Mapping[str, Any]) -> tuple[RunConfig, Settings]:
     """The run config's common keys and its strategy's settings; a ConfigError naming every wrong key."""
     plain, tables = split_tables(raw)
@@ -59,6 +84,7 @@ def parse(raw: Mapping[str, Any]) -> tuple[RunConfig, Settings]:
     _check_other_tables(cfg.strategy, tables)
     settings = validate_settings(STRATEGIES[cfg.strategy].Settings, tables.get(cfg.strategy, {}), table=cfg.strategy)
     STRATEGIES[cfg.strategy].check_config(cfg, settings)
+    _check_models(cfg, settings, STRATEGIES[cfg.strategy])
     return cfg, settings
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from common.config import ConfigError, RunConfig, parse_run_config, split_tables
+from common.config import MODEL_FAMILIES, ConfigError, RunConfig, parse_run_config, split_tables
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -14,7 +14,7 @@ def app_defaults() -> dict:
     return {key: value for key, value in config.items() if not isinstance(value, dict)}
 
 
-MODELS = "allowed: mlp-<width>[x<width>...] (an MLP with those hidden layers, e.g. mlp-32, mlp-128x64), cnn"
+MODELS = f"allowed: {MODEL_FAMILIES}"
 
 
 def test_pyproject_defaults_validate_and_match_the_model():

@@ -120,3 +120,25 @@ def test_pyprojects_run_config_with_every_table_serves_every_strategy_with_its_d
     config = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
     cfg, settings = parse({**flattened(config), "strategy": name})
     assert cfg.strategy == name and settings == STRATEGIES[name].Settings()
+
+
+def test_every_named_model_is_built_on_the_task_before_round_1():
+    cfg, _ = parse({"strategy": "fedavg", "dataset": "mnist5k", "model": "resnet-8", "models": "cnn,shufflenet-v2"})
+    assert (cfg.model, cfg.models) == ("resnet-8", "cnn,shufflenet-v2")
+    with pytest.raises(ConfigError) as err:
+        parse({"dataset": "synthetic", "two-stage.teacher-model": "resnet-8"})
+    assert str(err.value) == (
+        "run config 'two-stage.teacher-model' = 'resnet-8': model 'resnet-8' needs image inputs; "
+        "dataset 'synthetic' has flat features, use an mlp-..."
+    )
+    with pytest.raises(ConfigError, match=r"^run config 'models' = 'tests.common.model_factories:absent': model "):
+        parse({"strategy": "fedavg", "models": "mlp-32,tests.common.model_factories:absent"})
+
+
+def test_a_batch_norm_model_is_refused_under_dp_naming_the_key():
+    with pytest.raises(ConfigError) as err:
+        parse({"strategy": "fedavg", "dataset": "mnist5k", "model": "resnet-8", "dp-epsilon": 3.0})
+    assert str(err.value).startswith(
+        "run config 'model' = 'resnet-8' with 'dp-epsilon' = 3.0: it has batch norm or other trainable layers"
+    )
+    assert parse({"strategy": "fedavg", "model": "cnn", "dp-epsilon": 3.0})[0].model == "cnn"
