@@ -1,6 +1,7 @@
-"""The node a message reaches: its run config, name, seed stream and data, loaded once per message (`Node.load`);
-its models kept across messages (state and state-dir); and what every method's handlers share: reading the
-message's settings, scoring a model locally, the fit of a global model, logits on public inputs."""
+"""The node a message reaches: its run config, name, seed stream and data, loaded once per message (`Node.load`, from
+the decoded copy in its state-dir when it has one: client_app/data_cache.py); its models kept across messages (state
+and state-dir); and what every method's handlers share: reading the message's settings, scoring a model locally,
+the fit of a global model, logits on public inputs."""
 
 import time
 import zlib
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client_app import data_cache
 from client_app.ledger import privacy_metrics, train_private
 from common.config import RunConfig, parse_run_config
 from common.data import ClientData, load_client_data, load_npz, load_public
@@ -89,12 +91,14 @@ class Node:
     @classmethod
     def load(cls, context: Context) -> "Node":
         """The node `context` describes: the run config's common keys, and the node's data file or its partition
-        of a built-in dataset."""
+        of a built-in dataset, decoded, or read from the decoded copy its state-dir keeps."""
         cfg = parse_run_config(context.run_config)
         config = context.node_config
+        state_dir = str(config["state-dir"]) if "state-dir" in config else None
         if "data-path" in config:
-            stream = zlib.crc32(node_name(context).encode())
-            return cls(context, cfg, stream, load_npz(str(config["data-path"]), cfg, stream))
+            stream, path = zlib.crc32(node_name(context).encode()), str(config["data-path"])
+            key = data_cache.file_key(cfg, path, stream)
+            return cls(context, cfg, stream, data_cache.cached(state_dir, key, lambda: load_npz(path, cfg, stream)))
         if "partition-id" not in config or "num-partitions" not in config:
             missing = "partition-id" if "partition-id" not in config else "num-partitions"
             raise ValueError(
@@ -104,7 +108,9 @@ class Node:
         partition_id, num_partitions = (_whole(config, key) for key in ("partition-id", "num-partitions"))
         if num_partitions < 1:
             raise ValueError(f"node config 'num-partitions' = {num_partitions}; allowed: 1 or more")
-        return cls(context, cfg, partition_id, load_client_data(cfg, partition_id, num_partitions))
+        key = data_cache.partition_key(cfg, partition_id, num_partitions)
+        data = data_cache.cached(state_dir, key, lambda: load_client_data(cfg, partition_id, num_partitions))
+        return cls(context, cfg, partition_id, data)
 
     def _saved_path(self, what: str) -> Path | None:
         """Where node config `state-dir` keeps this run's `what` across SuperNode restarts."""
