@@ -11,6 +11,7 @@ import torch
 from flwr.app import ConfigRecord, Message
 
 from common.config import RESUMABLE_CHANGES
+from common.models import dp_compatible
 from common.privacy import DPSGD, Ledger, noise_multiplier, sample_rate, spent_epsilon, steps_per_epoch
 from common.protocol import CONFIG, DP_EPSILON, PRIVATE_EPOCHS
 from common.seeds import Stream, derive_seed
@@ -92,6 +93,9 @@ def train_private(
     x = node.data.train.x
     if node.cfg.dp_epsilon == 0:
         return train(model, x, **node.train_kwargs(seed, epochs), **train_kwargs)
+    if reason := dp_compatible(model):
+        # Refused before anything is charged: the node's own model config could name one the server did not check.
+        raise ValueError(f"dp-epsilon = {node.cfg.dp_epsilon}: {reason}")
     ledger = _ledger(node, _private_epochs(msg.content[CONFIG]))
     try:
         privacy = DPSGD(ledger, derive_seed(node.cfg.seed, Stream.DP_NOISE, seed))

@@ -72,3 +72,12 @@ def test_the_state_dir_keeps_one_ledger_per_run_config_less_its_resumable_keys(t
     assert privacy_metrics(resumed) == privacy_metrics(first)
     other = node({**DP, "local-epochs": 2}, **{"state-dir": str(tmp_path)})
     assert privacy_metrics(other) == {DP_EPSILON: 0.0}
+
+
+def test_a_batch_norm_model_is_refused_under_dp_before_anything_is_charged(task_identity, tmp_path):
+    from common.models import build_model
+
+    n = node(**{"state-dir": str(tmp_path)})
+    with pytest.raises(ValueError, match=r"^dp-epsilon = 4.0: it has batch norm"):
+        train_private(n, message(4), build_model("resnet-8", "mnist5k"), seed=1)
+    assert PRIVACY not in n.context.state.config_records and not list(tmp_path.rglob("privacy-*.json"))
