@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
+from flwr.app import Message
 from flwr.common import log
 from flwr.serverapp import Grid
 
@@ -17,7 +18,7 @@ from server_app import checkpoint
 from server_app.outputs import RunDirectory, fmt_metric
 from server_app.records import Failure as FailureRecord
 from server_app.records import RoundRecord, metric_fields
-from server_app.round import Ask, Failure, Globals, Phase, Reply, RoundInput, RoundResult
+from server_app.round import Ask, Check, Failure, Globals, Phase, Reply, RoundInput, RoundResult
 from server_app.sampling import NodeSampler
 from server_app.strategies import Strategy
 from server_app.strategies.kit.evaluation import evaluate_message
@@ -81,7 +82,7 @@ class RoundLoop:
         accepted = []
         for msg in sorted(ex.ok(), key=lambda m: self.sampler.name(m.metadata.src_node_id)):
             node, i = msg.metadata.src_node_id, index[msg.metadata.reply_to_message_id]
-            if reason := ask.checks[i](msg.content):
+            if reason := _check(ask.checks[i], msg):
                 trace.rejected.append(Failure(node, f"{ask.label} rejected: {reason}"))
                 continue
             accepted.append(Reply(node, i, msg.content))
@@ -93,7 +94,9 @@ class RoundLoop:
             trace.accepted = [reply.node for reply in accepted]
         return accepted
 
-    def run_round(self, phase: Phase, server_round: int, globals_: Globals, test: Split | None):
+    def run_round(
+        self, phase: Phase, server_round: int, globals_: Globals, test: Split | None
+    ) -> tuple[RoundResult, RoundTrace]:
         """One round of the strategy: sample, then each exchange it asks for. Returns its result and trace."""
         connected = self.sampler.nodes(self.grid, self.cfg.min_train_nodes)
         sampled = self.sampler.sample_from(connected, self.cfg.fraction_train, self.cfg.min_train_nodes)
@@ -225,6 +228,14 @@ class RoundLoop:
             len(ex.ok()),
             len(ex.failures()),
         )
+
+
+def _check(check: Check, msg: Message) -> str | None:
+    """`check`'s reason to reject a reply; a reply the check cannot even read is rejected too, never the run."""
+    try:
+        return check(msg.content)
+    except Exception as exc:  # whatever a node sends, one bad reply costs that reply only
+        return f"unreadable ({type(exc).__name__}: {exc})"
 
 
 def _mean(values: list[float]) -> float | None:

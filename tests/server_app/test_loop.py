@@ -78,6 +78,17 @@ def test_a_rejection_starts_with_the_asks_label(task_identity):
     ]
 
 
+def test_a_reply_its_check_cannot_read_is_rejected_not_the_run(task_identity):
+    def check(content):
+        return None if content[METRICS][NUM_EXAMPLES] > 0 else "no examples"  # KeyError on a reply without metrics
+
+    ask = ask_of([1, 2], check=check)
+    ex = exchanged(ask.messages, answers({1: trained(None, 5), 2: RecordDict({"other": ConfigRecord()})}))
+    trace = RoundTrace([1, 2])
+    assert [reply.node for reply in screening_loop(NODES).screen(ex, ask, trace)] == [1]
+    assert trace.rejected == [Failure(2, "reply rejected: unreadable (KeyError: 'metrics')")]
+
+
 def test_an_exchange_that_does_not_answer_the_round_leaves_its_accepted_replies_alone(task_identity):
     loop, trace = screening_loop(NODES), RoundTrace([1, 2, 3])
     train = ask_of([1, 2, 3])
