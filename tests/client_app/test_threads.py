@@ -1,4 +1,4 @@
-"""client_app.app's torch threads: one in simulation (inside a Ray actor), node config `num-threads` on a deployed
+"""client_app.threads: torch threads: one in simulation (inside a Ray actor), node config `num-threads` on a deployed
 node, by default all its cores; set once per process, checked on every message."""
 
 import os
@@ -9,8 +9,9 @@ import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
 
-import client_app.app as client_app
-from client_app.app import app, available_cores, in_simulation, num_threads
+import client_app.threads as threads_module
+from client_app.app import app
+from client_app.threads import available_cores, in_simulation, num_threads
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -24,7 +25,7 @@ def fake_ray(initialized: bool, actor_id: str | None) -> SimpleNamespace:
 def fresh_process(monkeypatch):
     """As if no message had been served yet in this process; torch's threads restored after."""
     threads = torch.get_num_threads()
-    monkeypatch.setattr(client_app, "_threads_set", False)
+    monkeypatch.setattr(threads_module, "_threads_set", False)
     yield
     torch.set_num_threads(threads)
 
@@ -85,4 +86,4 @@ def test_the_first_message_sets_the_threads_and_later_ones_only_check(task_ident
 def test_a_bad_num_threads_on_the_first_message_is_refused_before_anything_runs(task_identity, fresh_process):
     with pytest.raises(Exception, match=r"node config 'num-threads' = 'many'; allowed"):
         identify({"partition-id": 0, "num-threads": "many"})
-    assert not client_app._threads_set
+    assert not threads_module._threads_set
