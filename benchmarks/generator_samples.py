@@ -22,7 +22,7 @@ from torch import nn
 
 from benchmarks.provenance import provenance, provenance_line
 from common.config import parse_run_config
-from common.data import dataset_shape, image_shape, load_client_data, load_server_testset
+from common.data import builtin_task, load_client_data, load_server_testset
 from common.distill import ensemble_soft_targets
 from common.feature_generator import draw
 from common.generator import Generator, generated_batches, generator_loss, train_generator
@@ -140,9 +140,9 @@ def generator_step(
 
 def fitted_generator(variant: str, teachers: list[torch.nn.Module], seed: int, side: int) -> Generator:
     """A generator trained GENERATOR_STEPS steps against `teachers` (the CNN alone for 'cnn-teacher')."""
-    features, classes = dataset_shape(DATASET)
+    features, classes = builtin_task(DATASET).features, builtin_task(DATASET).num_classes
     torch.manual_seed(seed)
-    gen = Generator(features, classes, image_shape(DATASET))
+    gen = Generator(features, classes, builtin_task(DATASET).input_shape)
     extra = {
         "tv-prior": lambda x: TV_WEIGHT * total_variation(x, side),
         "activation": lambda x: ACTIVATION_WEIGHT * activation(x, teachers),
@@ -209,7 +209,7 @@ def measure(seed: int, teacher_epochs: int) -> dict:
     """Teachers' and ensemble's test accuracy, then each variant's students', each normalised CNN's, and what
     one server step does for CNNs that start from real data."""
     cfg = parse_run_config({"dataset": DATASET, "seed": seed, "partitioner": "iid"})
-    side = image_shape(DATASET)[1]
+    side = builtin_task(DATASET).input_shape[1]
     parts = [load_client_data(cfg, p, PARTITIONS).train for p in range(PARTITIONS)]
     x, y = torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts])
     test = load_server_testset(cfg)

@@ -17,31 +17,31 @@ app = ClientApp(mods=[threads_mod])
 @app.train(Action.SUPERVISED)
 def train_supervised(msg: Message, context: Context) -> Message:
     """Train the sent global model on local labels (FedAvg, FedProx, FedDF, two-stage's teacher phase)."""
-    return fedavg.train_supervised(msg, Node.load(context))
+    return fedavg.train_supervised(msg, Node.load(context, msg))
 
 
 @app.train(Action.DISTILL)
 def train_distill(msg: Message, context: Context) -> Message:
     """Two-stage phase 2: distill the sent global student from the local teacher."""
-    return two_stage.train_distill(msg, Node.load(context))
+    return two_stage.train_distill(msg, Node.load(context, msg))
 
 
 @app.train(Action.DIGEST)
 def train_digest(msg: Message, context: Context) -> Message:
     """FedMD: move the node's own model toward the consensus, then train it on local labels."""
-    return fedmd.train_digest(msg, Node.load(context))
+    return fedmd.train_digest(msg, Node.load(context, msg))
 
 
 @app.train(Action.FEDGEN)
 def train_fedgen(msg: Message, context: Context) -> Message:
     """FedGen: train the sent global model on local labels, regularised by the server's generator."""
-    return fedgen.train_fedgen(msg, Node.load(context))
+    return fedgen.train_fedgen(msg, Node.load(context, msg))
 
 
 @app.query(Action.LOGITS)
 def query_logits(msg: Message, context: Context) -> Message:
     """Logits on public inputs: of the local teacher (two-stage's ensemble teacher), else of the own model (FedMD)."""
-    node = Node.load(context)
+    node = Node.load(context, msg)
     if setting(msg, SOURCE) == SOURCE_TEACHER:
         return two_stage.teacher_logits(msg, node)
     return fedmd.own_logits(msg, node)
@@ -50,7 +50,7 @@ def query_logits(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the sent global model on the local test split."""
-    return evaluate_global(msg, Node.load(context))
+    return evaluate_global(msg, Node.load(context, msg))
 
 
 @app.query(Action.IDENTIFY)

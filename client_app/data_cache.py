@@ -41,7 +41,7 @@ from common.config import RunConfig
 from common.data import ClientData, Split
 
 CACHE_DIR = "data-cache"  # inside the node's state-dir
-FORMAT = 1  # of an entry; a change misses every older entry
+FORMAT = 2  # of an entry; a change misses every older entry
 KEEP = 4  # entries kept in a state-dir: the newest; more are deleted when one is written
 STALE_TEMP_SECONDS = 3600  # a temporary file this old was left by a writer that died
 
@@ -91,7 +91,7 @@ def _code_digest() -> str:
     """A digest of the code that decodes and splits a node's data."""
     here = Path(common.data.__file__).parent
     digest = hashlib.sha256()
-    for name in ("data.py", "seeds.py"):
+    for name in ("data.py", "seeds.py", "sources.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -119,10 +119,11 @@ def _key(cfg: RunConfig, source: dict[str, Any], stream: int, packages: tuple[st
 
 
 def file_key(cfg: RunConfig, path: str, stream: int) -> Key | None:
-    """The cache key of a node's data file decoded for `cfg`; None if the file cannot be looked at (decoding then
-    reports why)."""
+    """The cache key of a node's data file (or directory) decoded for `cfg`; None if it cannot be looked at
+    (decoding then reports why)."""
     try:
         stat = os.stat(path)
+        contents = _fingerprint(path) if os.path.isdir(path) else {}
     except (OSError, ValueError):
         return None
     source = {
@@ -132,14 +133,30 @@ def file_key(cfg: RunConfig, path: str, stream: int) -> Key | None:
         "ctime-ns": stat.st_ctime_ns,
         "inode": stat.st_ino,
         "device": stat.st_dev,
+        **contents,
     }
-    return _key(cfg, source, stream, ())
+    return _key(cfg, source, stream, ("datasets", "pillow", "pyarrow"))
+
+
+def _fingerprint(dataset: str) -> dict[str, Any]:
+    """What identifies the contents of run config `dataset` when it is a local path: the size, mtime and inode of
+    every file under it (a hub id is keyed by its name: `datasets` keeps its own cache of its files)."""
+    path = Path(dataset).expanduser()
+    if not path.exists():
+        return {}
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}\n".encode())
+    return {"path": str(path.resolve()), "files": len(files), "digest": digest.hexdigest()[:32]}
 
 
 def partition_key(cfg: RunConfig, partition_id: int, num_partitions: int) -> Key:
-    """The cache key of partition `partition_id` of `num_partitions` of the built-in dataset `cfg` names."""
-    source = {"partition-id": partition_id, "num-partitions": num_partitions}
-    return _key(cfg, source, partition_id, BUILTIN_PACKAGES.get(cfg.dataset, ()))
+    """The cache key of partition `partition_id` of `num_partitions` of the dataset `cfg` names."""
+    source = {"partition-id": partition_id, "num-partitions": num_partitions, **_fingerprint(cfg.dataset)}
+    packages = BUILTIN_PACKAGES.get(cfg.dataset, ("datasets", "flwr-datasets", "pillow", "pyarrow"))
+    return _key(cfg, source, partition_id, packages)
 
 
 def entry_path(state_dir: str, key: Key) -> Path:
@@ -191,14 +208,21 @@ def _read(path: Path, text: str) -> ClientData:
         tensors[name] = tensor
     if len(tensors["train-x"]) != len(tensors["train-y"]) or len(tensors["test-x"]) != len(tensors["test-y"]):
         raise ValueError("features and labels differ in length")
-    return ClientData(Split(tensors["train-x"], tensors["train-y"]), Split(tensors["test-x"], tensors["test-y"]))
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+        raise ValueError("'shape' is not a list of sizes")
+    shape = tuple(shape)
+    return ClientData(
+        Split(tensors["train-x"], tensors["train-y"], shape), Split(tensors["test-x"], tensors["test-y"], shape)
+    )
 
 
 def _write(path: Path, text: str, data: ClientData) -> None:
     """Keep `data` as `path`, written whole to a temporary file first; then delete the oldest entries past KEEP."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = _tensors(data)
-    entry = {"format": FORMAT, "key": text, "crc32": {k: _crc(t) for k, t in tensors.items()}, **tensors}
+    crc = {k: _crc(t) for k, t in tensors.items()}
+    entry = {"format": FORMAT, "key": text, "crc32": crc, "shape": list(data.train.shape), **tensors}
     temp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         torch.save(entry, temp)

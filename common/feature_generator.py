@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.data import dataset_shape
 from common.loss import diversity_loss
 from common.models import build_model
 from common.seeds import Stream, derive_seed
+from common.task import Task
 from common.training import fit_generator
 
 NOISE_DIM = 32
@@ -39,10 +39,10 @@ def head(model: nn.Module) -> nn.Linear:
 
 
 @functools.cache
-def feature_width(name: str, dataset: str) -> int:
-    """The width of the features architecture `name`'s head reads on `dataset`; ValueError naming the model
+def feature_width(name: str, task: Task | str) -> int:
+    """The width of the features architecture `name`'s head reads on `task`; ValueError naming the model
     if it has no linear head, or (a user's model) if what that layer returns is not the model's output."""
-    model = build_model(name, dataset)
+    model = build_model(name, task)
     try:
         layer = head(model)
     except TypeError as exc:
@@ -52,7 +52,7 @@ def feature_width(name: str, dataset: str) -> int:
         hook = layer.register_forward_hook(lambda module, args, out: seen.append(out))
         try:
             with torch.no_grad():
-                out = model.eval()(torch.zeros(2, dataset_shape(dataset)[0]))
+                out = model.eval()(torch.zeros(2, task.features))
         finally:
             hook.remove()
         if not seen or not torch.equal(seen[-1], out):

@@ -9,7 +9,7 @@ Names (checked by common.config.check_model_name, listed in its MODEL_FAMILIES):
 - `package.module:factory`: a user's own model, `factory(input_shape, num_classes) -> nn.Module`.
 
 `build_model_for(name, input_shape, num_classes)` builds any of them from one example's shape ((features,)
-for tables, (C, H, W) for images); `build_model(name, dataset)` does it for the built-in datasets. Every model
+for tables, (C, H, W) for images); `build_model(name, task)` does it for the run's task (common/task.py). Every model
 maps a batch of shape (batch, *input_shape) to (batch, num_classes) logits, and accepts the same batch flat,
 (batch, prod(input_shape)), the way the built-in image datasets store their pixels. Every zoo model is an
 nn.Sequential whose last layer is its linear head (what FedGen's generator feeds). See docs/models.md.
@@ -29,9 +29,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from common.config import check_model_name, mlp_widths
-from common.data import dataset_shape, image_shape
+from common.data import builtin_task
 from common.protocol import LOGITS_ARRAY
 from common.seeds import Stream, derive_seed
+from common.task import Task
 
 # Models that read (channels, height, width) images; an mlp-... reads any shape.
 IMAGE_MODELS = ("cnn", "resnet-8", "resnet-20", "shufflenet-v2")
@@ -376,21 +377,22 @@ def build_model_for(name: str, input_shape: tuple[int, ...], num_classes: int) -
     return _IMAGE_BUILDERS[name](input_shape, num_classes)
 
 
-def build_model(name: str, dataset: str) -> nn.Module:
-    """build_model_for on a built-in dataset: its image shape, or (features,) for flat data."""
+def build_model(name: str, task: Task | str) -> nn.Module:
+    """build_model_for the run's task (or a built-in dataset's, by its name): its input shape and classes."""
     check_model_name(name)
-    features, classes = dataset_shape(dataset)
-    image = image_shape(dataset)
-    if name in IMAGE_MODELS and image is None:
-        raise ValueError(f"model {name!r} needs image inputs; dataset {dataset!r} has flat features, use an mlp-...")
-    return build_model_for(name, image or (features,), classes)
+    task = builtin_task(task) if isinstance(task, str) else task
+    if name in IMAGE_MODELS and not task.is_image:
+        raise ValueError(
+            f"model {name!r} needs image inputs; the task has inputs of shape {task.input_shape}, use an mlp-..."
+        )
+    return build_model_for(name, task.input_shape, task.num_classes)
 
 
-def initial_model(name: str, dataset: str, seed: int) -> nn.Module:
+def initial_model(name: str, task: Task | str, seed: int) -> nn.Module:
     """build_model with weights drawn from (`seed`, `name`), leaving torch's global generator as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, Stream.INITIAL_WEIGHTS, zlib.crc32(name.encode())))
-        return build_model(name, dataset)
+        return build_model(name, task)
 
 
 def count_params(model: nn.Module) -> int:

@@ -94,8 +94,9 @@ LOGITS_ARRAY = "logits"  # the one array of a logits record (LOGITS, CONSENSUS, 
 
 # --- query.identify: a name that stays the same across runs, for seeded sampling -------------
 QUERY_IDENTIFY = message_type(MessageType.QUERY, Action.IDENTIFY)
-NODE = "node"  # reply (ConfigRecord): NAME and MODEL
+NODE = "node"  # reply (ConfigRecord): NAME, MODEL, and its data's common.task INPUT_SHAPE and NUM_CLASSES or DATA_ERROR
 NAME = "name"
+DATA_ERROR = "data-error"  # NODE: why the node's data cannot be read
 
 # --- evaluate: the sent ARRAYS of architecture MODEL scored on the local test split (EVAL_* METRICS)
 EVALUATE = MessageType.EVALUATE

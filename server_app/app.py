@@ -10,16 +10,18 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import ConfigError, RunConfig
-from common.data import DataError, Split, load_server_testset, load_test_npz
+from common.data import DataError, dataset_label, is_builtin, load_server_testset
 from common.models import build_model, count_params, load_record
+from common.sources import SourceError
 from server_app import checkpoint
 from server_app.loop import RoundLoop, RunAborted
 from server_app.outputs import RunDirectory, fmt_metric, point_latest
 from server_app.records import Summary
 from server_app.round import Globals
 from server_app.sampling import NodeSampler
-from server_app.settings import config_dump, parse
+from server_app.settings import check_models, config_dump, parse
 from server_app.strategies import STRATEGIES, Strategy
+from server_app.task import run_task
 
 # Nodes of a simulation are all there at start; deployed ones get this long to connect.
 NODE_GRACE_SECONDS = 10.0
@@ -38,7 +40,7 @@ def _summary(
     student = last.get(phases[-1].name)
     teacher_model = strategy.teacher_model()
     names = {cfg.model, *(student.accuracy_by_model if student else {}), *([teacher_model] if teacher_model else [])}
-    params = {name: count_params(build_model(name, cfg.dataset)) for name in sorted(names)}
+    params = {name: count_params(build_model(name, strategy.task)) for name in sorted(names)}
     # A node's ε only grows, so its latest report is its spend over the run.
     epsilon = {node: e for r in history for node, e in (r.dp_epsilon_by_node or {}).items()}
     return Summary(
@@ -65,15 +67,6 @@ def _summary(
     )
 
 
-def _server_testset(cfg: RunConfig) -> Split | None:
-    """The server's test set per run config `server-test`: the built-in hold-out, none, or an .npz file."""
-    if cfg.server_test == "builtin":
-        return load_server_testset(cfg)
-    if cfg.server_test == "none":
-        return None
-    return load_test_npz(cfg.server_test, cfg)
-
-
 def _connected_nodes(cfg: RunConfig, sampler: NodeSampler, grid: Grid) -> int:
     """Number of connected nodes; a ConfigError if fewer than min-train-nodes come within the grace time."""
     try:
@@ -92,9 +85,13 @@ def main(grid: Grid, context: Context) -> None:
         config = config_dump(cfg, settings)
         sampler = NodeSampler(cfg.seed, cfg.round_timeout, cfg.model)
         connected = _connected_nodes(cfg, sampler, grid)
-        test = _server_testset(cfg)
+        test = load_server_testset(cfg)
+        task = run_task(cfg, test, sampler)
+        test = test.standardised(task) if test is not None else None
+        if not is_builtin(cfg.dataset):
+            check_models(cfg, settings, task)
         resumed = checkpoint.load(Path(cfg.resume_from).expanduser().resolve(), config) if cfg.resume_from else None
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, SourceError) as exc:
         log(ERROR, "fedkd: invalid run: %s", exc)
         raise
 
@@ -105,10 +102,10 @@ def main(grid: Grid, context: Context) -> None:
         sampler.rng.setstate(resumed.sampler_state)
         log(INFO, "fedkd: resuming after %s round %d", resumed.phase, resumed.server_round)
     else:
-        run_dir = RunDirectory(cfg.output_path(), f"{cfg.strategy}-{cfg.dataset}")
+        run_dir = RunDirectory(cfg.output_path(), f"{cfg.strategy}-{dataset_label(cfg.dataset)}")
 
     log(INFO, "fedkd: %s on %s, %d nodes, outputs in %s", cfg.strategy, cfg.dataset, connected, run_dir.path)
-    strategy = STRATEGIES[cfg.strategy](cfg, settings, sampler)
+    strategy = STRATEGIES[cfg.strategy](cfg, settings, sampler, task)
     if resumed:
         strategy.restore(resumed.strategy_state)
     loop = RoundLoop(grid, cfg, config, strategy, sampler, run_dir)
@@ -127,7 +124,7 @@ def main(grid: Grid, context: Context) -> None:
             previous = loop.run_phase(phase, start, test, first_round)
             for name, arrays in previous.items():
                 label = phase.name if len(previous) == 1 else f"{phase.name}-{name}"
-                run_dir.save_model(label, load_record(build_model(name, cfg.dataset), arrays))
+                run_dir.save_model(label, load_record(build_model(name, strategy.task), arrays))
     except (RunAborted, TimeoutError) as exc:
         run_dir.write_summary(_summary(cfg, config, strategy, run_dir, started, reason=str(exc)))
         log(ERROR, "fedkd: run aborted: %s. Finished rounds are in %s", exc, run_dir.path)

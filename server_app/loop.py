@@ -68,10 +68,14 @@ class RoundLoop:
         self.run_dir = run_dir
 
     def send(self, messages: list) -> Exchange:
-        """Push `messages` and pull their replies under `round-timeout`; with DP on, each message tells its node
-        the strategy's `private_epochs`, over which the node spends its budget."""
-        if self.cfg.dp_epsilon > 0:
-            for message in messages:
+        """Push `messages` and pull their replies under `round-timeout`. Each message carries the run's task, which
+        the node builds its models for and checks its data against; with DP on, each also tells its node the
+        strategy's `private_epochs`, over which the node spends its budget."""
+        task = self.strategy.task.to_config()
+        for message in messages:
+            for key, value in task.items():
+                message.content[CONFIG][key] = value
+            if self.cfg.dp_epsilon > 0:
                 message.content[CONFIG][PRIVATE_EPOCHS] = self.strategy.private_epochs()
         return exchange(self.grid, messages, self.cfg.round_timeout)
 

@@ -14,7 +14,9 @@ from common.config import (
     split_tables,
     validate_settings,
 )
+from common.data import builtin_task, is_builtin
 from common.models import build_model, dp_compatible
+from common.task import Task
 from server_app.strategies import STRATEGIES
 
 
@@ -60,16 +62,16 @@ def _check_other_tables(strategy: str, tables: Mapping[str, Mapping[str, Any]]) 
                 )
 
 
-def _check_models(cfg: RunConfig, settings: Settings, strategy: type) -> None:
+def check_models(cfg: RunConfig, settings: Settings, task: Task) -> None:
     """Every architecture the run config names is built once on the task (a user's factory imported and run on a
     batch); under DP, one Opacus cannot train (batch norm) is refused. Named by its key, before round 1."""
     named = [("model", cfg.model), *(("models", name) for name in model_cycle(cfg.models))]
-    teacher = strategy(cfg, settings, None).teacher_model()
+    teacher = STRATEGIES[cfg.strategy](cfg, settings, None, task).teacher_model()
     if teacher:
         named.append((f"{cfg.strategy}.teacher-model", teacher))
     for key, name in named:
         try:
-            model = build_model(name, cfg.dataset)
+            model = build_model(name, task)
         except ValueError as exc:
             raise ConfigError(f"run config '{key}' = {name!r}: {exc}") from None
         if cfg.dp_epsilon > 0 and (reason := dp_compatible(model)):
@@ -84,7 +86,8 @@ def parse(raw: Mapping[str, Any]) -> tuple[RunConfig, Settings]:
     _check_other_tables(cfg.strategy, tables)
     settings = validate_settings(STRATEGIES[cfg.strategy].Settings, tables.get(cfg.strategy, {}), table=cfg.strategy)
     STRATEGIES[cfg.strategy].check_config(cfg, settings)
-    _check_models(cfg, settings, STRATEGIES[cfg.strategy])
+    if is_builtin(cfg.dataset):  # the task is known now; other data defines it once loaded (server_app/task.py)
+        check_models(cfg, settings, builtin_task(cfg.dataset))
     return cfg, settings
 
 

@@ -9,7 +9,7 @@ from common.protocol import ARRAYS, METRICS, MODEL, NUM_EXAMPLES
 
 def evaluate_global(msg: Message, node: Node) -> Message:
     """Score the sent global model, of the message's architecture, on the local test split."""
-    model = load_record(build_model(str(setting(msg, MODEL)), node.cfg.dataset), msg.content[ARRAYS])
+    model = load_record(build_model(str(setting(msg, MODEL)), node.task), msg.content[ARRAYS])
     metrics = node.eval_metrics(model)
     metrics[NUM_EXAMPLES] = len(node.data.test)
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

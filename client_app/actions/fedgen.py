@@ -6,7 +6,6 @@ import torch
 from flwr.app import Message
 
 from client_app.node import Node, setting
-from common.data import dataset_shape
 from common.feature_generator import FeatureGenerator, feature_width, regularised_loss
 from common.privacy import not_covered
 from common.protocol import (
@@ -28,10 +27,10 @@ def train_fedgen(msg: Message, node: Node) -> Message:
     cfg = node.cfg
     if cfg.dp_epsilon > 0:
         raise ValueError(not_covered("fedgen", "reports each node's label counts in the clear", cfg.dp_epsilon))
-    num_classes = dataset_shape(cfg.dataset)[1]
+    num_classes = node.task.num_classes
     loss = None
     if GENERATOR in msg.content.array_records:
-        gen = FeatureGenerator(num_classes, [feature_width(str(setting(msg, MODEL)), cfg.dataset)], cfg.seed)
+        gen = FeatureGenerator(num_classes, [feature_width(str(setting(msg, MODEL)), node.task)], cfg.seed)
         gen.load_state_dict(msg.content[GENERATOR].to_torch_state_dict(), strict=True)
         server_round = int(setting(msg, SERVER_ROUND))
         # The loss reads the head of the model that node.fit trains, so node.fit builds it for that model.

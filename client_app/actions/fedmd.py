@@ -39,18 +39,26 @@ def own_model(msg: Message, node: Node) -> torch.nn.Module:
     then the node's private data), then kept between rounds."""
     cfg = node.cfg
     name = cfg.node_model(node.context.node_config)
-    model = build_model(name, cfg.dataset)
+    model = build_model(name, node.task)
     if node.restore(OWN_MODEL, model):
         return model
-    model = initial_model(name, cfg.dataset, derive_seed(cfg.seed, Stream.OWN_MODEL, node.stream))
+    model = initial_model(name, node.task, derive_seed(cfg.seed, Stream.OWN_MODEL, node.stream))
     if (epochs := int(setting(msg, TRANSFER_EPOCHS))) > 0:
-        public = load_public(cfg)
+        public = load_public(cfg, node.task)
         seed = derive_seed(cfg.seed, Stream.TRANSFER, node.stream)
         train(model, public.x, (public.y,), **node.train_kwargs(seed, epochs))
     seed = derive_seed(cfg.seed, Stream.OWN_TRAINING, node.stream)
     train_private(node, msg, model, seed, targets=(node.data.train.y,))
     node.keep(OWN_MODEL, model)
     return model
+
+
+def _server_test_inputs(cfg, task) -> torch.Tensor:
+    """The inputs of the server's test set, which FedMD's test logits are computed on (the server scores them)."""
+    test = load_server_testset(cfg)
+    if test is None:
+        raise ValueError("FedMD's test logits need the server's test set on the node; this run has none")
+    return test.standardised(task).x
 
 
 def own_logits(msg: Message, node: Node) -> Message:
@@ -82,6 +90,6 @@ def train_digest(msg: Message, node: Node) -> Message:
     }
     content = RecordDict({METRICS: MetricRecord(metrics)})
     if msg.content[CONFIG].get(REPORT_TEST_LOGITS, False):
-        logits = predict_logits(model, load_server_testset(cfg).x)
+        logits = predict_logits(model, _server_test_inputs(cfg, node.task))
         content[TEST_LOGITS] = logits_to_record(logits, str(setting(msg, LOGITS_DTYPE)))
     return Message(content, reply_to=msg)

@@ -19,7 +19,7 @@ LOCAL_TEACHER = "local-teacher"  # the local teacher's key in the node's state a
 
 def local_teacher(msg: Message, node: Node) -> torch.nn.Module:
     """The node's teacher: the global teacher the server sent once, fine-tuned here for `finetune-epochs`."""
-    teacher = build_model(str(setting(msg, TEACHER_MODEL)), node.cfg.dataset)
+    teacher = build_model(str(setting(msg, TEACHER_MODEL)), node.task)
     if TEACHER in msg.content.array_records:
         load_record(teacher, msg.content[TEACHER])
         if (epochs := int(setting(msg, FINETUNE_EPOCHS))) > 0:

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord
 from common.config import RunConfig, Settings
 from common.data import Split
 from common.models import build_model, initial_model, load_record, to_record
+from common.task import Task
 from common.training import evaluate
 from server_app.round import Ask, Globals, Nodes, Phase, Reply, RoundInput, RoundResult, Scores
 
@@ -40,8 +41,9 @@ class Strategy(ABC):
     # Its own run-config keys, in the run config's table of its name (`fedprox.proximal-mu`).
     Settings: ClassVar[type[Settings]] = NoSettings
 
-    def __init__(self, cfg: RunConfig, settings: Settings, nodes: Nodes) -> None:
+    def __init__(self, cfg: RunConfig, settings: Settings, nodes: Nodes, task: Task) -> None:
         self.cfg = cfg
+        self.task = task
         self.settings = settings
         self.nodes = nodes
 
@@ -64,7 +66,7 @@ class Strategy(ABC):
 
     def initial_weights(self, name: str) -> ArrayRecord:
         """Seeded initial weights of architecture `name`: the same on every run of one seed."""
-        return to_record(initial_model(name, self.cfg.dataset, self.cfg.seed))
+        return to_record(initial_model(name, self.task, self.cfg.seed))
 
     @abstractmethod
     def round(self, r: RoundInput) -> RoundSteps:
@@ -81,7 +83,7 @@ class Strategy(ABC):
         """Each architecture's (loss, accuracy) on the server's test set: its global model's, here."""
         scores = {}
         for name, arrays in globals_.items():
-            loss, correct = evaluate(load_record(build_model(name, self.cfg.dataset), arrays), test.x, test.y)
+            loss, correct = evaluate(load_record(build_model(name, self.task), arrays), test.x, test.y)
             scores[name] = (loss, correct / len(test))
         return scores
 

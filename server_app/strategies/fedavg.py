@@ -44,7 +44,7 @@ class FedAvg(Strategy):
 
     def client_model(self, reply: Reply, r: RoundInput) -> torch.nn.Module:
         """The model a training reply holds, built as its node's architecture."""
-        model = build_model(self.architecture(reply.node, r.phase), self.cfg.dataset)
+        model = build_model(self.architecture(reply.node, r.phase), self.task)
         return load_record(model, reply.content[ARRAYS])
 
     def round(self, r: RoundInput) -> RoundSteps:

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch
 
 from common.data import load_public
-from common.distill import BatchFn, ValidationFn, ensemble_soft_targets, labelled_error, random_batches
+from common.distill import BatchFn, ValidationFn, ensemble_soft_targets, public_validation, random_batches
 from common.seeds import Stream, derive_seed
 from server_app.round import Globals, Reply, RoundInput, RoundResult
 from server_app.strategies.contract import RoundSteps, register
@@ -37,7 +37,7 @@ class FedDF(FedAvg):
         metrics go into `result`."""
         teachers = [self.client_model(reply, r) for reply in replies]
         batches, validation = self.distillation_data(teachers, result, r)
-        distilled, metrics = distill_groups(result.globals, self.cfg.dataset, self.settings, batches, validation)
+        distilled, metrics = distill_groups(result.globals, self.task, self.settings, batches, validation)
         result.metrics.update(metrics)
         return distilled
 
@@ -48,7 +48,7 @@ class FedDF(FedAvg):
         labelled validation split of the public data, as the paper stops on a validation set. The round's
         distilled models are kept: early stopping already chose the weights best on that split."""
         s = self.settings
-        public = load_public(self.cfg)
+        public = load_public(self.cfg, self.task)
         cut = validation_cut(len(public))
         phase_index = self.phases().index(r.phase)
         indices = public_subset(
@@ -58,4 +58,6 @@ class FedDF(FedAvg):
         targets = ensemble_soft_targets(teachers, x, s.temperature)
         seed = derive_seed(self.cfg.seed, Stream.FEDDF_BATCHES, r.server_round)
         batches = lambda name: random_batches(x, targets, self.cfg.batch_size, seed)  # noqa: E731
-        return batches, labelled_error(public.x[:cut], public.y[:cut])
+        labelled = not self.cfg.public_dataset
+        held = None if labelled else ensemble_soft_targets(teachers, public.x[:cut], s.temperature)
+        return batches, public_validation(public.x[:cut], public.y[:cut], held, labelled, s.temperature)

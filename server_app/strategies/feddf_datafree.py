@@ -8,7 +8,6 @@ from flwr.app import ArrayRecord, RecordDict
 from pydantic import Field
 
 from common.config import ConfigError, RunConfig
-from common.data import dataset_shape, image_shape
 from common.distill import BatchFn, ValidationFn, ensemble_disagreement, ensemble_soft_targets
 from common.generator import Generator as InputGenerator
 from common.generator import generated_batches, train_generator
@@ -60,10 +59,10 @@ class FedDFDataFree(FedDF):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        features, classes = dataset_shape(self.cfg.dataset)
+        features, classes = self.task.features, self.task.num_classes
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.cfg.seed, Stream.GENERATOR_INIT))
-            self.generator = InputGenerator(features, classes, image_shape(self.cfg.dataset))
+            self.generator = InputGenerator(features, classes, self.task.input_shape if self.task.is_image else None)
 
     @classmethod
     def check_config(cls, cfg: RunConfig, settings: Settings) -> None:

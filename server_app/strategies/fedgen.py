@@ -7,7 +7,6 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from pydantic import Field
 
 from common.config import ConfigError, RunConfig, Settings
-from common.data import dataset_shape
 from common.feature_generator import FeatureGenerator, feature_width, head, train_feature_generator
 from common.privacy import not_covered
 from common.protocol import (
@@ -61,7 +60,7 @@ class FedGen(FedAvg):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.generator = FeatureGenerator(dataset_shape(self.cfg.dataset)[1], [], self.cfg.seed)
+        self.generator = FeatureGenerator(self.task.num_classes, [], self.cfg.seed)
         self.labels: list[int] = []  # the classes the generator has learned; none before the first round
 
     @classmethod
@@ -98,7 +97,7 @@ class FedGen(FedAvg):
         """The generator's part for the node's feature width, once it has learned something."""
         if not self.labels:
             return {}
-        width = feature_width(self.architecture(node, r.phase), self.cfg.dataset)
+        width = feature_width(self.architecture(node, r.phase), self.task)
         if width not in self.generator.widths:
             # A node whose architecture joined after the last round: its output layer has learned nothing yet.
             return {}
@@ -112,7 +111,7 @@ class FedGen(FedAvg):
     def check_reply(self, content: RecordDict) -> str | None:
         """A reply must count the node's examples of each class, summing to its `num-examples`."""
         metrics = content[METRICS]
-        classes = dataset_shape(self.cfg.dataset)[1]
+        classes = self.task.num_classes
         counts = metrics.get(LABEL_COUNTS)
         if (
             not isinstance(counts, list)

@@ -6,7 +6,7 @@ import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 from pydantic import Field
 
-from common.data import Split, dataset_shape, load_public
+from common.data import Split, load_public
 from common.distill import consensus
 from common.models import logits_from_record, logits_to_record
 from common.protocol import (
@@ -65,7 +65,7 @@ class FedMD(Strategy):
     def round(self, r: RoundInput) -> RoundSteps:
         """Communicate, aggregate, distribute, digest, revisit."""
         s = self.settings
-        public_size = len(load_public(self.cfg))
+        public_size = len(load_public(self.cfg, self.task))
         phase_index = self.phases().index(r.phase)
         indices = public_subset(s.public_samples_per_round, public_size, self.cfg.seed, phase_index, r.server_round)
         config = {
@@ -75,7 +75,7 @@ class FedMD(Strategy):
             TRANSFER_EPOCHS: s.transfer_epochs,
             LOGITS_DTYPE: s.logits_dtype,
         }
-        classes = dataset_shape(self.cfg.dataset)[1]
+        classes = self.task.num_classes
         messages = logits_queries(r.sampled, {**config, SOURCE: SOURCE_OWN})
         replies = yield Ask(messages, [logits_check(len(indices), classes, self.cfg.max_num_examples)] * len(messages))
         result = RoundResult({}, scores_previous=False)

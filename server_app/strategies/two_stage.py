@@ -4,8 +4,8 @@ from flwr.app import ArrayRecord
 from pydantic import Field, field_validator
 
 from common.config import check_model_name
-from common.data import dataset_shape, load_public
-from common.distill import consensus, labelled_error, random_batches
+from common.data import load_public
+from common.distill import consensus, public_validation, random_batches
 from common.models import logits_from_record
 from common.protocol import (
     ALPHA,
@@ -148,7 +148,7 @@ class TwoStage(FedAvg):
     def _ensemble_round(self, r: RoundInput) -> RoundSteps:
         """Sampled nodes send their local teacher's logits on public data; the server distills every student."""
         s = self.settings
-        public = load_public(self.cfg)
+        public = load_public(self.cfg, self.task)
         phase_index = self.phases().index(r.phase)
         indices = public_subset(s.public_samples_per_round, len(public), self.cfg.seed, phase_index, r.server_round)
         config = {
@@ -160,7 +160,7 @@ class TwoStage(FedAvg):
             LOGITS_DTYPE: s.logits_dtype,
         }
         messages = logits_queries(r.sampled, config, {n: self.train_records(n, r) for n in r.sampled})
-        check = logits_check(len(indices), dataset_shape(self.cfg.dataset)[1], self.cfg.max_num_examples)
+        check = logits_check(len(indices), self.task.num_classes, self.cfg.max_num_examples)
         replies = yield Ask(messages, [check] * len(messages))
         self._track_teacher(r.sampled, {reply.node for reply in replies})
         result = RoundResult(dict(r.globals), scores_previous=False)
@@ -172,9 +172,9 @@ class TwoStage(FedAvg):
         seed = derive_seed(self.cfg.seed, Stream.ENSEMBLE_BATCHES, r.server_round)
         result.globals, result.metrics = distill_groups(
             r.globals,
-            self.cfg.dataset,
+            self.task,
             s,
             lambda name: random_batches(x[cut:], ensemble[cut:], self.cfg.batch_size, seed),
-            labelled_error(x[:cut], y[:cut]),
+            public_validation(x[:cut], y[:cut], ensemble[:cut], not self.cfg.public_dataset, s.temperature),
         )
         return result

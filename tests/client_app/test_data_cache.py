@@ -13,7 +13,7 @@ from client_app import data_cache
 from client_app.data_cache import CACHE_DIR, KEEP, data_settings, entry_path, file_key, partition_key
 from client_app.node import Node
 from common.config import parse_run_config
-from common.data import ClientData, load_client_data, load_npz
+from common.data import ClientData, load_client_data, load_node_file
 
 RUN_CONFIG = {"dataset": "synthetic", "partitioner": "iid"}
 CFG = parse_run_config(RUN_CONFIG)
@@ -44,7 +44,7 @@ class Decodes:
 
     def __init__(self, monkeypatch):
         self.count = 0
-        for name in ("load_npz", "load_client_data"):
+        for name in ("load_node_file", "load_client_data"):
             real = getattr(node_module, name)
             monkeypatch.setattr(node_module, name, self.counting(real))
 
@@ -70,7 +70,7 @@ def test_a_hit_gives_the_decoded_tensors_bit_for_bit_without_decoding(tmp_path, 
     assert decodes.count == 1 and len(list((tmp_path / "state" / CACHE_DIR).glob("*.pt"))) == 1
     second = Node.load(context(**config))
     assert decodes.count == 1
-    decoded = load_npz(str(data_file), CFG, first.stream)
+    decoded = load_node_file(str(data_file), CFG, first.stream)
     assert identical(second.data, decoded) and identical(first.data, decoded)
     assert len(second.data.train) == 40 and len(second.data.test) == 10
 
@@ -102,7 +102,7 @@ def test_a_changed_data_file_is_decoded_again_even_with_its_size_and_mtime_kept(
     assert data_file.stat().st_size == stat.st_size
     changed = Node.load(context(**config))
     assert decodes.count == 2
-    assert identical(changed.data, load_npz(str(data_file), CFG, changed.stream))
+    assert identical(changed.data, load_node_file(str(data_file), CFG, changed.stream))
 
 
 @pytest.mark.parametrize(
@@ -183,7 +183,7 @@ def test_a_corrupt_entry_is_ignored_and_rewritten(tmp_path, data_file, monkeypat
     damage(entry)
     decodes = Decodes(monkeypatch)
     again = Node.load(context(**config))
-    assert decodes.count == 1 and identical(again.data, load_npz(str(data_file), CFG, node.stream))
+    assert decodes.count == 1 and identical(again.data, load_node_file(str(data_file), CFG, node.stream))
     rewritten = Node.load(context(**config))  # the next message hits
     assert decodes.count == 1 and identical(rewritten.data, again.data)
 
@@ -194,7 +194,7 @@ def test_a_state_dir_that_cannot_be_written_costs_a_decode_and_nothing_else(tmp_
     decodes = Decodes(monkeypatch)
     for _ in range(2):
         node = Node.load(context(**{"data-path": str(data_file), "state-dir": str(blocked)}))
-    assert decodes.count == 2 and identical(node.data, load_npz(str(data_file), CFG, node.stream))
+    assert decodes.count == 2 and identical(node.data, load_node_file(str(data_file), CFG, node.stream))
 
 
 def test_only_the_newest_entries_are_kept(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client_app.node import Node, identity, setting
 from common.config import parse_run_config
-from common.data import load_client_data, load_npz
+from common.data import load_client_data, load_node_file
 from common.models import initial_model
 from common.protocol import CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, MODEL, NAME, TEMPERATURE
 from common.training import evaluate
@@ -35,7 +35,7 @@ def test_a_data_file_node_is_keyed_by_a_checksum_of_its_name(tmp_path):
     np.savez(path, x=rng.normal(size=(50, 32)).astype(np.float32), y=rng.integers(0, 10, 50))
     node = Node.load(context(**{"data-path": str(path), "name": "hospital-a"}))
     assert node.stream == zlib.crc32(b"hospital-a")
-    assert torch.equal(node.data.test.x, load_npz(str(path), CFG, zlib.crc32(b"hospital-a")).test.x)
+    assert torch.equal(node.data.test.x, load_node_file(str(path), CFG, zlib.crc32(b"hospital-a")).test.x)
     assert len(node.data.train) == 40 and len(node.data.test) == 10
 
 

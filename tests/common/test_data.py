@@ -8,7 +8,7 @@ from common.data import (
     _image_slices,
     _load_mnist5k,
     _partition_indices,
-    dataset_shape,
+    builtin_task,
     load_client_data,
     load_public,
     load_server_testset,
@@ -100,12 +100,13 @@ def test_bad_partition_id_names_the_range():
 
 
 def test_dataset_shapes():
-    assert dataset_shape("digits") == (64, 10) and dataset_shape("synthetic") == (32, 10)
+    assert builtin_task("digits").input_shape == (1, 8, 8) and builtin_task("synthetic").input_shape == (32,)
+    assert {builtin_task(name).num_classes for name in ("digits", "mnist5k", "synthetic")} == {10}
 
 
 def test_mnist5k_is_mlxtends_500_images_per_class_scaled_to_unit_range():
     x, y = _image_dataset("mnist5k")
-    assert x.shape == (5000, 784) and x.dtype == np.float32 and dataset_shape("mnist5k") == (784, 10)
+    assert x.shape == (5000, 784) and x.dtype == np.float32 and builtin_task("mnist5k").features == 784
     assert x.min() == 0.0 and x.max() == 1.0
     assert np.bincount(y).tolist() == [500] * 10
     test = load_server_testset(parse_run_config({"dataset": "mnist5k"}))
@@ -145,7 +146,7 @@ def test_public_fraction_moves_samples_from_the_pool_only():
 def test_load_public_sizes_and_labels(dataset, size):
     cfg = parse_run_config({"dataset": dataset})
     public = load_public(cfg)
-    assert len(public) == size and public.x.shape[1] == dataset_shape(dataset)[0]
+    assert len(public) == size and public.x.shape[1] == builtin_task(dataset).features
     assert public.y.min().item() == 0 and public.y.max().item() == 9
     assert torch.equal(load_public(cfg).x, public.x)
 

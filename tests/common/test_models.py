@@ -87,10 +87,10 @@ def test_float16_logits_take_half_the_bytes_on_the_wire_and_come_back_as_float32
     ],
 )
 def test_the_seed_models_keep_their_initial_weights_and_outputs(name, dataset, weights, outputs, entries):
-    from common.data import dataset_shape
+    from common.data import builtin_task
 
     model = initial_model(name, dataset, 42)
-    features = dataset_shape(dataset)[0]
+    features = builtin_task(dataset).features
     with torch.no_grad():
         logits = model(torch.linspace(-1, 1, 3 * features).reshape(3, features))
     assert len(model.state_dict()) == len(to_record(model)) == entries

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.config import parse_run_config
-from common.data import DataError, export_partitions, load_client_data, load_npz, load_test_npz, main
+from common.data import DataError, export_partitions, load_client_data, load_node_file, load_test_file, main
 from common.seeds import Stream, stream_rng
 
 CFG = parse_run_config({"dataset": "digits", "partitioner": "iid"})
@@ -23,10 +23,10 @@ def exported(tmp_path_factory):
 def test_export_writes_the_partitions_and_the_server_test_set(exported):
     files = sorted(p.name for p in exported.iterdir())
     assert files == ["part-0.npz", "part-1.npz", "part-2.npz", "server-test.npz"]
-    loaded = load_npz(str(exported / "part-1.npz"), CFG, stream=1)
+    loaded = load_node_file(str(exported / "part-1.npz"), CFG, stream=1)
     direct = load_client_data(CFG, 1, 3)
     assert torch.equal(loaded.train.x, direct.train.x) and torch.equal(loaded.test.y, direct.test.y)
-    assert len(load_test_npz(str(exported / "server-test.npz"), CFG)) == 360
+    assert len(load_test_file(str(exported / "server-test.npz"), CFG)) == 360
 
 
 def test_export_command_line(tmp_path, capsys):
@@ -41,8 +41,8 @@ def test_export_command_line(tmp_path, capsys):
 def test_without_a_test_pair_a_seeded_split_is_held_out(tmp_path):
     x, y = np.random.default_rng(0).random((50, 64), dtype=np.float32), np.arange(50) % 10
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    a = load_npz(str(tmp_path / "d.npz"), CFG, stream=5)
-    b = load_npz(str(tmp_path / "d.npz"), CFG, stream=5)
+    a = load_node_file(str(tmp_path / "d.npz"), CFG, stream=5)
+    b = load_node_file(str(tmp_path / "d.npz"), CFG, stream=5)
     assert len(a.train) == 40 and len(a.test) == 10 and torch.equal(a.test.x, b.test.x)
 
 
@@ -52,7 +52,7 @@ def test_the_local_test_split_is_the_first_of_the_seeded_order_and_a_lone_sample
 ):
     cfg = parse_run_config({"dataset": "digits", "local-test-fraction": 0.6})
     np.savez(tmp_path / "d.npz", x=np.arange(rows * 64, dtype=np.float32).reshape(rows, 64), y=np.arange(rows))
-    data = load_npz(str(tmp_path / "d.npz"), cfg, stream=2)
+    data = load_node_file(str(tmp_path / "d.npz"), cfg, stream=2)
     # round(rows x 0.6) rows held out: 1.2 -> 1 and 3.0 -> 3, but never a one-sample node's only row.
     order = stream_rng(cfg.seed, Stream.FILE_SPLIT, 2).permutation(rows).tolist()
     assert (data.test.y.tolist(), data.train.y.tolist()) == (order[:held_out], order[held_out:])
@@ -151,7 +151,7 @@ def with_value(value, row=2, column=7, dtype=np.float32):
 def test_malformed_files_are_refused_with_the_reason(tmp_path, arrays, reason):
     path = write(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError) as err:
-        load_npz(path, CFG, stream=0)
+        load_node_file(path, CFG, stream=0)
     assert str(err.value) == f"data file {path!r} (node config 'data-path')" + reason
 
 
@@ -165,15 +165,15 @@ def truncated(tmp_path) -> str:
 def test_missing_truncated_and_foreign_files(tmp_path):
     where = f"data file {str(tmp_path / 'nope.npz')!r} (node config 'data-path')"
     with pytest.raises(DataError) as err:
-        load_npz(str(tmp_path / "nope.npz"), CFG, 0)
+        load_node_file(str(tmp_path / "nope.npz"), CFG, 0)
     assert str(err.value) == f"{where} does not exist"
     with pytest.raises(DataError) as err:
-        load_npz(str(tmp_path), CFG, 0)
+        load_node_file(str(tmp_path), CFG, 0)
     assert str(err.value) == f"data file {str(tmp_path)!r} (node config 'data-path') is not a file"
     np.save(tmp_path / "plain.npy", GOOD_X)
     for path in (truncated(tmp_path), str(tmp_path / "plain.npy")):
         with pytest.raises(DataError) as err:
-            load_npz(path, CFG, 0)
+            load_node_file(path, CFG, 0)
         assert str(err.value) == (
             f"data file {path!r} (node config 'data-path') is not a readable .npz file: "
             "not a zip archive (truncated, or another format)"
@@ -182,14 +182,14 @@ def test_missing_truncated_and_foreign_files(tmp_path):
 
 def test_a_single_class_partition_loads(tmp_path):
     path = write(tmp_path / "one.npz", x=np.random.default_rng(0).random((20, 64)), y=np.full(20, 3))
-    data = load_npz(path, CFG, 0)
+    data = load_node_file(path, CFG, 0)
     assert set(data.train.y.tolist()) == set(data.test.y.tolist()) == {3}
     assert (len(data.train), len(data.test)) == (16, 4) and data.train.x.dtype == torch.float32
 
 
 def test_an_empty_local_test_pair_is_allowed(tmp_path):
     path = write(tmp_path / "d.npz", x=GOOD_X, y=GOOD_Y, x_test=GOOD_X[:0], y_test=GOOD_Y[:0])
-    data = load_npz(path, CFG, 0)
+    data = load_node_file(path, CFG, 0)
     assert (len(data.train), len(data.test)) == (5, 0)
 
 
@@ -208,18 +208,18 @@ def test_an_empty_local_test_pair_is_allowed(tmp_path):
 def test_a_malformed_server_test_file_is_refused_with_the_reason(tmp_path, arrays, reason):
     path = write(tmp_path / "test.npz", **arrays)
     with pytest.raises(DataError) as err:
-        load_test_npz(path, CFG)
+        load_test_file(path, CFG)
     assert str(err.value) == f"server test file {path!r} (run config 'server-test')" + reason
 
 
 def test_a_missing_or_truncated_server_test_file_is_refused(tmp_path):
     where = f"server test file {str(tmp_path / 'nope.npz')!r} (run config 'server-test')"
     with pytest.raises(DataError) as err:
-        load_test_npz(str(tmp_path / "nope.npz"), CFG)
+        load_test_file(str(tmp_path / "nope.npz"), CFG)
     assert str(err.value) == f"{where} does not exist"
     path = truncated(tmp_path)
     with pytest.raises(DataError) as err:
-        load_test_npz(path, CFG)
+        load_test_file(path, CFG)
     assert str(err.value) == (
         f"server test file {path!r} (run config 'server-test') is not a readable .npz file: "
         "not a zip archive (truncated, or another format)"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from common.config import parse_run_config
-from common.data import load_client_data, load_npz, load_public, load_server_testset
+from common.data import load_client_data, load_node_file, load_public, load_server_testset
 from common.models import build_model, initial_model
 from common.seeds import Stream, derive_seed, stream_rng
 from server_app.sampling import NodeSampler
@@ -102,5 +102,5 @@ def test_synthetic_data_is_drawn_as_before():
 def test_a_data_file_is_split_as_before(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((50, 32), dtype=np.float32), y=np.arange(50) % 10)
     order = np.random.default_rng([42, 3, 5]).permutation(50)
-    data = load_npz(str(tmp_path / "d.npz"), CFG, stream=5)
+    data = load_node_file(str(tmp_path / "d.npz"), CFG, stream=5)
     assert data.test.y.tolist() == (order[:10] % 10).tolist() and data.train.y.tolist() == (order[10:] % 10).tolist()

@@ -8,6 +8,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
 from common.config import RunConfig
+from common.data import builtin_task
 from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
 from server_app.loop import RoundLoop, RoundTrace
 from server_app.round import Ask, Phase, Reply, RoundInput, RoundResult
@@ -35,7 +36,7 @@ class Nodes:
 def strategy(name: str, nodes: dict[int, tuple[str, str]] | None = None, **raw: Any) -> Strategy:
     """Strategy `name` as the ServerApp builds it from the run config `raw` (kebab-case keys, tables dotted)."""
     cfg, settings = parse({"strategy": name, **raw})
-    return STRATEGIES[name](cfg, settings, Nodes(nodes))
+    return STRATEGIES[name](cfg, settings, Nodes(nodes), builtin_task(cfg.dataset))
 
 
 def weights(*values: float, dtype=np.float32) -> ArrayRecord:

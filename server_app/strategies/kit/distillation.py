@@ -9,6 +9,7 @@ from pydantic import Field
 from common.config import Settings
 from common.distill import BatchFn, ValidationFn, distill
 from common.models import build_model, load_record, to_record
+from common.task import Task
 from server_app.round import Globals
 
 # Share of the labelled public inputs held out for early stopping: a fifth.
@@ -39,7 +40,7 @@ def validation_cut(size: int) -> int:
 
 def distill_groups(
     globals_: Globals,
-    dataset: str,
+    task: Task,
     settings: DistillSettings,
     batches: Callable[[str], BatchFn],
     validation: ValidationFn,
@@ -48,7 +49,7 @@ def distill_groups(
     new models, and the metrics of the distillation (mean over groups)."""
     out, reports = {}, []
     for name, arrays in globals_.items():
-        model = load_record(build_model(name, dataset), arrays)
+        model = load_record(build_model(name, task), arrays)
         reports.append(
             distill(
                 model,
