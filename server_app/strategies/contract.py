@@ -40,6 +40,8 @@ class Strategy(ABC):
     name: ClassVar[str]
     # Its own run-config keys, in the run config's table of its name (`fedprox.proximal-mu`).
     Settings: ClassVar[type[Settings]] = NoSettings
+    # The run's task, which its models are built for; the loop sends it with every message.
+    task: Task
 
     def __init__(self, cfg: RunConfig, settings: Settings, nodes: Nodes, task: Task) -> None:
         self.cfg = cfg

@@ -9,6 +9,7 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from client_app.app import app
+from common.data import builtin_task
 from common.models import initial_model, logits_to_record, to_record
 from common.protocol import (
     ARRAYS,
@@ -38,6 +39,7 @@ from common.protocol import (
     TRANSFER_EPOCHS,
 )
 
+TASK = builtin_task("synthetic").to_config()  # what the ServerApp sends with every message
 TEACHER = "mlp-128x64"
 
 # 200 training examples, batches of 50: q = 0.25, 4 steps an epoch. Two-stage's horizon, which its server
@@ -81,7 +83,9 @@ def expected_epsilon(trainings: int) -> float:
 
 
 def message(server_round: int = 1) -> Message:
-    config = ConfigRecord({SERVER_ROUND: server_round, EVALUATE_INCOMING: True, MODEL: TEACHER, PRIVATE_EPOCHS: 4})
+    config = ConfigRecord(
+        {SERVER_ROUND: server_round, EVALUATE_INCOMING: True, MODEL: TEACHER, PRIVATE_EPOCHS: 4, **TASK}
+    )
     msg = Message(RecordDict({ARRAYS: SENT, CONFIG: config}), dst_node_id=7, message_type=TRAIN_SUPERVISED)
     msg.metadata.__dict__["_message_id"] = f"supervised-{server_round}"
     return msg
@@ -152,11 +156,13 @@ def test_fedmd_charges_its_private_trainings_and_not_its_public_ones(task_identi
         return accountant.get_epsilon(1e-5)
 
     fedmd = {SPLIT: PUBLIC, INDICES: [0, 1, 2], TRANSFER_EPOCHS: 1, LOGITS_DTYPE: "float32", PRIVATE_EPOCHS: 3}
-    query = ConfigRecord({**fedmd, SOURCE: SOURCE_OWN, SERVER_ROUND: 1})
+    query = ConfigRecord({**fedmd, SOURCE: SOURCE_OWN, SERVER_ROUND: 1, **TASK})
     msg = Message(RecordDict({CONFIG: query}), dst_node_id=7, message_type=QUERY_LOGITS)
     msg.metadata.__dict__["_message_id"] = "query"
     assert app(msg, context).content[METRICS][DP_EPSILON] == pytest.approx(accountant_after(4), rel=1e-9)
-    digest = ConfigRecord({**fedmd, SERVER_ROUND: 1, REPORT_TEST_LOGITS: False, TEMPERATURE: 3.0, DIGEST_EPOCHS: 1})
+    digest = ConfigRecord(
+        {**fedmd, SERVER_ROUND: 1, REPORT_TEST_LOGITS: False, TEMPERATURE: 3.0, DIGEST_EPOCHS: 1, **TASK}
+    )
     msg = Message(
         RecordDict({CONSENSUS: logits_to_record(torch.zeros(3, 10), "float32"), CONFIG: digest}),
         dst_node_id=7,

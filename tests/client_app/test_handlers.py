@@ -8,7 +8,7 @@ from client_app.actions.fedmd import OWN_MODEL
 from client_app.actions.two_stage import LOCAL_TEACHER
 from client_app.app import app
 from common.config import parse_run_config
-from common.data import load_client_data
+from common.data import builtin_task, load_client_data
 from common.feature_generator import FeatureGenerator
 from common.models import build_model, initial_model, load_record, logits_from_record, logits_to_record, to_record
 from common.protocol import (
@@ -57,8 +57,10 @@ from common.protocol import (
     message_type,
 )
 from common.protocol import TEACHER as TEACHER_RECORD
+from common.task import INPUT_SHAPE, NUM_CLASSES
 from common.training import evaluate, predict_logits
 
+TASK = builtin_task("synthetic").to_config()  # what the ServerApp sends with every message
 RUN_CONFIG = {"dataset": "synthetic", "partitioner": "iid", "local-epochs": 2}
 
 
@@ -91,7 +93,7 @@ DIGEST_SETTINGS = {TEMPERATURE: 3.0, DIGEST_EPOCHS: 10, TRANSFER_EPOCHS: 5, LOGI
 def message(action, arrays, server_round=2, evaluate_incoming=True, model=None, teacher=None, settings=None):
     """A message of type `action` with the settings of its strategy; `settings` override them."""
     model = model or (TEACHER if action == TRAIN_SUPERVISED else STUDENT)
-    config = {SERVER_ROUND: server_round, EVALUATE_INCOMING: evaluate_incoming, MODEL: model}
+    config = {SERVER_ROUND: server_round, EVALUATE_INCOMING: evaluate_incoming, MODEL: model, **TASK}
     config.update({**SETTINGS.get(action, {}), **(settings or {})})
     content = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(config)})
     if teacher is not None:
@@ -203,7 +205,13 @@ def test_evaluate_student_reports_counts(context):
 
 def test_identify_reports_the_partition_and_the_architecture(context):
     reply = app(message(QUERY_IDENTIFY, ArrayRecord()), context)
-    assert dict(reply.content[NODE]) == {NAME: "partition-1", MODEL: "mlp-32"}
+    # and what its data holds: the synthetic task's 32 features, labels up to 9
+    assert dict(reply.content[NODE]) == {
+        NAME: "partition-1",
+        MODEL: "mlp-32",
+        INPUT_SHAPE: [32],
+        NUM_CLASSES: 10,
+    }
     context.run_config["models"] = "mlp-8,mlp-16x16"
     assert app(message(QUERY_IDENTIFY, ArrayRecord()), context).content[NODE][MODEL] == "mlp-16x16"
     context.node_config["model"] = "mlp-64"
@@ -224,7 +232,7 @@ def test_a_heterogeneous_node_trains_the_architecture_it_is_sent(context):
 
 
 def query(config, teacher=None):
-    content = RecordDict({CONFIG: ConfigRecord(config)})
+    content = RecordDict({CONFIG: ConfigRecord({**TASK, **config})})
     if teacher is not None:
         content[TEACHER_RECORD] = teacher
     msg = Message(content, dst_node_id=7, message_type=QUERY_LOGITS)
@@ -253,7 +261,7 @@ def test_fedmd_logits_come_from_a_model_made_by_transfer_learning_and_kept(conte
 def digest_message(consensus, indices):
     config = {SPLIT: PUBLIC, INDICES: indices, SERVER_ROUND: 1, REPORT_TEST_LOGITS: True, **DIGEST_SETTINGS}
     msg = Message(
-        RecordDict({CONSENSUS: logits_to_record(consensus, "float32"), CONFIG: ConfigRecord(config)}),
+        RecordDict({CONSENSUS: logits_to_record(consensus, "float32"), CONFIG: ConfigRecord({**TASK, **config})}),
         dst_node_id=7,
         message_type=TRAIN_DIGEST,
     )

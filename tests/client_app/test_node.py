@@ -9,12 +9,14 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client_app.node import Node, identity, setting
 from common.config import parse_run_config
-from common.data import load_client_data, load_node_file
+from common.data import builtin_task, load_client_data, load_node_file
 from common.models import initial_model
-from common.protocol import CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, MODEL, NAME, TEMPERATURE
+from common.protocol import CONFIG, DATA_ERROR, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, MODEL, NAME, TEMPERATURE
+from common.task import INPUT_SHAPE, TaskError
 from common.training import evaluate
 
 RUN_CONFIG = {"dataset": "synthetic", "partitioner": "iid"}
+TASK = builtin_task("synthetic").to_config()
 CFG = parse_run_config(RUN_CONFIG)
 
 
@@ -39,10 +41,17 @@ def test_a_data_file_node_is_keyed_by_a_checksum_of_its_name(tmp_path):
     assert len(node.data.train) == 40 and len(node.data.test) == 10
 
 
-def test_a_bad_data_file_is_refused_with_its_reason(tmp_path):
+def test_a_data_file_that_does_not_fit_the_messages_task_is_refused_naming_both(tmp_path, task_identity):
     np.savez(tmp_path / "bad.npz", x=np.zeros((4, 32), dtype=np.float32), y=np.array([0, 1, 2, 99]))
-    with pytest.raises(Exception, match=r"'y' holds labels 0..99; allowed: 0 to 9"):
-        Node.load(context(**{"data-path": str(tmp_path / "bad.npz")}))
+    node = context(**{"data-path": str(tmp_path / "bad.npz"), "name": "clinic"})
+    msg = Message(RecordDict({CONFIG: ConfigRecord(TASK)}), dst_node_id=7, message_type="train.supervised")
+    with pytest.raises(TaskError, match=r"node 'clinic''s data holds labels 0..99; the run's task has 10 classes"):
+        Node.load(node, msg)
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 3, 5, 5), dtype=np.float32), y=np.array([0, 1, 2, 3]))
+    with pytest.raises(TaskError, match=r"holds examples of shape \(3, 5, 5\); the run's task has \(32,\)"):
+        Node.load(node, msg)
+    # The identify reply reports the shape instead, for the server to refuse the node by name.
+    assert identity(node)[INPUT_SHAPE] == [3, 5, 5]
 
 
 @pytest.mark.parametrize(
@@ -63,8 +72,12 @@ def test_malformed_node_config_is_refused_with_what_is_allowed(config, expected)
 
 
 def test_identity_names_the_node_by_its_name_its_file_or_its_partition():
-    assert dict(identity(context(**{"partition-id": 1}))) == {NAME: "partition-1", MODEL: "mlp-32"}
+    reported = dict(identity(context(**{"partition-id": 1})))
+    assert {k: reported[k] for k in (NAME, MODEL)} == {NAME: "partition-1", MODEL: "mlp-32"}
+    # A node whose data cannot be read says why, rather than failing to answer.
+    assert "node config 'num-partitions' is missing" in reported[DATA_ERROR]
     assert identity(context(**{"data-path": "/data/a.npz"}))[NAME] == "/data/a.npz"
+    assert identity(context(**{"data-path": "/data/a.npz"}))[DATA_ERROR].endswith("does not exist")
     assert identity(context(**{"data-path": "/data/a.npz", "name": "hospital-a"}))[NAME] == "hospital-a"
     assert identity(context())[NAME] == "node-7"
 

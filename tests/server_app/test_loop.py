@@ -6,6 +6,7 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from common.config import parse_run_config
+from common.data import builtin_task
 from common.protocol import CONFIG, DP_EPSILON, METRICS, NUM_EXAMPLES, PRIVATE_EPOCHS, TRAIN_SUPERVISED
 from server_app.loop import RoundLoop, RoundTrace, RunAborted
 from server_app.round import Ask, Failure, Phase, Reply, RoundResult
@@ -186,6 +187,7 @@ class Recorder:
 
     def __init__(self, cfg) -> None:
         self.cfg, self.inputs, self.received = cfg, [], []
+        self.task = builtin_task(cfg.dataset)
 
     def private_epochs(self):
         return 0

@@ -16,6 +16,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from common.config import parse_run_config
+from common.data import builtin_task
 from common.protocol import (
     CONFIG,
     DP_EPSILON,
@@ -46,7 +47,7 @@ class StubStrategy(Strategy):
     """Two phases of two rounds, three nodes sampled, node 3 silent in round 2; the metrics and scores made up."""
 
     def __init__(self, sampler) -> None:
-        super().__init__(CFG, NoSettings(), sampler)
+        super().__init__(CFG, NoSettings(), sampler, builtin_task(CFG.dataset))
         self.accuracy = itertools.count(0.5, 0.1)
 
     def phases(self):

@@ -129,7 +129,7 @@ def test_every_named_model_is_built_on_the_task_before_round_1():
         parse({"dataset": "synthetic", "two-stage.teacher-model": "resnet-8"})
     assert str(err.value) == (
         "run config 'two-stage.teacher-model' = 'resnet-8': model 'resnet-8' needs image inputs; "
-        "dataset 'synthetic' has flat features, use an mlp-..."
+        "the task has inputs of shape (32,), use an mlp-..."
     )
     with pytest.raises(ConfigError, match=r"^run config 'models' = 'tests.common.model_factories:absent': model "):
         parse({"strategy": "fedavg", "models": "mlp-32,tests.common.model_factories:absent"})

@@ -3,6 +3,7 @@ ServerApp use no other."""
 
 import re
 from pathlib import Path
+from typing import ClassVar, get_origin
 
 from server_app.strategies.contract import Strategy
 
@@ -22,8 +23,10 @@ def documented_members() -> set[str]:
 
 
 def contract_members() -> set[str]:
-    """The public members `Strategy` defines, and the decorator that registers one."""
-    return {name for name in vars(Strategy) if not name.startswith("_")} | {"register"}
+    """The public members `Strategy` defines (its instance attributes by their annotations), and the decorator
+    that registers one."""
+    attributes = {name for name, kind in Strategy.__annotations__.items() if get_origin(kind) is not ClassVar}
+    return {name for name in vars(Strategy) if not name.startswith("_")} | attributes | {"register"}
 
 
 def test_the_contract_table_lists_every_member_of_the_contract():
