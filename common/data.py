@@ -178,7 +178,7 @@ def _stratified(indices: np.ndarray, size: int, labels: np.ndarray, seed: int) -
 
     _, counts = np.unique(labels, return_counts=True)
     # Stratifying needs two examples of every class and a hold-out of at least one example per class.
-    stratify = labels if counts.min(initial=0) >= 2 and len(counts) <= size < len(indices) - len(counts) else None
+    stratify = labels if len(counts) and counts.min() >= 2 and len(counts) <= size < len(indices) - len(counts) else None
     return tuple(train_test_split(indices, test_size=size, stratify=stratify, random_state=seed))
 
 
@@ -284,9 +284,8 @@ class _Prepare:
         kept = encode_labels(kept, label).rename_column(label, LABEL)
         train = kept[cfg.train_split]
         labels = np.asarray(train[LABEL])
-        self.classes = num_classes(
-            train.features, LABEL, [labels, *([np.asarray(kept[test_split][LABEL])] * bool(test_split))]
-        )
+        seen = [labels] + ([np.asarray(kept[test_split][LABEL])] if test_split else [])
+        self.classes = num_classes(train.features, LABEL, seen)
         cut = slices(labels, cfg.seed, cfg.public_fraction, hold_out_test=not test_split, public=not cfg.public_dataset)
         out = {"train": train.select(cut.pool), "test": kept[test_split] if test_split else train.select(cut.test)}
         if not cfg.public_dataset:
