@@ -30,9 +30,15 @@ app = ServerApp()
 
 
 def _summary(
-    cfg: RunConfig, config: dict, strategy: Strategy, run_dir: RunDirectory, started: float, reason: str | None = None
+    cfg: RunConfig,
+    config: dict,
+    strategy: Strategy,
+    run_dir: RunDirectory,
+    started: float,
+    refused: dict[str, str],
+    reason: str | None = None,
 ) -> Summary:
-    """The run's outcome: complete, or aborted for `reason`."""
+    """The run's outcome: complete, or aborted for `reason`; `refused`: the nodes never sampled, by name."""
     history = run_dir.history
     last = {r.phase: r for r in history}
     phases = strategy.phases()
@@ -64,6 +70,9 @@ def _summary(
         reason=reason,
         dp_epsilon_by_node=dict(sorted(epsilon.items())) or None,
         dp_epsilon_max=max(epsilon.values(), default=None),
+        input_shape=list(strategy.task.input_shape),
+        num_classes=strategy.task.num_classes,
+        refused_nodes=dict(sorted(refused.items())) or None,
     )
 
 
@@ -109,6 +118,7 @@ def main(grid: Grid, context: Context) -> None:
     if resumed:
         strategy.restore(resumed.strategy_state)
     loop = RoundLoop(grid, cfg, config, strategy, sampler, run_dir)
+    refused = lambda: {sampler.name(n): reason for n, reason in sampler.refused.items()}  # noqa: E731
     previous: Globals | None = None
     # A resumed run skips the phases before its checkpoint's; what they left is in the strategy's state.
     phases = strategy.phases()
@@ -126,10 +136,10 @@ def main(grid: Grid, context: Context) -> None:
                 label = phase.name if len(previous) == 1 else f"{phase.name}-{name}"
                 run_dir.save_model(label, load_record(build_model(name, strategy.task), arrays))
     except (RunAborted, TimeoutError) as exc:
-        run_dir.write_summary(_summary(cfg, config, strategy, run_dir, started, reason=str(exc)))
+        run_dir.write_summary(_summary(cfg, config, strategy, run_dir, started, refused(), reason=str(exc)))
         log(ERROR, "fedkd: run aborted: %s. Finished rounds are in %s", exc, run_dir.path)
         raise
-    summary = _summary(cfg, config, strategy, run_dir, started)
+    summary = _summary(cfg, config, strategy, run_dir, started, refused())
     run_dir.write_summary(summary)
     run_dir.plot()
     log(

@@ -118,8 +118,20 @@ class Summary(_Record):
     # Differential privacy (`dp-epsilon` > 0) only: the last ε each node reported spent in the run, and the maximum.
     dp_epsilon_by_node: dict[str, float] | None = None
     dp_epsilon_max: float | None = None
+    # The run's task, as server_app/task.py fixed it: one example's shape and the number of classes.
+    input_shape: list[int] | None = None
+    num_classes: int | None = None
+    # Nodes never sampled because their data did not fit the task or could not be read, by name, with the reason.
+    refused_nodes: dict[str, str] | None = None
 
-    omitted_when_none = ("reason", "dp_epsilon_by_node", "dp_epsilon_max")
+    omitted_when_none = (
+        "reason",
+        "dp_epsilon_by_node",
+        "dp_epsilon_max",
+        "input_shape",
+        "num_classes",
+        "refused_nodes",
+    )
 
 
 # A history as JSON data: `HISTORY.dump_python(records)` and `HISTORY.validate_python(data)`.

@@ -3,7 +3,8 @@
 The files in fixtures/ were first written by this run before the records were typed; any change to the
 writers' field names, order or values shows up here. Since the round loop (loop.py) replaced rounds.py, a method's
 own metrics (`distill-*`) sit in a record's `metrics` map, and the final evaluation's federated scores come from its
-replies' counts (so `evaluation_replies` counts them); history.json was regenerated for exactly that.
+replies' counts (so `evaluation_replies` counts them); history.json was regenerated for exactly that. The
+summaries gained the run's task (`input_shape`, `num_classes`) when it came to be learned from the data.
 """
 
 import itertools
@@ -150,13 +151,13 @@ def test_history_json_is_written_as_before(stubbed_run):
 
 def test_summary_json_is_written_as_before(stubbed_run):
     run, strategy = stubbed_run
-    run.write_summary(app._summary(CFG, {}, strategy, run, 100.0))
+    run.write_summary(app._summary(CFG, {}, strategy, run, 100.0, {}))
     assert written(run, "summary.json") == (FIXTURES / "summary.json").read_text()
 
 
 def test_an_aborted_summary_is_written_as_before(stubbed_run):
     run, strategy = stubbed_run
-    run.write_summary(app._summary(CFG, {}, strategy, run, 100.0, reason="student round 2: too few replies"))
+    run.write_summary(app._summary(CFG, {}, strategy, run, 100.0, {}, reason="student round 2: too few replies"))
     assert written(run, "summary.json") == (FIXTURES / "summary-aborted.json").read_text()
 
 
@@ -202,6 +203,6 @@ def test_each_nodes_reported_epsilon_lands_in_history_and_its_latest_in_the_summ
         {"partition-1": 1.0},
     ]
     assert [r["dp_epsilon_max"] for r in history] == [0.5, 1.0, 1.5, 1.0]
-    summary = app._summary(CFG, {}, strategy, run, 100.0)
+    summary = app._summary(CFG, {}, strategy, run, 100.0, {})
     assert summary.dp_epsilon_by_node == {"partition-1": 1.0, "partition-2": 1.5}
     assert summary.dp_epsilon_max == 1.5
