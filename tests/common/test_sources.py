@@ -1,4 +1,4 @@
-"""Datasets from files on disk through flwr-datasets' FederatedDataset, node files of any layout, the task they define."""
+"""Datasets from files on disk through flwr-datasets' FederatedDataset, node files of any layout, their task."""
 
 import numpy as np
 import pytest
