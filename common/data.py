@@ -88,7 +88,8 @@ def builtin_task(name: str) -> Task:
 
 def _as_split(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...] = ()) -> Split:
     """(x, y) as a Split: float32 features flattened to rows, integer labels."""
-    flat = torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+    x = np.asarray(x, dtype=np.float32)
+    flat = torch.as_tensor(x.reshape(len(x), math.prod(x.shape[1:])))  # not -1: no rows is no error
     return Split(flat, torch.as_tensor(y, dtype=torch.long), tuple(shape))
 
 
@@ -178,7 +179,8 @@ def _stratified(indices: np.ndarray, size: int, labels: np.ndarray, seed: int) -
 
     _, counts = np.unique(labels, return_counts=True)
     # Stratifying needs two examples of every class and a hold-out of at least one example per class.
-    stratify = labels if len(counts) and counts.min() >= 2 and len(counts) <= size < len(indices) - len(counts) else None
+    fits = len(counts) and counts.min() >= 2 and len(counts) <= size < len(indices) - len(counts)
+    stratify = labels if fits else None
     return tuple(train_test_split(indices, test_size=size, stratify=stratify, random_state=seed))
 
 
@@ -512,8 +514,14 @@ def _read_rows(path: Path, cfg: RunConfig, where: str) -> dict[str, np.ndarray]:
         if split not in loaded or (split == "test" and train == "test"):
             continue
         rows = loaded[split]
-        label = label_column(rows.column_names, cfg.label_column)
-        x, y = decode(rows, cfg.input_column, label, (cfg.partition_column,), f"{where} split {split!r}")
+        try:
+            label = label_column(rows.column_names, cfg.label_column)
+            if getattr(rows.features[label], "dtype", "") in ("string", "large_string"):
+                # Each node would number its own labels: only class ids mean the same on every node.
+                raise SourceError(f"label column {label!r} holds text; allowed in a node's file: integer class ids")
+            x, y = decode(rows, cfg.input_column, label, (cfg.partition_column,), f"{where} split {split!r}")
+        except SourceError as exc:
+            raise DataError(f"{where}: {exc}") from None
         arrays.update(zip(names, (x, y), strict=True))
     return arrays
 
@@ -527,7 +535,7 @@ def _checked(x: np.ndarray, y: np.ndarray, names: tuple[str, str], where: str) -
         examples = layout(x, f"{where}: '{names[0]}'")
     except SourceError as exc:
         raise DataError(str(exc)) from None
-    values = examples.reshape(len(examples), -1)
+    values = examples.reshape(len(examples), math.prod(examples.shape[1:]))
     if not (finite := np.isfinite(values)).all():
         nan, inf = (int(np.isnan(x).sum()), int(np.isinf(x).sum())) if x.dtype.kind == "f" else (0, 0)
         big = int((~finite).sum()) - nan - inf
