@@ -5,12 +5,13 @@ data file (or partition a built-in dataset) again. With a `state-dir`, the first
 `<state-dir>/data-cache/<key digest>.pt` and later ones load them. The key is everything the data depends on:
 
 - the source: the data file's absolute path, size, mtime, ctime, inode and device (any write, replacement or
-  `touch` of the file changes one of them), or the partition id and number of partitions of a built-in dataset;
+  `touch` of the file changes one of them; for a directory, also those of every file under it), or the partition
+  id and number of partitions of the run's dataset (for a local one, the same of every file under its path);
 - the node's seed stream (a data file's local test split is shuffled by it);
 - the run config's data keys: every common key but those in NOT_DATA_KEYS (dataset, partitioner, seed,
   local-test-fraction, public-fraction, ...; a key added to RunConfig later is in it until listed there);
-- the code and libraries that decode: a digest of common/data.py and common/seeds.py, and the versions of numpy,
-  torch and, for the built-in datasets, those that load and partition them.
+- the code and libraries that decode: a digest of common/data.py, common/seeds.py and common/sources.py, and
+  the versions of numpy, torch and the packages that load and partition the data.
 
 An entry is written to a temporary file and renamed into place, so no reader sees half of one; it holds its key and
 a CRC-32 of each tensor, and one that cannot be read, or whose key or checksums do not match, is ignored and

@@ -7,6 +7,7 @@ Features travel flat, (samples, features); a Split's `shape` says how one row re
 import importlib.util
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -295,6 +296,18 @@ class _Prepare:
         return DatasetDict(out)
 
 
+@contextmanager
+def _loading(source: str):
+    """Errors of `datasets` while loading `source` (unreachable hub, missing files, unparsable rows) as a
+    DataError naming it; fedkd's own SourceError and DataError pass as they are."""
+    try:
+        yield
+    except (SourceError, DataError):
+        raise
+    except Exception as exc:  # datasets and pyarrow raise many kinds; each ends the load the same way
+        raise DataError(f"dataset {source!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
+
+
 @lru_cache(maxsize=4)
 def _federated(cfg: RunConfig, num_partitions: int):
     """(FederatedDataset of run config `dataset`, its preprocessor) with `num_partitions` training partitions."""
@@ -326,15 +339,15 @@ def _rows(split: Split, idx: np.ndarray) -> Split:
 
 def _generic_client(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
     fds, _ = _federated(cfg, num_partitions)
-    part = fds.partitioners["train"]
-    try:
+    with _loading(cfg.dataset):
+        # `natural` makes one partition per value of its column, whatever the federation's size.
+        available = fds.partitioners["train"].num_partitions
+        if partition_id >= available:
+            raise DataError(
+                f"partition {partition_id} of dataset {cfg.dataset!r} does not exist: the {cfg.partitioner} "
+                f"partitioner has {available} partitions (allowed: at most as many nodes)"
+            )
         rows = fds.load_partition(partition_id, "train")
-    except (ValueError, KeyError, IndexError) as exc:
-        available = getattr(part, "num_partitions", "?")
-        raise DataError(
-            f"partition {partition_id} of dataset {cfg.dataset!r} cannot be loaded ({exc}); the "
-            f"{cfg.partitioner} partitioner has {available} partitions"
-        ) from None
     data = _decoded(rows, cfg, f"dataset {cfg.dataset!r} partition {partition_id}")
     order = stream_rng(cfg.seed, Stream.PARTITION_SPLIT, partition_id).permutation(len(data))
     train, test = _local_test_split(order, cfg.local_test_fraction)
@@ -399,8 +412,9 @@ def load_server_testset(cfg: RunConfig) -> Split | None:
         return _synthetic_uniform(stream_rng(cfg.seed, Stream.SERVER_TEST), SYNTHETIC_SERVER_TEST_SIZE)
     if is_builtin(cfg.dataset):
         return _image_split(cfg.dataset, _image_slices(cfg.dataset, cfg.seed, cfg.public_fraction).test)
-    fds, _ = _federated(cfg, 1)
-    return _decoded(fds.load_split("test"), cfg, f"dataset {cfg.dataset!r} test split")
+    with _loading(cfg.dataset):
+        rows = _federated(cfg, 1)[0].load_split("test")
+    return _decoded(rows, cfg, f"dataset {cfg.dataset!r} test split")
 
 
 def dataset_task(cfg: RunConfig, test: Split | None) -> Task | None:
@@ -436,7 +450,9 @@ def load_public(cfg: RunConfig, task: Task | None = None) -> Split:
             raise DataError(f"{directory} has no public.* file; set run config 'public-dataset' for this strategy")
         public = load_test_file(str(path), cfg)
     else:
-        public = _decoded(_federated(cfg, 1)[0].load_split("public"), cfg, f"dataset {cfg.dataset!r} public slice")
+        with _loading(cfg.dataset):
+            rows = _federated(cfg, 1)[0].load_split("public")
+        public = _decoded(rows, cfg, f"dataset {cfg.dataset!r} public slice")
     return public.standardised(task) if task is not None else public
 
 
@@ -450,7 +466,8 @@ def _public_source(cfg: RunConfig) -> Split:
     fds = FederatedDataset(
         **federated_kwargs(cfg.public_dataset, cfg.public_split), partitioners={cfg.public_split: 1}, shuffle=False
     )
-    rows = fds.load_split(cfg.public_split)
+    with _loading(cfg.public_dataset):
+        rows = fds.load_split(cfg.public_split)
     where = f"public-dataset {cfg.public_dataset!r} split {cfg.public_split!r}"
     label = pick(rows.column_names, "", LABEL_COLUMNS, "label-column")
     if label is None:
@@ -620,13 +637,13 @@ def export_partitions(cfg: RunConfig, num_partitions: int, out: Path) -> list[Pa
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m common.data export ...`: write a built-in dataset's partitions as node data files."""
+    """`python -m common.data export ...`: write a dataset's partitions as node data files."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m common.data", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="write part-<i>.npz per partition and server-test.npz")
-    export.add_argument("--dataset", default="digits", choices=["digits", "mnist5k", "synthetic"])
+    export.add_argument("--dataset", default="digits", help="any run config `dataset` (built-in, hub id, path)")
     export.add_argument("--partitioner", default="dirichlet")
     export.add_argument("--dirichlet-alpha", type=float, default=0.5)
     export.add_argument("--classes-per-partition", type=int, default=2)
@@ -650,7 +667,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     if args.num_partitions < 1:
         parser.error(f"--num-partitions = {args.num_partitions}; allowed: 1 or more")
-    for path in export_partitions(cfg, args.num_partitions, args.out):
+    try:
+        paths = export_partitions(cfg, args.num_partitions, args.out)
+    except (DataError, SourceError) as exc:
+        parser.error(str(exc))
+    for path in paths:
         print(path)
     print(args.out / "server-test.npz")
 
