@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.loss import diversity_loss
+from common.data import builtin_task
 from common.models import build_model
 from common.seeds import Stream, derive_seed
 from common.task import Task
@@ -42,6 +43,7 @@ def head(model: nn.Module) -> nn.Linear:
 def feature_width(name: str, task: Task | str) -> int:
     """The width of the features architecture `name`'s head reads on `task`; ValueError naming the model
     if it has no linear head, or (a user's model) if what that layer returns is not the model's output."""
+    task = builtin_task(task) if isinstance(task, str) else task
     model = build_model(name, task)
     try:
         layer = head(model)
