@@ -189,8 +189,9 @@ class RunConfig(Settings):
     )
     server_test: str = Field(
         "builtin",
-        description="the server's test set: the built-in dataset's hold-out, none (`accuracy` is then null and "
-        "`federated_accuracy` carries the evaluation), or an .npz with `x`, `y` on the server",
+        description="the server's test set, which also defines the task: `dataset`'s test split or hold-out (a "
+        "node-file directory's server-test.*), none (`accuracy` is then null, `federated_accuracy` carries the "
+        "evaluation and the nodes' data defines the task), or a file on the server in any form a node file takes",
         json_schema_extra={"allowed": '`"builtin"`, `"none"`, a path'},
     )
     resume_from: str = Field(
