@@ -56,12 +56,20 @@ def test_every_model_field_has_a_pyproject_default():
             " ",
             "run config 'output-dir' = ' ': Value error, expected a directory path, got an empty string",
         ),
+        ("num-classes", -1, "run config 'num-classes' = -1: Input should be greater than or equal to 0"),
+        ("train-split", "", "run config 'train-split' = '': String should have at least 1 character"),
+        ("standardise", "yes", "run config 'standardise' = 'yes': Input should be a valid boolean"),
+        (
+            "dataset",
+            " ",
+            "run config 'dataset' = ' ': Value error, expected a built-in dataset, a hub id or a path, "
+            "got an empty string",
+        ),
         # names from a closed list
-        ("dataset", "cifar10", "run config 'dataset' = 'cifar10': Input should be 'digits', 'mnist5k' or 'synthetic'"),
         (
             "partitioner",
             "shards",
-            "run config 'partitioner' = 'shards': Input should be 'iid', 'dirichlet' or 'pathological'",
+            "run config 'partitioner' = 'shards': Input should be 'iid', 'dirichlet', 'pathological' or 'natural'",
         ),
         # model names
         ("model", "resnet", f"run config 'model' = 'resnet': Value error, unknown model 'resnet'; {MODELS}"),
@@ -80,6 +88,21 @@ def test_bad_values_name_key_value_and_what_is_allowed(key, value, expected):
     with pytest.raises(ConfigError) as err:
         parse_run_config({key: value})
     assert str(err.value) == expected
+
+
+@pytest.mark.parametrize("dataset", ["digits", "uoft-cs/cifar10", "./data/femnist", "/srv/nodes", "~/train.csv"])
+def test_dataset_is_a_built_in_a_hub_id_or_a_path(dataset):
+    assert parse_run_config({"dataset": dataset}).dataset == dataset
+
+
+def test_the_natural_partitioner_needs_a_partition_column():
+    with pytest.raises(ConfigError) as err:
+        parse_run_config({"partitioner": "natural"})
+    assert str(err.value) == (
+        "run config: partitioner 'natural' needs run config 'partition-column' (e.g. \"writer_id\")"
+    )
+    cfg = parse_run_config({"partitioner": "natural", "partition-column": "writer_id"})
+    assert (cfg.partitioner, cfg.partition_column) == ("natural", "writer_id")
 
 
 @pytest.mark.parametrize("name", ["cnn", "mlp-32", "mlp-128x64", "mlp-256x128x64"])

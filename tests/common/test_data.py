@@ -23,7 +23,7 @@ def digits(partitioner, seed=42, **extra):
 @pytest.mark.parametrize("partitioner", ["iid", "dirichlet", "pathological"])
 def test_digits_partitions_are_disjoint_and_cover_only_the_pool(partitioner):
     cfg = digits(partitioner)
-    parts = _partition_indices("digits", cfg.seed, 0.1, partitioner, 10, cfg.dirichlet_alpha, cfg.classes_per_partition)
+    parts = _partition_indices(cfg, 10)
     everything = np.concatenate(parts)
     assert len(everything) == len(set(everything.tolist()))
     pool = _image_slices("digits", cfg.seed, 0.1).pool
@@ -35,9 +35,7 @@ def test_digits_partitions_are_disjoint_and_cover_only_the_pool(partitioner):
 def test_client_train_and_test_splits_partition_the_clients_share():
     cfg = digits("dirichlet")
     data = load_client_data(cfg, 3, 10)
-    idx = _partition_indices("digits", cfg.seed, 0.1, "dirichlet", 10, cfg.dirichlet_alpha, cfg.classes_per_partition)[
-        3
-    ]
+    idx = _partition_indices(cfg, 10)[3]
     x = _image_dataset("digits")[0]
     split_rows = sorted(map(tuple, data.train.x.tolist() + data.test.x.tolist()))
     assert split_rows == sorted(map(tuple, x[idx].tolist()))

@@ -11,6 +11,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch import nn
 
 from common.config import MODEL_FAMILIES, check_model_name
+from common.data import builtin_task
 from common.feature_generator import feature_width, head
 from common.models import (
     FACTORY_CONTRACT,
@@ -24,6 +25,7 @@ from common.models import (
     to_record,
 )
 from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
+from common.task import Task
 from server_app.screening import weights_check
 
 F = "tests.common.model_factories"
@@ -71,8 +73,25 @@ def test_image_models_refuse_flat_features_naming_model_and_shape(name):
     assert str(info.value) == (
         f"model {name!r} needs image inputs of shape (channels, height, width); got input shape (40,), use an mlp-..."
     )
-    with pytest.raises(ValueError, match=f"model {name!r} needs image inputs; dataset 'synthetic' has flat features"):
-        build_model(name, "synthetic")
+    for task in ("synthetic", Task((40,), 10)):
+        with pytest.raises(ValueError) as info:
+            build_model(name, task)
+        shape = builtin_task(task).input_shape if isinstance(task, str) else task.input_shape
+        assert str(info.value) == (
+            f"model {name!r} needs image inputs; the task has inputs of shape {shape}, use an mlp-..."
+        )
+
+
+@pytest.mark.parametrize("name", [*IMAGE_MODELS, "mlp-16"])
+def test_build_model_takes_a_task_learned_from_the_data(name):
+    task = Task((3, 12, 12), 7)
+    model = build_model(name, task).eval()
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert model(x).shape == (2, 7) and torch.equal(model(x), model(x.flatten(1)))
+    # A built-in dataset's name builds what its task builds.
+    by_name, by_task = initial_model(name, "digits", 3), initial_model(name, builtin_task("digits"), 3)
+    assert all(torch.equal(a, b) for a, b in zip(by_name.state_dict().values(), by_task.state_dict().values()))
 
 
 def test_an_mlp_flattens_any_shape_and_a_batch_of_another_shape_is_refused():
@@ -227,16 +246,18 @@ def test_fedgen_finds_the_linear_head_of_zoo_models(name, dataset, width):
 
 
 def test_fedgen_takes_a_users_head_and_refuses_a_model_without_one():
-    assert feature_width(f"{F}:tiny", "digits") == 64
-    assert feature_width(f"{F}:net", "digits") == 8
+    digits = builtin_task("digits")  # what the ServerApp and a node pass: the run's Task
+    assert feature_width(f"{F}:tiny", digits) == 64
+    assert feature_width(f"{F}:net", digits) == 8
+    assert feature_width(f"{F}:tiny", "digits") == 64  # a built-in dataset's name, as build_model takes
     with pytest.raises(ValueError) as info:
-        feature_width(f"{F}:no_head", "digits")
+        feature_width(f"{F}:no_head", digits)
     assert str(info.value) == (
         f"model '{F}:no_head': the last layer of Sequential is LogSoftmax, not a linear head; "
         "FedGen needs a model whose last layer is an nn.Linear that maps its features to the logits"
     )
     with pytest.raises(ValueError) as info:
-        feature_width(f"{F}:misordered", "digits")
+        feature_width(f"{F}:misordered", digits)
     assert str(info.value) == (
         f"model '{F}:misordered': its last child module, Linear(10, 10), does not give the model's output; "
         "FedGen needs a model whose last layer is an nn.Linear that maps its features to the logits"

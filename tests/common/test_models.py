@@ -36,8 +36,11 @@ def test_the_cnn_takes_flat_images_of_either_size(dataset, pixels):
 def test_unknown_models_and_a_cnn_on_flat_data_are_refused():
     with pytest.raises(ValueError, match=r"unknown model 'resnet'; allowed: mlp-<width>\[x<width>...\]"):
         build_model("resnet", "digits")
-    with pytest.raises(ValueError, match="model 'cnn' needs image inputs; dataset 'synthetic' has flat features"):
+    with pytest.raises(ValueError) as info:
         build_model("cnn", "synthetic")
+    assert str(info.value) == "model 'cnn' needs image inputs; the task has inputs of shape (32,), use an mlp-..."
+    with pytest.raises(ValueError, match=r"unknown built-in dataset 'cifar10'; allowed: 'digits', 'mnist5k'"):
+        build_model("mlp-32", "cifar10")
 
 
 def test_initialisation_follows_seed_and_name_and_leaves_the_global_generator_alone():

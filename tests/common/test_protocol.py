@@ -1,6 +1,6 @@
 """The wire names: a changed value breaks the exchange with nodes that run an earlier version."""
 
-from common import protocol
+from common import protocol, task
 
 
 def test_message_types_records_and_keys_are_those_earlier_versions_use():
@@ -43,6 +43,7 @@ def test_message_types_records_and_keys_are_those_earlier_versions_use():
         "QUERY_IDENTIFY": "query.identify",
         "NODE": "node",
         "NAME": "name",
+        "DATA_ERROR": "data-error",
         "EVALUATE": "evaluate",
         # The strategies' settings that travel in messages.
         "TEACHER_MODEL": "teacher-model",
@@ -55,3 +56,16 @@ def test_message_types_records_and_keys_are_those_earlier_versions_use():
         "TRANSFER_EPOCHS": "transfer-epochs",
         "DIGEST_EPOCHS": "digest-epochs",
     }
+
+
+def test_the_task_keys_are_those_earlier_versions_use_and_clash_with_no_protocol_key():
+    keys = {name: value for name, value in vars(task).items() if name.isupper() and isinstance(value, str)}
+    assert keys == {
+        "INPUT_SHAPE": "task-input-shape",
+        "NUM_CLASSES": "task-num-classes",
+        "MEAN": "task-mean",
+        "STD": "task-std",
+    }
+    # They travel in the same CONFIG records as the protocol's keys.
+    wire = {value for name, value in vars(protocol).items() if name.isupper() and isinstance(value, str)}
+    assert not set(keys.values()) & wire
