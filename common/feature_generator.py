@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.loss import diversity_loss
 from common.data import builtin_task
+from common.loss import diversity_loss
 from common.models import build_model
 from common.seeds import Stream, derive_seed
 from common.task import Task

@@ -13,13 +13,14 @@ from flwr.serverapp import Grid
 
 from common.config import RunConfig
 from common.data import Split
-from common.protocol import CONFIG, DP_EPSILON, METRICS, PRIVATE_EPOCHS
+from common.protocol import CONFIG, DP_EPSILON, EVAL_EXAMPLES, METRICS, PRIVATE_EPOCHS
 from server_app import checkpoint
 from server_app.outputs import RunDirectory, fmt_metric
 from server_app.records import Failure as FailureRecord
 from server_app.records import RoundRecord, metric_fields
 from server_app.round import Ask, Check, Failure, Globals, Phase, Reply, RoundInput, RoundResult
 from server_app.sampling import NodeSampler
+from server_app.screening import check_metrics
 from server_app.strategies import Strategy
 from server_app.strategies.kit.evaluation import evaluate_message
 from server_app.strategies.kit.metrics import reply_metrics
@@ -86,7 +87,7 @@ class RoundLoop:
         accepted = []
         for msg in sorted(ex.ok(), key=lambda m: self.sampler.name(m.metadata.src_node_id)):
             node, i = msg.metadata.src_node_id, index[msg.metadata.reply_to_message_id]
-            if reason := _check(ask.checks[i], msg):
+            if reason := _check(ask.checks[i], msg) or check_metrics(msg.content, self.cfg.max_num_examples):
                 trace.rejected.append(Failure(node, f"{ask.label} rejected: {reason}"))
                 continue
             accepted.append(Reply(node, i, msg.content))
@@ -211,7 +212,17 @@ class RoundLoop:
             return
         start = time.perf_counter()
         ex = self.send(messages)
-        scored = [m.content for m in ex.ok() if METRICS in m.content.metric_records]
+        scored, rejected = [], 0
+        for m in ex.ok():
+            reason = check_metrics(m.content, self.cfg.max_num_examples)
+            if reason is None and (METRICS not in m.content.metric_records or EVAL_EXAMPLES not in m.content[METRICS]):
+                reason = "no evaluation counts"
+            if reason is None:
+                scored.append(m.content)
+            else:
+                rejected += 1
+                name = self.sampler.name(m.metadata.src_node_id)
+                log(WARNING, "%s: node %s's evaluation rejected: %s", phase.name, name, reason)
         measured = metric_fields(reply_metrics(scored) if scored else {})
         last = self.run_dir.history[-1]
         self.run_dir.update(
@@ -222,7 +233,7 @@ class RoundLoop:
             bytes_up=last.bytes_up + ex.bytes_up,
             evaluation_seconds=time.perf_counter() - start,
             evaluation_replies=len(ex.ok()),
-            evaluation_failures=len(ex.failures()),
+            evaluation_failures=len(ex.failures()) + rejected,
         )
         log(
             INFO,

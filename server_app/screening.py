@@ -1,12 +1,91 @@
-"""The check each reply passes before it is aggregated: one bad node must not spoil the average."""
+"""The checks each reply passes before anything reads it: one bad node must not spoil the average, nor stop the run.
+
+Every reply passes `check_metrics` (the round loop applies it to every exchange, the final evaluation's too): each
+number the server reads later from a reply's `metrics` record is checked for type and range there, so reading it
+cannot raise. The ask's own check then looks at what that exchange needs (weights, logits, counts).
+"""
+
+import math
 
 import numpy as np
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
-from common.protocol import LOGITS, LOGITS_ARRAY, NUM_EXAMPLES
+from common.protocol import (
+    ARRAYS,
+    CLIENT_SECONDS,
+    DIGEST_LOSS,
+    DP_EPSILON,
+    EVAL_CORRECT,
+    EVAL_EXAMPLES,
+    EVAL_LOSS_SUM,
+    LABEL_COUNTS,
+    LOGITS,
+    LOGITS_ARRAY,
+    METRICS,
+    NUM_EXAMPLES,
+    TRAIN_LOSS,
+)
 from server_app.round import Check
+
+# Metrics a reply may carry that the server reads, and what each must be: (whole number?, lower bound).
+NUMBERS = {
+    NUM_EXAMPLES: (True, 0),  # an evaluation reply's local test examples, which may be none
+    EVAL_EXAMPLES: (True, 0),
+    EVAL_CORRECT: (True, 0),
+    EVAL_LOSS_SUM: (False, 0.0),
+    TRAIN_LOSS: (False, 0.0),
+    DIGEST_LOSS: (False, 0.0),
+    CLIENT_SECONDS: (False, 0.0),
+    DP_EPSILON: (False, 0.0),
+}
+EVAL_COUNTS = (EVAL_EXAMPLES, EVAL_CORRECT, EVAL_LOSS_SUM)
+
+
+def _number(key: str, value: object, whole: bool, low: float, high: float) -> str | None:
+    """Why `value` is not a finite number from `low` to `high` (a whole one if `whole`), or None."""
+    allowed = f"allowed: {low} to {high}" if math.isfinite(high) else f"allowed: {low} or more"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{key} = {value!r} is not a number; {allowed}"
+    if whole and not (math.isfinite(value) and float(value).is_integer()):
+        return f"{key} = {value!r} is not a whole number; {allowed}"
+    if not math.isfinite(value):
+        return f"{key} = {value!r} is not finite; {allowed}"
+    if not low <= value <= high:
+        return f"{key} = {value!r}; {allowed}"
+    return None
+
+
+def check_metrics(content: RecordDict, max_num_examples: int, min_num_examples: int = 0) -> str | None:
+    """Why a reply's metrics cannot be read safely, or None: a reply with metrics holds one MetricRecord, named
+    `metrics`; every number the server reads from it is finite and in range (`num-examples` `min_num_examples` to
+    `max_num_examples`, counts whole and not negative); the evaluation counts come together, with no more right
+    answers than examples and no more examples than the cap; label counts are whole, not negative, and sum to
+    `num-examples`."""
+    if not content.metric_records:
+        return None
+    if list(content.metric_records) != [METRICS]:
+        return f"metrics must be one MetricRecord named '{METRICS}'; the reply holds {_layout(content)}"
+    metrics = content[METRICS]
+    for key, (whole, low) in NUMBERS.items():
+        if key in metrics:
+            high = max_num_examples if key in (NUM_EXAMPLES, EVAL_EXAMPLES, EVAL_CORRECT) else math.inf
+            low = min_num_examples if key == NUM_EXAMPLES else low
+            if reason := _number(key, metrics[key], whole, low, high):
+                return reason
+    if present := [k for k in EVAL_COUNTS if k in metrics]:
+        if len(present) != len(EVAL_COUNTS):
+            return f"evaluation counts {present} come without {[k for k in EVAL_COUNTS if k not in present]}"
+        if metrics[EVAL_CORRECT] > metrics[EVAL_EXAMPLES]:
+            return f"'{EVAL_CORRECT}' = {metrics[EVAL_CORRECT]} exceeds '{EVAL_EXAMPLES}' = {metrics[EVAL_EXAMPLES]}"
+    if LABEL_COUNTS in metrics:
+        counts = metrics[LABEL_COUNTS]
+        if not isinstance(counts, list) or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
+            return f"'{LABEL_COUNTS}' = {counts!r}; allowed: a list of whole numbers from 0"
+        if NUM_EXAMPLES not in metrics or sum(counts) != metrics[NUM_EXAMPLES]:
+            return f"'{LABEL_COUNTS}' sum to {sum(counts)}; the reply claims {metrics.get(NUM_EXAMPLES)} examples"
+    return None
 
 
 def screen_reply(content: RecordDict, expected: ArrayRecord | None, max_num_examples: int) -> str | None:
@@ -21,9 +100,12 @@ def screen_reply(content: RecordDict, expected: ArrayRecord | None, max_num_exam
     except InconsistentMessageReplies as exc:
         return f"{exc} (reply holds {_layout(content)})"
     if expected is not None:
-        if reason := _check_arrays(next(iter(content.array_records.values())), expected):
+        if ARRAYS not in content.array_records:
+            return f"weights must be an ArrayRecord named '{ARRAYS}'; the reply holds {_layout(content)}"
+        if reason := _check_arrays(content[ARRAYS], expected):
             return reason
-    return _check_num_examples(next(iter(content.metric_records.values())), max_num_examples)
+    # What a reply trained on, or answers for, weighs in an average: at least one example.
+    return check_metrics(content, max_num_examples, min_num_examples=1)
 
 
 def _layout(content: RecordDict) -> str:
@@ -46,17 +128,6 @@ def _check_arrays(got: ArrayRecord, expected: ArrayRecord) -> str | None:
             return f"'{key}' is {values.dtype}{list(values.shape)}, expected {want.dtype}{list(want.shape)}"
         if not np.isfinite(values).all():
             return f"'{key}' holds NaN or Inf"
-    return None
-
-
-def _check_num_examples(metrics: MetricRecord, max_num_examples: int) -> str | None:
-    """None if `num-examples` is a whole number from 1 to `max_num_examples`, else why not."""
-    value = metrics[NUM_EXAMPLES]
-    allowed = f"allowed: 1 to {max_num_examples}"
-    if isinstance(value, float) and not value.is_integer():
-        return f"{NUM_EXAMPLES} = {value!r} is not a whole number; {allowed}"
-    if not 1 <= value <= max_num_examples:
-        return f"{NUM_EXAMPLES} = {value!r}; {allowed}"
     return None
 
 

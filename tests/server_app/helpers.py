@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
-from common.config import RunConfig
+from common.config import RunConfig, parse_run_config
 from common.data import builtin_task
 from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
 from server_app.loop import RoundLoop, RoundTrace
@@ -111,9 +111,9 @@ def exchanged(messages: list[Message], answer: Answer, **fields: Any) -> Exchang
     return Exchange(replies=replies[::-1], missing=missing, message_ids=ids, sent_to=sent_to, **fields)
 
 
-def screening_loop(nodes: Nodes) -> RoundLoop:
-    """A RoundLoop whose only use is `screen`: it needs the nodes' names, nothing else."""
-    return RoundLoop(None, None, {}, None, nodes, None)
+def screening_loop(nodes: Nodes, cfg: RunConfig | None = None) -> RoundLoop:
+    """A RoundLoop whose only use is `screen`: it needs the nodes' names and the run config's caps."""
+    return RoundLoop(None, cfg or parse_run_config({}), {}, None, nodes, None)
 
 
 def drive_screened(

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from common.config import ConfigError
-from common.protocol import ARRAYS, CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVALUATE, METRICS, MODEL
+from common.protocol import ARRAYS, CONFIG, EVAL_CORRECT, EVAL_EXAMPLES, EVAL_LOSS_SUM, EVALUATE, METRICS, MODEL
 from server_app.round import Failure, Reply, RoundResult
 from server_app.strategies.feddf_datafree import count_reason
 from tests.server_app.helpers import Nodes, drive_screened, round_input, strategy
@@ -31,7 +31,7 @@ def scoring(answers):
         if reply is None or isinstance(reply, str):
             return reply
         correct, examples = reply
-        return RecordDict({METRICS: MetricRecord({EVAL_CORRECT: correct, EVAL_EXAMPLES: examples})})
+        return RecordDict({METRICS: MetricRecord({EVAL_CORRECT: correct, EVAL_EXAMPLES: examples, EVAL_LOSS_SUM: 1.0})})
 
     return answer
 
@@ -178,7 +178,7 @@ def test_a_whole_round_trains_distills_on_generated_inputs_then_asks_the_judges(
         node = message.metadata.dst_node_id
         if message.metadata.message_type == TRAIN_SUPERVISED:
             return RecordDict({ARRAYS: models[node], METRICS: MetricRecord({NUM_EXAMPLES: 10})})
-        return RecordDict({METRICS: MetricRecord({EVAL_CORRECT: 5, EVAL_EXAMPLES: 10})})
+        return RecordDict({METRICS: MetricRecord({EVAL_CORRECT: 5, EVAL_EXAMPLES: 10, EVAL_LOSS_SUM: 1.0})})
 
     start = {"mlp-32": to_record(initial_model("mlp-32", "digits", 9))}
     result, trace, (train, check) = drive_screened(
