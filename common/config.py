@@ -152,6 +152,19 @@ class RunConfig(Settings):
     fraction_evaluate: float = Field(
         1.0, ge=0, le=1, description="share of nodes scoring each phase's final model (0: skip)"
     )
+    min_evaluate_nodes: int = Field(
+        1,
+        ge=1,
+        description="nodes scoring each phase's final model at least (when `fraction-evaluate` > 0); more than "
+        "there are nodes: all of them",
+    )
+    identify_all_max_nodes: int = Field(
+        1000,
+        ge=0,
+        description="a federation of at most this many nodes is asked for its nodes' names before round 1, so one "
+        "seed samples the same nodes in every run; a larger one asks a node when it is first sampled, so its "
+        "samples differ between runs (docs/architecture.md, Determinism)",
+    )
     min_train_nodes: int = Field(
         2,
         ge=1,
@@ -203,7 +216,31 @@ class RunConfig(Settings):
         0.0,
         ge=0,
         description="clip each client's update (its weights minus the global ones) to this L2 norm before "
-        "averaging; 0: off",
+        "averaging; 0: `clip-median-multiple` sets the bound",
+    )
+    clip_median_multiple: float = Field(
+        3.0,
+        ge=0,
+        description="with `clip-norm` 0, clip each update to this multiple of the lower median of its group's "
+        "update norms in the round; 0: no clipping",
+    )
+    max_weight_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="no reply weighs more than this share of its group's `mean` (the excess goes to the others; "
+        "equal weights where the share times the replies is 1 or less); 1: plain FedAvg weights",
+    )
+    aggregator: Literal["mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan"] = Field(
+        "mean",
+        description="how a group's weights are combined: FedAvg's weighted mean, or one of Flower's robust "
+        "aggregators (FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan)",
+    )
+    aggregator_trim: float = Field(
+        0.2, gt=0, lt=0.5, description="`trimmed-mean`: the share cut from each end of every coordinate"
+    )
+    aggregator_malicious: int = Field(
+        1, ge=0, description="`krum`, `multi-krum`, `bulyan`: the attackers among a group's replies they assume"
     )
     dp_epsilon: float = Field(
         0.0,

@@ -11,7 +11,7 @@ from common.protocol import ARRAYS, CONFIG, EVALUATE_INCOMING, MODEL, SERVER_ROU
 from server_app.round import Ask, Phase, Reply, RoundInput, RoundResult
 from server_app.screening import weights_check
 from server_app.strategies.contract import RoundSteps, Strategy, register
-from server_app.strategies.kit.averaging import grouped_average
+from server_app.strategies.kit.averaging import Robustness, grouped_average
 from server_app.strategies.kit.metrics import reply_metrics
 
 
@@ -71,14 +71,15 @@ class FedAvg(Strategy):
             messages.append(Message(RecordDict(content), dst_node_id=node, message_type=kind))
             checks.append(weights_check(globals_[name], self.cfg.max_num_examples, self.check_reply))
         replies = yield Ask(messages, checks)
-        averaged, clipped = grouped_average(
+        averaged, counts = grouped_average(
             globals_,
             replies,
             lambda node: self.architecture(node, r.phase),
-            self.cfg.clip_norm,
+            Robustness.of(self.cfg),
             lambda name, base, average: self.apply(name, base, average, r.server_round),
+            r.server_round,
         )
-        result = RoundResult(averaged, {"clipped-updates": clipped})
+        result = RoundResult(averaged, counts)
         if replies:
             result.metrics.update(reply_metrics([reply.content for reply in replies]))
         return result, replies

@@ -33,9 +33,15 @@ class Nodes:
         return self.nodes[node][1] if node in self.nodes else self.default
 
 
+# Plain FedAvg weights and no clipping, so a method's averages are computed by hand in its tests; the robust
+# defaults have tests of their own (tests/server_app/strategies/kit/test_averaging.py).
+PLAIN = {"max-weight-share": 1.0, "clip-median-multiple": 0.0}
+
+
 def strategy(name: str, nodes: dict[int, tuple[str, str]] | None = None, **raw: Any) -> Strategy:
-    """Strategy `name` as the ServerApp builds it from the run config `raw` (kebab-case keys, tables dotted)."""
-    cfg, settings = parse({"strategy": name, **raw})
+    """Strategy `name` as the ServerApp builds it from the run config `raw` (kebab-case keys, tables dotted) on top
+    of PLAIN."""
+    cfg, settings = parse({"strategy": name, **PLAIN, **raw})
     return STRATEGIES[name](cfg, settings, Nodes(nodes), builtin_task(cfg.dataset))
 
 

@@ -12,7 +12,7 @@ from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
 
 
 @contextmanager
-def _quiet_flower():
+def quiet_flower():
     # Flower's aggregate_train logs "Received 1 results" for the one record it is handed here, which would
     # contradict the round's own log line.
     level = FLOWER_LOGGER.level
@@ -33,6 +33,6 @@ def flower_step(optimiser: FedAvg, base: ArrayRecord, averaged: ArrayRecord, ser
         dst_node_id=0,
         message_type=MessageType.TRAIN,
     )
-    with _quiet_flower():
+    with quiet_flower():
         arrays, _ = optimiser.aggregate_train(server_round, [reply])
     return ArrayRecord({key: Array(arrays[key].numpy().astype(base[key].dtype)) for key in base.keys()})
