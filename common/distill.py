@@ -23,11 +23,21 @@ ValidationFn = Callable[[nn.Module], float]
 VALIDATE_EVERY = 10
 
 
+# A bound on a centred logit: softmax saturates long before (e^30 against 1), so an honest model loses nothing.
+LOGIT_BOUND = 30.0
+
+
 def consensus(logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The mean of several parties' logits on the same inputs, each party weighted equally (FedMD)."""
+    """The parties' logits on the same inputs agreed, each party counting equally (FedMD's mean), and no party able
+    to decide a row alone: each party's rows are centred (a row's logits minus their mean, which softmax ignores)
+    and clipped to +-LOGIT_BOUND, then combined by the coordinate-wise median, which one extreme party among three
+    or more cannot move past the honest ones (of two, the median is their mean)."""
     if not logits:
         raise ValueError("consensus of no logits")
-    return torch.stack([t.float() for t in logits]).mean(0)
+    stacked = torch.stack([t.float() for t in logits])
+    centred = (stacked - stacked.mean(dim=2, keepdim=True)).clamp(-LOGIT_BOUND, LOGIT_BOUND)
+    # The median interpolated between the middle two for an even count: of two parties, their mean.
+    return centred.quantile(0.5, dim=0)
 
 
 def log_mean_probabilities(logits: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:

@@ -136,8 +136,10 @@ def weights_check(expected: ArrayRecord, max_num_examples: int, extra: Check | N
     return lambda content: screen_reply(content, expected, max_num_examples) or (extra(content) if extra else None)
 
 
-def logits_check(rows: int, classes: int, max_num_examples: int, key: str = LOGITS) -> Check:
-    """A reply's check: a plausible `num-examples`, and under `key` finite float logits of shape (rows, classes)."""
+def logits_check(rows: int, classes: int, max_num_examples: int, dtype: str, key: str = LOGITS) -> Check:
+    """A reply's check: a plausible `num-examples`, and under `key` logits of shape (rows, classes) in the `dtype`
+    the message asked for, finite once cast to the float32 the server computes in (float64 logits of 1e300 would
+    be finite as sent and infinite in the consensus)."""
 
     def check(content: RecordDict) -> str | None:
         if reason := screen_reply(content, None, max_num_examples):
@@ -145,10 +147,11 @@ def logits_check(rows: int, classes: int, max_num_examples: int, key: str = LOGI
         if key not in content.array_records or LOGITS_ARRAY not in content[key]:
             return f"no '{key}' logits in the reply"
         logits = content[key][LOGITS_ARRAY].numpy()
-        if logits.shape != (rows, classes) or not np.issubdtype(logits.dtype, np.floating):
-            return f"logits are {logits.dtype}{list(logits.shape)}, expected float[{rows}, {classes}]"
-        if not np.isfinite(logits).all():
-            return "logits hold NaN or Inf"
+        if logits.shape != (rows, classes) or str(logits.dtype) != dtype:
+            return f"logits are {logits.dtype}{list(logits.shape)}, expected {dtype}[{rows}, {classes}]"
+        with np.errstate(over="ignore"):
+            if not np.isfinite(logits.astype(np.float32)).all():
+                return "logits hold NaN or Inf, or values beyond float32's range"
         return None
 
     return check

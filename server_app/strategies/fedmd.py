@@ -77,7 +77,9 @@ class FedMD(Strategy):
         }
         classes = self.task.num_classes
         messages = logits_queries(r.sampled, {**config, SOURCE: SOURCE_OWN})
-        replies = yield Ask(messages, [logits_check(len(indices), classes, self.cfg.max_num_examples)] * len(messages))
+        replies = yield Ask(
+            messages, [logits_check(len(indices), classes, self.cfg.max_num_examples, s.logits_dtype)] * len(messages)
+        )
         result = RoundResult({}, scores_previous=False)
         if not replies:
             return result
@@ -92,7 +94,7 @@ class FedMD(Strategy):
             for x in replies
         ]
         if report:
-            check = logits_check(len(r.test), classes, self.cfg.max_num_examples, TEST_LOGITS)
+            check = logits_check(len(r.test), classes, self.cfg.max_num_examples, s.logits_dtype, TEST_LOGITS)
         else:
 
             def check(content):

@@ -160,7 +160,7 @@ class TwoStage(FedAvg):
             LOGITS_DTYPE: s.logits_dtype,
         }
         messages = logits_queries(r.sampled, config, {n: self.train_records(n, r) for n in r.sampled})
-        check = logits_check(len(indices), self.task.num_classes, self.cfg.max_num_examples)
+        check = logits_check(len(indices), self.task.num_classes, self.cfg.max_num_examples, s.logits_dtype)
         replies = yield Ask(messages, [check] * len(messages))
         self._track_teacher(r.sampled, {reply.node for reply in replies})
         result = RoundResult(dict(r.globals), scores_previous=False)

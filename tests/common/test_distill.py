@@ -32,10 +32,21 @@ def linear(weight, bias):
     return layer
 
 
-def test_consensus_is_the_mean_of_the_parties_logits_whatever_their_dtype():
+def test_consensus_of_two_is_the_mean_of_their_centred_logits_whatever_their_dtype():
     a = torch.tensor([[1.0, 3.0], [0.0, 2.0]])
     b = torch.tensor([[3.0, 1.0], [2.0, 2.0]], dtype=torch.float16)
-    assert torch.equal(consensus([a, b]), torch.tensor([[2.0, 2.0], [1.0, 2.0]]))
+    # Centred: a's rows (-1, 1), (-1, 1); b's (1, -1), (0, 0). Their mean:
+    assert torch.equal(consensus([a, b]), torch.tensor([[0.0, 0.0], [-0.5, 0.5]]))
+
+
+def test_one_extreme_party_among_three_cannot_decide_a_row():
+    honest = [torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[3.0, 0.0, 1.0]])]
+    # float16's largest value on class 2: with a mean of logits it would flip the row to class 2.
+    extreme = torch.tensor([[0.0, 0.0, 65504.0]], dtype=torch.float16)
+    agreed = consensus([*honest, extreme])
+    assert agreed.argmax(1).tolist() == [0] and agreed.abs().max() <= 30.0
+    # Shifting a party's whole row changes nothing: softmax ignores it, and so does the consensus.
+    assert torch.allclose(consensus([*honest, extreme]), consensus([honest[0] + 1e4, honest[1], extreme]), atol=1e-3)
     with pytest.raises(ValueError, match="consensus of no logits"):
         consensus([])
 

@@ -146,23 +146,31 @@ def logits_reply(logits, key=LOGITS, num_examples=5) -> RecordDict:
     return content
 
 
-def test_logit_replies_must_be_finite_float_rows_by_classes():
-    check = logits_check(4, 10, MAX)
-    assert check(logits_reply(np.zeros((4, 10), dtype=np.float16))) is None
+def test_logit_replies_must_be_finite_rows_by_classes_in_the_dtype_asked_for():
+    check = logits_check(4, 10, MAX, "float32")
     assert check(logits_reply(np.zeros((4, 10), dtype=np.float32))) is None
-    assert (
-        check(logits_reply(np.zeros((3, 10), dtype=np.float32))) == "logits are float32[3, 10], expected float[4, 10]"
+    assert check(logits_reply(np.zeros((4, 10), dtype=np.float16))) == (
+        "logits are float16[4, 10], expected float32[4, 10]"
     )
-    assert check(logits_reply(np.zeros((4, 10), dtype=np.int64))) == "logits are int64[4, 10], expected float[4, 10]"
-    assert check(logits_reply(np.full((4, 10), np.inf, dtype=np.float32))) == "logits hold NaN or Inf"
+    assert check(logits_reply(np.zeros((3, 10), dtype=np.float32))) == (
+        "logits are float32[3, 10], expected float32[4, 10]"
+    )
+    assert check(logits_reply(np.zeros((4, 10), dtype=np.int64))) == "logits are int64[4, 10], expected float32[4, 10]"
+    assert check(logits_reply(np.full((4, 10), np.inf, dtype=np.float32))) == (
+        "logits hold NaN or Inf, or values beyond float32's range"
+    )
+    # Finite as sent, infinite once cast to the float32 the consensus computes in.
+    huge = logits_check(4, 10, MAX, "float64")(logits_reply(np.full((4, 10), 1e300)))
+    assert huge == "logits hold NaN or Inf, or values beyond float32's range"
+    assert logits_check(4, 10, MAX, "float16")(logits_reply(np.zeros((4, 10), dtype=np.float16))) is None
 
 
 def test_logits_are_looked_for_under_the_checks_key_after_the_count():
-    assert logits_check(4, 10, MAX)(reply()) == "no 'logits' logits in the reply"
-    test_logits = logits_check(2, 3, MAX, key="test-logits")
+    assert logits_check(4, 10, MAX, "float32")(reply()) == "no 'logits' logits in the reply"
+    test_logits = logits_check(2, 3, MAX, "float32", key="test-logits")
     assert test_logits(logits_reply(np.zeros((2, 3), dtype=np.float32), key="test-logits")) is None
     assert test_logits(logits_reply(np.zeros((2, 3), dtype=np.float32))) == "no 'test-logits' logits in the reply"
-    assert logits_check(4, 10, 3)(logits_reply(np.zeros((4, 10), dtype=np.float32))) == (
+    assert logits_check(4, 10, 3, "float32")(logits_reply(np.zeros((4, 10), dtype=np.float32))) == (
         "num-examples = 5; allowed: 1 to 3"
     )
 

@@ -48,8 +48,8 @@ def logits_record(rows, key_dtype=np.float32) -> ArrayRecord:
 
 
 def public_logits(value: float) -> RecordDict:
-    """A query.logits reply: 3 rows of 10 classes, row i holding value + i everywhere."""
-    rows = [[value + i] * 10 for i in range(3)]
+    """A query.logits reply: 3 rows of 10 classes, row i holding value + i on class 0 and 0 elsewhere."""
+    rows = [[value + i] + [0.0] * 9 for i in range(3)]
     return RecordDict({LOGITS: logits_record(rows), METRICS: MetricRecord({NUM_EXAMPLES: 20})})
 
 
@@ -91,13 +91,16 @@ def test_a_round_queries_logits_sends_their_consensus_and_scores_the_test_logits
         LOGITS_DTYPE: "float32",
         SOURCE: SOURCE_OWN,
     }
-    assert [(f.node, f.reason) for f in trace.rejected] == [(4, "reply rejected: logits hold NaN or Inf")]
-    # The consensus: the mean of the accepted logits, (1 + 2 + 6) / 3 = 3 (+ the row), to those that sent them.
+    assert [(f.node, f.reason) for f in trace.rejected] == [
+        (4, "reply rejected: logits hold NaN or Inf, or values beyond float32's range")
+    ]
+    # The consensus of the accepted logits, to those that sent them: each row centred (class 0 holds 0.9 of its
+    # value, the others -0.1 of it), then the median over nodes 1, 2 and 6: node 2's, 2 (+ the row).
     sent = digest.messages
     assert [m.metadata.dst_node_id for m in sent] == [1, 2, 3]
     assert all(m.metadata.message_type == TRAIN_DIGEST for m in sent)
     consensus = sent[0].content[CONSENSUS][LOGITS_ARRAY].numpy()
-    np.testing.assert_allclose(consensus, [[3.0] * 10, [4.0] * 10, [5.0] * 10])
+    np.testing.assert_allclose(consensus, [[0.9 * v] + [-0.1 * v] * 9 for v in (2.0, 3.0, 4.0)], rtol=1e-6)
     assert consensus.dtype == np.float32
     config = dict(sent[0].content[CONFIG])
     assert (config[REPORT_TEST_LOGITS], config[TEMPERATURE], config[DIGEST_EPOCHS], config[INDICES]) == (
@@ -127,7 +130,8 @@ def test_without_a_test_set_the_nodes_report_no_test_logits_and_the_loop_scores(
     result, asks, handed = drive(fedmd.round(round_input([1, 3], {}, test=None)), plain)
     query, digest = asks
     assert digest.messages[0].content[CONFIG][REPORT_TEST_LOGITS] is False
-    np.testing.assert_allclose(digest.messages[0].content[CONSENSUS][LOGITS_ARRAY].numpy()[0], [2.0] * 10)
+    # Of two nodes (values 1 and 3) the median is their mean, 2, centred.
+    np.testing.assert_allclose(digest.messages[0].content[CONSENSUS][LOGITS_ARRAY].numpy()[0], [1.8] + [-0.2] * 9)
     assert result.scores is None and result.metrics == {"train-loss": 0.5}
     # Its check asks only for a plausible count.
     assert digest.checks[0](RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 10})})) is None
@@ -138,14 +142,16 @@ def test_float16_logits_travel_as_float16_and_average_as_float32(task_identity):
 
     def half(message):
         if message.metadata.message_type == QUERY_LOGITS:
-            rows = np.full((3, 10), 0.5 * message.metadata.dst_node_id, dtype=np.float16)
+            rows = np.zeros((3, 10), dtype=np.float16)
+            rows[:, 0] = 0.5 * message.metadata.dst_node_id
             return RecordDict({LOGITS: logits_record(rows, np.float16), METRICS: MetricRecord({NUM_EXAMPLES: 1})})
         return None
 
     _, (query, digest), _ = drive(fedmd.round(round_input([1, 2], {}, test=None)), half)
     assert query.messages[0].content[CONFIG][LOGITS_DTYPE] == "float16"
     consensus = digest.messages[0].content[CONSENSUS][LOGITS_ARRAY].numpy()
-    assert consensus.dtype == np.float16 and consensus[0, 0] == 0.75
+    # The mean of 0.5 and 1.0 on class 0, centred: 0.9 x 0.75, rounded to float16.
+    assert consensus.dtype == np.float16 and consensus[0, 0] == np.float16(0.675)
 
 
 def test_no_logits_no_digest(task_identity):
