@@ -57,6 +57,10 @@ def _summary(
         student_accuracy_by_model=student.accuracy_by_model if student else None,
         teacher_federated_accuracy=teacher.federated_accuracy if teacher else None,
         student_federated_accuracy=student.federated_accuracy if student else None,
+        teacher_evaluation_nodes=teacher.evaluation_nodes if teacher else None,
+        teacher_federated_accuracy_se=teacher.federated_accuracy_se if teacher else None,
+        student_evaluation_nodes=student.evaluation_nodes if student else None,
+        student_federated_accuracy_se=student.federated_accuracy_se if student else None,
         teacher_params=params[teacher_model] if teacher_model else None,
         student_params=params[cfg.model],
         params_by_model=params,
@@ -77,9 +81,10 @@ def _summary(
 
 
 def _connected_nodes(cfg: RunConfig, sampler: NodeSampler, grid: Grid) -> int:
-    """Number of connected nodes; a ConfigError if fewer than min-train-nodes come within the grace time."""
+    """Number of connected nodes (a small federation's identified now); a ConfigError if fewer than min-train-nodes
+    come within the grace time."""
     try:
-        return len(sampler.nodes(grid, cfg.min_train_nodes, wait=NODE_GRACE_SECONDS))
+        return len(sampler.connected(grid, cfg.min_train_nodes, wait=NODE_GRACE_SECONDS))
     except TimeoutError:
         cfg.check_nodes(len(list(grid.get_node_ids())))
         raise
@@ -92,10 +97,10 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg, settings = parse(context.run_config)
         config = config_dump(cfg, settings)
-        sampler = NodeSampler(cfg.seed, cfg.round_timeout, cfg.model)
+        sampler = NodeSampler(cfg.seed, cfg.round_timeout, cfg.model, cfg.identify_all_max_nodes)
         connected = _connected_nodes(cfg, sampler, grid)
         test = load_server_testset(cfg)
-        task = run_task(cfg, test, sampler)
+        task = run_task(cfg, test, sampler, grid)
         test = test.standardised(task) if test is not None else None
         if not is_builtin(cfg.dataset):
             check_models(cfg, settings, task)
@@ -114,6 +119,13 @@ def main(grid: Grid, context: Context) -> None:
         run_dir = RunDirectory(cfg.output_path(), f"{cfg.strategy}-{dataset_label(cfg.dataset)}")
 
     log(INFO, "fedkd: %s on %s, %d nodes, outputs in %s", cfg.strategy, cfg.dataset, connected, run_dir.path)
+    if not sampler.identifies_all(connected):
+        log(
+            INFO,
+            "fedkd: more nodes than identify-all-max-nodes = %d: each is asked its name when first sampled, so the "
+            "nodes one seed samples differ between runs",
+            cfg.identify_all_max_nodes,
+        )
     strategy = STRATEGIES[cfg.strategy](cfg, settings, sampler, task)
     if resumed:
         strategy.restore(resumed.strategy_state)

@@ -13,13 +13,13 @@ from flwr.serverapp import Grid
 
 from common.config import RunConfig
 from common.data import Split
-from common.protocol import CONFIG, DP_EPSILON, EVAL_EXAMPLES, METRICS, PRIVATE_EPOCHS
+from common.protocol import CONFIG, DP_EPSILON, EVAL_CORRECT, EVAL_EXAMPLES, METRICS, PRIVATE_EPOCHS
 from server_app import checkpoint
 from server_app.outputs import RunDirectory, fmt_metric
 from server_app.records import Failure as FailureRecord
 from server_app.records import RoundRecord, metric_fields
 from server_app.round import Ask, Check, Failure, Globals, Phase, Reply, RoundInput, RoundResult
-from server_app.sampling import NodeSampler
+from server_app.sampling import NodeSampler, accuracy_standard_error
 from server_app.screening import check_metrics
 from server_app.strategies import Strategy
 from server_app.strategies.kit.evaluation import evaluate_message
@@ -103,8 +103,10 @@ class RoundLoop:
         self, phase: Phase, server_round: int, globals_: Globals, test: Split | None
     ) -> tuple[RoundResult, RoundTrace]:
         """One round of the strategy: sample, then each exchange it asks for. Returns its result and trace."""
-        connected = self.sampler.nodes(self.grid, self.cfg.min_train_nodes)
-        sampled = self.sampler.sample_from(connected, self.cfg.fraction_train, self.cfg.min_train_nodes)
+        node_ids = self.sampler.connected(self.grid, self.cfg.min_train_nodes)
+        sampled = self.sampler.draw(self.grid, node_ids, self.cfg.fraction_train, self.cfg.min_train_nodes).nodes
+        # Known after the draw, which identifies a large federation's newly drawn nodes.
+        connected = self.sampler.known(node_ids)
         trace = RoundTrace(sampled)
         steps = self.strategy.round(RoundInput(phase, server_round, globals_, sampled, connected, test))
         replies = None
@@ -201,12 +203,13 @@ class RoundLoop:
             )
 
     def final_evaluation(self, phase: Phase, globals_: Globals) -> None:
-        """Score the phase's final models on a `fraction-evaluate` sample of the nodes' local test splits; it
-        completes the phase's last record."""
+        """Score the phase's final models on a sample of the nodes' local test splits (`fraction-evaluate` of them,
+        at least `min-evaluate-nodes`); it completes the phase's last record with the federated accuracy, its
+        standard error over the sample and the nodes it counts."""
         if self.cfg.fraction_evaluate == 0.0 or not globals_:
             return
-        nodes = self.sampler.sample(self.grid, self.cfg.fraction_evaluate, 1)
-        architectures = {n: self.strategy.architecture(n, phase) for n in nodes}
+        sample = self.sampler.sample(self.grid, self.cfg.fraction_evaluate, self.cfg.min_evaluate_nodes)
+        architectures = {n: self.strategy.architecture(n, phase) for n in sample.nodes}
         messages = [evaluate_message(n, name, globals_[name]) for n, name in architectures.items() if name in globals_]
         if not messages:
             return
@@ -224,6 +227,7 @@ class RoundLoop:
                 name = self.sampler.name(m.metadata.src_node_id)
                 log(WARNING, "%s: node %s's evaluation rejected: %s", phase.name, name, reason)
         measured = metric_fields(reply_metrics(scored) if scored else {})
+        counts = [(float(c[METRICS][EVAL_CORRECT]), float(c[METRICS][EVAL_EXAMPLES])) for c in scored]
         last = self.run_dir.history[-1]
         self.run_dir.update(
             len(self.run_dir.history) - 1,
@@ -234,14 +238,19 @@ class RoundLoop:
             evaluation_seconds=time.perf_counter() - start,
             evaluation_replies=len(ex.ok()),
             evaluation_failures=len(ex.failures()) + rejected,
+            evaluation_nodes=len(scored),
+            evaluation_population=sample.population,
+            federated_accuracy_se=accuracy_standard_error(counts, sample.population),
         )
         log(
             INFO,
-            "%s: federated accuracy %s over %d nodes (%d failed)",
+            "%s: federated accuracy %s (standard error %s) over %d of %d nodes (%d failed)",
             phase.name,
             fmt_metric(last.federated_accuracy),
-            len(ex.ok()),
-            len(ex.failures()),
+            fmt_metric(last.federated_accuracy_se),
+            len(scored),
+            sample.population,
+            last.evaluation_failures,
         )
 
 

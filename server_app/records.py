@@ -72,10 +72,15 @@ class RoundRecord(_Record):
     failures: int
     failed: list[Failure]
     sampled: list[str]
-    # The phase's final evaluate exchange: its last record only.
+    # The phase's final evaluate exchange: its last record only. `evaluation_nodes` of the `evaluation_population`
+    # eligible nodes scored the final models; `federated_accuracy_se` is the federated accuracy's standard error over
+    # that sample of nodes (docs/outputs.md gives the formula).
     evaluation_seconds: float | None = None
     evaluation_replies: int | None = None
     evaluation_failures: int | None = None
+    evaluation_nodes: int | None = None
+    evaluation_population: int | None = None
+    federated_accuracy_se: float | None = None
     # Differential privacy (`dp-epsilon` > 0) only: the ε each accepted node reported spent, and their maximum.
     dp_epsilon_by_node: dict[str, float] | None = None
     dp_epsilon_max: float | None = None
@@ -87,6 +92,9 @@ class RoundRecord(_Record):
         "evaluation_seconds",
         "evaluation_replies",
         "evaluation_failures",
+        "evaluation_nodes",
+        "evaluation_population",
+        "federated_accuracy_se",
         "dp_epsilon_by_node",
         "dp_epsilon_max",
         "metrics",
@@ -103,6 +111,12 @@ class Summary(_Record):
     student_accuracy_by_model: dict[str, float] | None
     teacher_federated_accuracy: float | None
     student_federated_accuracy: float | None
+    # Each phase's final evaluation: the nodes whose scores make its federated accuracy, and that accuracy's standard
+    # error over them (its last history record's `evaluation_nodes` and `federated_accuracy_se`).
+    teacher_evaluation_nodes: int | None = None
+    teacher_federated_accuracy_se: float | None = None
+    student_evaluation_nodes: int | None = None
+    student_federated_accuracy_se: float | None = None
     teacher_params: int | None
     student_params: int
     params_by_model: dict[str, int]
@@ -131,6 +145,10 @@ class Summary(_Record):
         "input_shape",
         "num_classes",
         "refused_nodes",
+        "teacher_evaluation_nodes",
+        "teacher_federated_accuracy_se",
+        "student_evaluation_nodes",
+        "student_federated_accuracy_se",
     )
 
 

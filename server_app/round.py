@@ -37,7 +37,8 @@ class Nodes(Protocol):
 @dataclass(frozen=True)
 class RoundInput:
     """What the loop gives a round: the phase and round number, the global models it starts from, the nodes
-    sampled for it and all connected nodes (by name), and the server's test set when there is one."""
+    sampled for it and the connected nodes identified so far (all of a small federation, those sampled so far of a
+    large one: server_app/sampling.py), by name, and the server's test set when there is one."""
 
     phase: Phase
     server_round: int

@@ -4,7 +4,9 @@ The files in fixtures/ were first written by this run before the records were ty
 writers' field names, order or values shows up here. Since the round loop (loop.py) replaced rounds.py, a method's
 own metrics (`distill-*`) sit in a record's `metrics` map, and the final evaluation's federated scores come from its
 replies' counts (so `evaluation_replies` counts them); history.json was regenerated for exactly that. The
-summaries gained the run's task (`input_shape`, `num_classes`) when it came to be learned from the data.
+summaries gained the run's task (`input_shape`, `num_classes`) when it came to be learned from the data, and each
+phase's final evaluation its node counts and standard error (`evaluation_nodes`, `evaluation_population`,
+`federated_accuracy_se`; the summary's `*_evaluation_nodes`, `*_federated_accuracy_se`) when it came to be sampled.
 """
 
 import itertools
