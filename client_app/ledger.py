@@ -1,6 +1,10 @@
-"""The node's DP ledger (run config `dp-epsilon` > 0): its noise, calibrated on first use to the run's horizon
-of private training; what it has spent, kept in context.state and in node config `state-dir`; and the training
-on private data that charges it."""
+"""The node's DP ledger (run config `dp-epsilon` > 0, or node config `dp-max-epsilon`): its noise, calibrated on
+first use to the run's horizon of private training; what it has spent, kept in context.state and in node config
+`state-dir`, keyed by the node's data, so that every run on the same data spends from one ledger; and the training on
+private data that charges it.
+
+The budget is the run's `dp-epsilon`, capped by the node operator's `dp-max-epsilon`: the server cannot raise it,
+nor turn DP off on a node that sets a ceiling (such a node refuses every message of a run without DP)."""
 
 import hashlib
 import json
@@ -10,7 +14,6 @@ from typing import TYPE_CHECKING
 import torch
 from flwr.app import ConfigRecord, Message
 
-from common.config import RESUMABLE_CHANGES
 from common.models import dp_compatible
 from common.privacy import DPSGD, Ledger, noise_multiplier, sample_rate, spent_epsilon, steps_per_epoch
 from common.protocol import CONFIG, DP_EPSILON, PRIVATE_EPOCHS
@@ -23,16 +26,40 @@ if TYPE_CHECKING:
 PRIVACY = "privacy"  # the ledger's key in context.state
 
 
+MAX_PRIVATE_EPOCHS = 1_000_000  # a bound on the server's horizon: calibration over more would never end
+
+
+def budget(node: "Node") -> float:
+    """The ε this node may spend in the run: the run's `dp-epsilon`, at most node config `dp-max-epsilon`; 0 with
+    DP off. A node with a ceiling refuses a run without DP, naming both."""
+    config = node.context.node_config
+    if "dp-max-epsilon" not in config:
+        return node.cfg.dp_epsilon
+    ceiling = config["dp-max-epsilon"]
+    if isinstance(ceiling, bool) or not isinstance(ceiling, (int, float)) or not 0 < ceiling < float("inf"):
+        raise ValueError(f"node config 'dp-max-epsilon' = {ceiling!r}; allowed: a finite number above 0")
+    if node.cfg.dp_epsilon == 0:
+        raise ValueError(
+            f"node config 'dp-max-epsilon' = {ceiling}: this node's data leaves it only under differential privacy, "
+            "and the run has 'dp-epsilon' = 0 (off); allowed: a run with dp-epsilon > 0"
+        )
+    return min(node.cfg.dp_epsilon, float(ceiling))
+
+
 def _ledger_path(node: "Node") -> Path | None:
-    """Where node config `state-dir` keeps the DP ledger: one file per run config, not per run id."""
+    """Where node config `state-dir` keeps the DP ledger: one file per dataset of the node, whatever the run."""
     if "state-dir" not in node.context.node_config:
         return None
-    # A resumed run has a new id but the same config (less RESUMABLE_CHANGES): it must spend from the same
-    # ledger. So does a rerun of the same config, which spends this node's data again.
-    dump = node.cfg.model_dump(mode="json", by_alias=True)
-    settings = {k: v for k, v in dump.items() if k not in RESUMABLE_CHANGES}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(str(node.context.node_config["state-dir"])) / f"privacy-{digest}.json"
+    # Every run on this data spends from the same ledger: a resumed run (a new id), a rerun, another seed or
+    # learning rate alike. What identifies the data: the node's name and its file, or its partition of the dataset.
+    config = node.context.node_config
+    data = {key: str(config[key]) for key in ("name", "data-path", "partition-id", "num-partitions") if key in config}
+    if "data-path" in data:
+        data["data-path"] = str(Path(data["data-path"]).expanduser().resolve())
+    else:
+        data["dataset"] = node.cfg.dataset
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(str(config["state-dir"])) / f"privacy-{digest}.json"
 
 
 def _held_ledger(node: "Node") -> dict | None:
@@ -47,28 +74,32 @@ def _held_ledger(node: "Node") -> dict | None:
 
 
 def _private_epochs(config: ConfigRecord) -> int:
-    """The run's horizon of private training the server sent (`private-epochs`); a clear error without it."""
+    """The run's horizon of private training the server sent (`private-epochs`), checked; a clear error without
+    it or out of range."""
     if PRIVATE_EPOCHS not in config:
         raise ValueError(
             f"message config '{PRIVATE_EPOCHS}' is missing with run config 'dp-epsilon' > 0: the ServerApp "
             "sends it with every message of a DP run; it must run the same fedkd version as this node"
         )
-    return int(config[PRIVATE_EPOCHS])
+    epochs = config[PRIVATE_EPOCHS]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= MAX_PRIVATE_EPOCHS:
+        raise ValueError(f"message config '{PRIVATE_EPOCHS}' = {epochs!r}; allowed: 1 to {MAX_PRIVATE_EPOCHS}")
+    return epochs
 
 
 def _ledger(node: "Node", private_epochs: int) -> Ledger:
     """The node's DP ledger: the one it holds, else a new one whose noise spends `dp-epsilon` over
     `private_epochs` epochs of its private data (the most it may train in the run)."""
-    cfg = node.cfg
+    cfg, epsilon = node.cfg, budget(node)
     if (held := _held_ledger(node)) is None:
         n = len(node.data.train)
         steps = private_epochs * steps_per_epoch(n, cfg.batch_size)
         held = {
-            "noise_multiplier": noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, sample_rate(n, cfg.batch_size), steps),
+            "noise_multiplier": noise_multiplier(epsilon, cfg.dp_delta, sample_rate(n, cfg.batch_size), steps),
             "history": [],
         }
     return Ledger(
-        cfg.dp_epsilon,
+        epsilon,
         cfg.dp_delta,
         cfg.dp_max_grad_norm,
         held["noise_multiplier"],
@@ -91,11 +122,11 @@ def train_private(
 ) -> float:
     """`train` on the node's private training data: DP-SGD charged to its ledger when `dp-epsilon` > 0."""
     x = node.data.train.x
-    if node.cfg.dp_epsilon == 0:
+    if (epsilon := budget(node)) == 0:
         return train(model, x, **node.train_kwargs(seed, epochs), **train_kwargs)
     if reason := dp_compatible(model):
         # Refused before anything is charged: the node's own model config could name one the server did not check.
-        raise ValueError(f"dp-epsilon = {node.cfg.dp_epsilon}: {reason}")
+        raise ValueError(f"dp-epsilon = {epsilon}: {reason}")
     ledger = _ledger(node, _private_epochs(msg.content[CONFIG]))
     try:
         privacy = DPSGD(ledger, derive_seed(node.cfg.seed, Stream.DP_NOISE, seed))
@@ -107,7 +138,7 @@ def train_private(
 
 def privacy_metrics(node: "Node") -> dict[str, float]:
     """The ε this node has spent, for the reply; nothing when DP is off."""
-    if node.cfg.dp_epsilon == 0:
+    if budget(node) == 0:
         return {}
     held = _held_ledger(node)
     return {DP_EPSILON: spent_epsilon([tuple(step) for step in held["history"]], node.cfg.dp_delta) if held else 0.0}

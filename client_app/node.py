@@ -14,7 +14,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client_app import data_cache
-from client_app.ledger import privacy_metrics, train_private
+from client_app.ledger import budget, privacy_metrics, train_private
 from common.config import RunConfig, parse_run_config
 from common.data import ClientData, load_client_data, load_node_file, load_public
 from common.models import build_model, load_record, logits_to_record, to_record
@@ -167,7 +167,7 @@ class Node:
 
     def eval_metrics(self, model: torch.nn.Module) -> dict[str, float]:
         """The model's counts on the local test split; none with DP on."""
-        if self.cfg.dp_epsilon > 0:
+        if budget(self) > 0:
             # The local test split is private data too, and these exact counts would release it unaccounted.
             return {}
         test = self.data.test
@@ -199,7 +199,10 @@ class Node:
         seed = derive_seed(self.cfg.seed, Stream.LOCAL_TRAINING, zlib.crc32(name.encode()), server_round, self.stream)
         if model_loss is not None:
             train_kwargs["loss_fn"] = model_loss(model)
-        metrics[TRAIN_LOSS] = train_private(self, msg, model, seed, **train_kwargs)
+        loss = train_private(self, msg, model, seed, **train_kwargs)
+        if budget(self) == 0:
+            # Under DP the loss on private batches would leave the node unnoised and uncharged: it stays.
+            metrics[TRAIN_LOSS] = loss
         metrics[NUM_EXAMPLES] = len(self.data.train)
         metrics.update(privacy_metrics(self))
         metrics[CLIENT_SECONDS] = time.perf_counter() - start

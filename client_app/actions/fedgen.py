@@ -5,6 +5,7 @@ from functools import partial
 import torch
 from flwr.app import Message
 
+from client_app.ledger import budget
 from client_app.node import Node, setting
 from common.feature_generator import FeatureGenerator, feature_width, regularised_loss
 from common.privacy import not_covered
@@ -25,8 +26,8 @@ def train_fedgen(msg: Message, node: Node) -> Message:
     """Train the sent global model on local labels, regularised by the generator once the server sends it; the
     reply counts the node's examples of each class, which the server fits the generator to."""
     cfg = node.cfg
-    if cfg.dp_epsilon > 0:
-        raise ValueError(not_covered("fedgen", "reports each node's label counts in the clear", cfg.dp_epsilon))
+    if (epsilon := budget(node)) > 0:
+        raise ValueError(not_covered("fedgen", "reports each node's label counts in the clear", epsilon))
     num_classes = node.task.num_classes
     loss = None
     if GENERATOR in msg.content.array_records:

@@ -7,7 +7,7 @@ from functools import partial
 import torch
 from flwr.app import Message, MetricRecord, RecordDict
 
-from client_app.ledger import privacy_metrics, train_private
+from client_app.ledger import budget, privacy_metrics, train_private
 from client_app.node import Node, setting
 from common.data import load_public, load_server_testset
 from common.loss import soft_loss
@@ -83,7 +83,8 @@ def train_digest(msg: Message, node: Node) -> Message:
     metrics = {
         **node.eval_metrics(model),
         NUM_EXAMPLES: len(node.data.train),
-        TRAIN_LOSS: revisit,
+        # Under DP the loss on private batches stays on the node (post-processing covers the model, not it).
+        **({TRAIN_LOSS: revisit} if budget(node) == 0 else {}),
         DIGEST_LOSS: digest,
         CLIENT_SECONDS: time.perf_counter() - start,
         **privacy_metrics(node),

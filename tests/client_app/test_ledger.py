@@ -6,7 +6,7 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from client_app.ledger import PRIVACY, privacy_metrics, train_private
+from client_app.ledger import PRIVACY, budget, privacy_metrics, train_private
 from client_app.node import Node
 from common.models import initial_model
 from common.privacy import noise_multiplier, spent_epsilon
@@ -63,15 +63,39 @@ def test_a_training_past_the_budget_is_refused_and_charges_nothing(task_identity
     assert held(n) == before
 
 
-def test_the_state_dir_keeps_one_ledger_per_run_config_less_its_resumable_keys(task_identity, tmp_path):
+def test_the_state_dir_keeps_one_ledger_per_dataset_of_the_node_whatever_the_run(task_identity, tmp_path):
     first = node(**{"state-dir": str(tmp_path)})
     train_private(first, message(4), initial_model("mlp-32", "synthetic", 1), 9, targets=(first.data.train.y,))
     [saved] = tmp_path.glob("privacy-*.json")
     assert json.loads(saved.read_text()) == held(first)
-    resumed = node({**DP, "resume-from": "/runs/a", "output-dir": "/runs"}, **{"state-dir": str(tmp_path)})
-    assert privacy_metrics(resumed) == privacy_metrics(first)
-    other = node({**DP, "local-epochs": 2}, **{"state-dir": str(tmp_path)})
+    spent = privacy_metrics(first)[DP_EPSILON]
+    assert spent > 0
+    # A resumed run, another seed or learning rate: the same data, the same ledger; a new seed does not reset it.
+    for run_config in ({**DP, "resume-from": "/runs/a"}, {**DP, "seed": 7}, {**DP, "learning-rate": 0.5}):
+        assert privacy_metrics(node(run_config, **{"state-dir": str(tmp_path)})) == {DP_EPSILON: spent}
+    # Other data (another partition, or a named node's file) has a ledger of its own.
+    other = node(**{"state-dir": str(tmp_path), "partition-id": 2})
     assert privacy_metrics(other) == {DP_EPSILON: 0.0}
+
+
+def test_the_operators_ceiling_caps_the_runs_budget_and_refuses_a_run_without_dp(task_identity):
+    capped = node(**{"dp-max-epsilon": 1.0})
+    assert budget(capped) == 1.0 and budget(node(**{"dp-max-epsilon": 9.0})) == 4.0
+    train_private(capped, message(4), initial_model("mlp-32", "synthetic", 1), 9, targets=(capped.data.train.y,))
+    # Calibrated to spend 1.0, not the server's 4.0, over the horizon: one epoch of four spends about a quarter.
+    assert 0 < privacy_metrics(capped)[DP_EPSILON] <= 1.0
+    plain = node({**DP, "dp-epsilon": 0.0}, **{"dp-max-epsilon": 1.0})
+    with pytest.raises(ValueError, match=r"'dp-max-epsilon' = 1.0: this node's data leaves it only under"):
+        train_private(plain, message(4), initial_model("mlp-32", "synthetic", 1), 9, targets=(plain.data.train.y,))
+    with pytest.raises(ValueError, match="'dp-max-epsilon' = 'lots'; allowed: a finite number above 0"):
+        budget(node(**{"dp-max-epsilon": "lots"}))
+
+
+@pytest.mark.parametrize("epochs", [0, -2, True, 10**7, 2.5])
+def test_a_server_sent_horizon_out_of_range_is_refused(task_identity, epochs):
+    n = node()
+    with pytest.raises(ValueError, match=rf"'private-epochs' = {epochs!r}; allowed: 1 to 1000000"):
+        train_private(n, message(epochs), initial_model("mlp-32", "synthetic", 1), 9, targets=(n.data.train.y,))
 
 
 def test_a_batch_norm_model_is_refused_under_dp_before_anything_is_charged(task_identity, tmp_path):
