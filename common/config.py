@@ -77,7 +77,10 @@ class Settings(BaseModel):
     docs/configuration.md (`python -m server_app.config_docs`; a test fails when it is stale).
     """
 
-    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: an infinite deadline or budget is refused by name, not waited out or never spent.
+    model_config = ConfigDict(
+        alias_generator=_kebab, populate_by_name=True, extra="forbid", strict=True, frozen=True, allow_inf_nan=False
+    )
 
 
 class RunConfig(Settings):

@@ -84,12 +84,27 @@ def load(run_dir: Path, config: dict) -> Checkpoint:
             f"run config 'resume-from' = {str(run_dir)!r} was made with another config: {details}; "
             f"only {sorted(RESUMABLE_CHANGES)} may change"
         )
-    return Checkpoint(
-        phase=raw["phase"],
-        server_round=raw["round"],
-        history=HISTORY.validate_python(raw["history"]),
-        globals={name: ArrayRecord(t) for name, t in raw["globals"].items()},
-        strategy_state={name: ArrayRecord(t) for name, t in raw["strategy_state"].items()},
-        sampler_state=raw["sampler_state"],
-        config=raw["config"],
-    )
+    try:
+        return Checkpoint(
+            phase=_typed(raw, "phase", str),
+            server_round=_typed(raw, "round", int),
+            history=HISTORY.validate_python(raw.get("history")),
+            globals={name: ArrayRecord(t) for name, t in _typed(raw, "globals", dict).items()},
+            strategy_state={name: ArrayRecord(t) for name, t in _typed(raw, "strategy_state", dict).items()},
+            sampler_state=_typed(raw, "sampler_state", object),
+            config=raw["config"],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(
+            f"run config 'resume-from' = {str(run_dir)!r}: {str(path)!r} is not a complete fedkd checkpoint "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); allowed: a fedkd run directory with an intact "
+            f"{CHECKPOINT}"
+        ) from None
+
+
+def _typed(raw: dict, key: str, kind: type):
+    """`raw[key]` if it is a `kind`; a TypeError naming the field otherwise."""
+    value = raw.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"field '{key}' is {type(value).__name__}, expected {kind.__name__}")
+    return value

@@ -84,10 +84,17 @@ class RoundLoop:
         """The replies fit to use, in node-name order (float sums then do not depend on arrival order); the others
         are recorded in `trace.rejected` with the reason, never handed to the strategy."""
         index = {message_id: i for i, message_id in enumerate(ex.message_ids) if message_id}
-        accepted = []
+        accepted, answered = [], set()
         for msg in sorted(ex.ok(), key=lambda m: self.sampler.name(m.metadata.src_node_id)):
             node, i = msg.metadata.src_node_id, index[msg.metadata.reply_to_message_id]
-            if reason := _check(ask.checks[i], msg) or check_metrics(msg.content, self.cfg.max_num_examples):
+            # One reply per message counts: a second one would weigh in the average twice.
+            duplicate = "a second reply to one message" if i in answered else None
+            answered.add(i)
+            if (
+                reason := duplicate
+                or _check(ask.checks[i], msg)
+                or check_metrics(msg.content, self.cfg.max_num_examples)
+            ):
                 trace.rejected.append(Failure(node, f"{ask.label} rejected: {reason}"))
                 continue
             accepted.append(Reply(node, i, msg.content))

@@ -111,3 +111,18 @@ def test_checked_evaluation_counts_give_a_federated_accuracy_within_0_and_1():
 
 def test_a_reply_with_a_config_record_only_is_not_a_metrics_reply():
     assert check_metrics(RecordDict({"node": ConfigRecord({"name": "x"})}), 10) is None
+
+
+def test_a_second_reply_to_one_message_is_rejected_so_no_node_weighs_twice(task_identity):
+    from server_app.loop import RoundTrace
+    from tests.server_app.helpers import exchanged, screening_loop
+
+    method = strategy("fedavg")
+    steps = method.round(round_input([1, 2], GLOBAL))
+    ask = steps.send(None)
+    ex = exchanged(ask.messages, lambda msg: HONEST)
+    ex.replies.append(ex.replies[0])  # node 2's reply, delivered again
+    trace = RoundTrace([1, 2])
+    accepted = screening_loop(Nodes()).screen(ex, ask, trace)
+    assert [r.node for r in accepted] == [1, 2]
+    assert [(f.node, f.reason) for f in trace.rejected] == [(2, "reply rejected: a second reply to one message")]
