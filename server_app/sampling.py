@@ -30,6 +30,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from common.config import check_model_name
+from common.models import build_model
 from common.protocol import CONFIG, DATA_ERROR, MODEL, NAME, NODE, QUERY_IDENTIFY
 from common.seeds import Stream, derive_seed
 from common.task import INPUT_SHAPE, NUM_CLASSES, Task, describe
@@ -37,6 +39,7 @@ from server_app.transport import exchange, retrying
 
 WAIT_POLL_SECONDS = 1.0
 IDENTIFY_TRIES = 2
+MAX_NAME = 200  # characters of a node's name: it lands in logs, history.json and file names
 # The run config's default of `identify-all-max-nodes`, for a sampler built without one (tests).
 IDENTIFY_ALL_MAX_NODES = 1000
 
@@ -72,6 +75,9 @@ class NodeSampler:
         self.data: dict[int, tuple[tuple[int, ...], int] | str] = {}
         self.task: Task | None = None
         self.refused: dict[int, str] = {}  # node -> why it is never sampled
+        # Why a node's identify reply cannot be trusted to sample it by (its name or architecture).
+        self.problems: dict[int, str] = {}
+        self.buildable: dict[str, str | None] = {}  # architecture -> why it cannot be built for the task, or None
 
     def identify(self, grid: Grid, node_ids: Sequence[int]) -> None:
         """Ask those of `node_ids` that have not answered yet, and were asked fewer than IDENTIFY_TRIES times, for
@@ -85,12 +91,22 @@ class NodeSampler:
             Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=n, message_type=QUERY_IDENTIFY) for n in new
         ]
         for reply in exchange(grid, messages, self.timeout).ok():
-            node, record = reply.metadata.src_node_id, reply.content[NODE]
-            self.names[node] = str(record[NAME])
-            self.models[node] = str(record[MODEL])
+            node = reply.metadata.src_node_id
+            record = reply.content.config_records.get(NODE, ConfigRecord())
+            name, model = record.get(NAME), record.get(MODEL)
+            taken = {other for n, other in self.names.items() if n != node}
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+                self.problems[node] = f"its identify reply names it {name!r}; allowed: 1 to {MAX_NAME} characters"
+            elif name in taken:
+                self.problems[node] = f"its name {name!r} is another node's"
+            else:
+                self.names[node] = name
+            if (reason := _model_problem(model)) is not None:
+                self.problems.setdefault(node, reason)
+            else:
+                self.models[node] = model
             self.data[node] = _data_report(record)
-            if self.task is not None:
-                self._check(node)
+            self._check(node)
 
     def fix_task(self, task: Task) -> None:
         """The run's task, once known: every node whose data does not fit it is refused from now on."""
@@ -99,11 +115,16 @@ class NodeSampler:
             self._check(node)
 
     def _check(self, node: int) -> None:
-        """Refuse `node` (never sampled, logged with the reason) if its data cannot be read or does not fit."""
+        """Refuse `node` (never sampled, logged with the reason) if its identify reply is unusable, or, once the
+        task is known, its data cannot be read or does not fit, or its architecture cannot be built for the task."""
         report, task = self.data.get(node), self.task
-        if report is None or task is None:
+        if node in self.problems:
+            reason = self.problems[node]
+        elif report is None or task is None:
             return
-        if isinstance(report, str):
+        elif (problem := self._unbuildable(self.model(node))) is not None:
+            reason = problem
+        elif isinstance(report, str):
             reason = f"its data cannot be used: {report}"
         elif not task.accepts(report[0]):
             shapes = describe(report[0]), describe(task.input_shape)
@@ -115,6 +136,16 @@ class NodeSampler:
         if node not in self.refused:
             log(WARNING, "fedkd: node %s refused: %s", self.name(node), reason)
         self.refused[node] = reason
+
+    def _unbuildable(self, model: str) -> str | None:
+        """Why architecture `model` cannot be built for the task (a model of another kind of input), or None."""
+        if model not in self.buildable:
+            try:
+                build_model(model, self.task)
+                self.buildable[model] = None
+            except ValueError as exc:
+                self.buildable[model] = f"its architecture {model!r} cannot be built for the task: {exc}"
+        return self.buildable[model]
 
     def identifies_all(self, connected: int) -> bool:
         """Whether a federation of `connected` nodes is identified whole (small) rather than as it is sampled."""
@@ -217,6 +248,17 @@ def accuracy_standard_error(counts: Sequence[tuple[float, float]], population: i
     spread = sum((c - ratio * n) ** 2 for c, n in counts) / (m - 1)
     unsampled = max(0.0, 1 - m / population)
     return math.sqrt(unsampled * spread / (m * (examples / m) ** 2))
+
+
+def _model_problem(model: object) -> str | None:
+    """Why an identify reply's architecture is not one a run allows, or None."""
+    if not isinstance(model, str):
+        return f"its identify reply gives architecture {model!r}; allowed: a model name"
+    try:
+        check_model_name(model)
+    except ValueError as exc:
+        return f"its identify reply gives {exc}"
+    return None
 
 
 def _data_report(record) -> tuple[tuple[int, ...], int] | str:

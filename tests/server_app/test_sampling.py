@@ -6,6 +6,7 @@ import math
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from common.config import MODEL_FAMILIES
 from common.protocol import MODEL, NAME, NODE, QUERY_IDENTIFY
 from common.task import INPUT_SHAPE, NUM_CLASSES, Task
 from server_app.sampling import NodeSampler, accuracy_standard_error
@@ -40,7 +41,7 @@ class IdentifyGrid:
             self.exchanges[-1].append(node)
             msg.metadata.__dict__["_message_id"] = message_id = f"{node}-{self.asked[node]}-{i}"
             if self.asked[node] > self.silent.get(node, 0):
-                info = ConfigRecord({NAME: self.names[node], MODEL: f"mlp-{node}"})
+                info = ConfigRecord({NAME: self.names[node], MODEL: f"mlp-{node + 1}"})
                 if node in self.data:
                     info[INPUT_SHAPE], info[NUM_CLASSES] = self.data[node]
                 self.replies[message_id] = Message(RecordDict({NODE: info}), reply_to=msg)
@@ -64,7 +65,7 @@ def test_a_node_that_does_not_identify_is_asked_once_more_then_keeps_its_id_as_n
     assert grid.asked == {1: 1, 2: 1, 3: 1, 4: 1}
     assert sampler.nodes(grid, 1) == [2, 1, 4, 3]  # a, b, d, node-3
     assert grid.asked == {1: 1, 2: 1, 3: 2, 4: 2}
-    assert sampler.name(4) == "d" and sampler.model(4) == "mlp-4"
+    assert sampler.name(4) == "d" and sampler.model(4) == "mlp-5"
     for _ in range(3):
         assert sampler.nodes(grid, 1) == [2, 1, 4, 3]
     assert grid.asked == {1: 1, 2: 1, 3: 2, 4: 2}
@@ -208,3 +209,38 @@ def test_the_standard_error_of_the_federated_accuracy_by_hand():
     # One node, or no examples: no standard error.
     assert accuracy_standard_error([(8, 10)], 8) is None
     assert accuracy_standard_error([(0, 0), (0, 0)], 8) is None
+
+
+def test_unusable_identify_replies_refuse_their_node_by_reason_and_the_rest_are_sampled(task_identity):
+    from common.data import builtin_task
+
+    names = {0: "a", 1: "b", 2: "c", 3: "d", 4: "e", 5: "f"}
+    grid = IdentifyGrid(names, data={0: ([32], 10), 5: ([32], 10)})
+    real_push = grid.push_messages
+
+    def push(messages):
+        ids = real_push(messages)
+        contents = {
+            1: RecordDict({"not-node": ConfigRecord({NAME: "x"})}),
+            2: RecordDict({NODE: ConfigRecord({NAME: "a", MODEL: "mlp-3"})}),
+            3: RecordDict({NODE: ConfigRecord({NAME: "d", MODEL: "transformer"})}),
+            4: RecordDict({NODE: ConfigRecord({NAME: "e", MODEL: "cnn", INPUT_SHAPE: [32], NUM_CLASSES: 10})}),
+        }
+        for msg, message_id in zip(messages, ids):
+            node = msg.metadata.dst_node_id
+            if node in contents:
+                grid.replies[message_id] = Message(contents[node], reply_to=msg)
+        return ids
+
+    grid.push_messages = push
+    sampler = NodeSampler(seed=1, timeout=1)
+    sampler.nodes(grid, 1)
+    sampler.fix_task(builtin_task("synthetic"))
+    assert sampler.refused == {
+        1: "its identify reply names it None; allowed: 1 to 200 characters",
+        2: "its name 'a' is another node's",
+        3: "its identify reply gives unknown model 'transformer'; allowed: " + MODEL_FAMILIES,
+        4: "its architecture 'cnn' cannot be built for the task: model 'cnn' needs image inputs; the task has inputs "
+        "of shape (32,), use an mlp-...",
+    }
+    assert sorted(sampler.sample(grid, 1.0, 1).nodes) == [0, 5]
