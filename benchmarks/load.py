@@ -3,6 +3,8 @@
     python -m benchmarks.load                       # 100, 250, 500, 1000 clients x 2; 2, 4, 8 SuperNodes
     python -m benchmarks.load --clients --supernodes 8              # the deployment part only, 8 SuperNodes
     python -m benchmarks.load --clients 20 --sampled 10 --repeats 1 --supernodes 2 --rounds 1   # smoke run
+    python -m benchmarks.load --clients --supernodes --scale 1000 10000 50000 --stock \
+        --results benchmarks/results/load                                    # cross-device scale
 
 Simulation: the synthetic task (200 samples per client), `--sampled` clients trained per round and
 as many scoring each phase's final model, `--rounds` teacher and student rounds, through `flwr run`
@@ -14,6 +16,12 @@ quarter) of the CPU is in use and stops if that does not happen, unless --allow-
 anyway and marks the run busy. Writes load.{json,md} to --results (default benchmarks/results) after every
 run, with the commit and the machine; a part left out (`--clients` or `--supernodes` with no sizes)
 keeps its last results there.
+
+Cross-device scale (`--scale`): the same sampled work (`--sampled` nodes trained per round and scoring each phase's
+final model, `--scale-rounds` teacher + student rounds) on federations of each size; time to round 1, time per
+round, the whole run, peak memory and bytes, each against the smallest size. `--stock` also runs Flower's own loop
+(benchmarks/stock_loop.py: `FedAvg.start`, a train and an evaluate exchange of `--sampled` nodes per round) at each
+size: the floor Flower's simulation engine sets, since every tick it scans every node for messages.
 """
 
 import argparse
@@ -29,6 +37,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
+from benchmarks.deployment_latency import stock_app
 from benchmarks.provenance import before_timing, load_average, provenance, provenance_line, quiet_arguments
 from common.config import parse_run_config
 from common.data import export_partitions
@@ -266,6 +275,99 @@ def simulation(clients: int, sampled: int, rounds: int, timeout: float, tmp: Pat
     row.update(memory.peak)
     if out.exists() and any(out.glob("*/history.json")):
         row.update(round_times(out))
+    return row
+
+
+class FirstHistory:
+    """Notes when a run's history.json first appears under `out` (it is written as round 1 ends), polling every
+    0.1 s in a background thread."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.seen: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while self.seen is None and not self._stop.wait(0.1):
+            if any(self.out.glob("*/history.json")):
+                self.seen = time.perf_counter()
+
+    def __enter__(self) -> "FirstHistory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def scale_run(
+    loop: str, clients: int, rounds: int, args: argparse.Namespace, tmp: Path, quiet: Quiet, app: Path | None
+) -> dict:
+    """One `flwr run` of fedkd (`app` None) or of the stock loop on `clients` simulated nodes, `args.sampled` of
+    them trained per round and scoring each phase's final model, on a fresh SuperLink: times, peak memory, bytes."""
+    out, home = tmp / f"scale-{loop}-{rounds}-{clients}", tmp / f"scale-home-{loop}-{rounds}-{clients}"
+    fraction = args.sampled / clients
+    config: dict = {
+        "dataset": "synthetic",
+        "samples-per-client": 200,
+        # The stock loop runs the teacher's rounds only: as many as fedkd's two phases together.
+        "two-stage.num-teacher-rounds": rounds if loop == "fedkd" else 2 * rounds,
+        "num-student-rounds": rounds,
+        "fraction-train": fraction,
+        "fraction-evaluate": fraction,
+        "min-train-nodes": args.sampled,
+        "min-evaluate-nodes": args.sampled,
+        "round-timeout": args.timeout,
+        "output-dir": str(out),
+    }
+    if loop == "fedkd" and args.identify_all_max_nodes is not None:
+        config["identify-all-max-nodes"] = args.identify_all_max_nodes
+    row: dict = {"loop": loop, "clients": clients, "rounds": rounds, "status": "complete"}
+    with simulation_superlink(home) as env:
+        row["before_run"] = quiet()
+        row["busy"] = row["before_run"]["busy"]
+        with PeakMemory(simulation_memory(home)) as memory, FirstHistory(out) as first:
+            start = time.perf_counter()
+            try:
+                done = flwr_run(env, config, clients, timeout=args.timeout, app=app)
+            except subprocess.TimeoutExpired:
+                row["status"] = f"timed out after {args.timeout:.0f} s"
+            row["wall_s"] = time.perf_counter() - start
+            row["load_average_after"] = load_average()
+    row.update(memory.peak)
+    if loop == "stock":
+        if (out / "stock-rounds.json").exists():
+            # Gaps between the ends of rounds 0 (the initial evaluation), 1, 2, ...: the first gap holds round 1 and
+            # everything the engine did before it, so the rounds are timed from the second on.
+            seconds = json.loads((out / "stock-rounds.json").read_text())[1:]
+            row.update(median_round_s=statistics.median(seconds), round_seconds=seconds)
+        elif row["status"] == "complete":
+            row["status"] = "failed"
+            row["output_tail"] = done.stdout[-3000:] + done.stderr[-3000:]
+        return row
+    summaries = list(out.glob("*/summary.json"))
+    if not summaries or read_summary(summaries[0]).status != "complete":
+        row["status"] = "failed" if row["status"] == "complete" else row["status"]
+        row["output_tail"] = "" if row["status"].startswith("timed out") else done.stdout[-3000:] + done.stderr[-3000:]
+        return row
+    run_dir = summaries[0].parent
+    history, summary = read_history(run_dir / "history.json"), read_summary(summaries[0])
+    seconds = [r.seconds for r in history]
+    evaluations = [r for r in history if r.evaluation_nodes is not None]
+    row.update(
+        # history.json first appears as round 1 ends: less that round, what came before it.
+        time_to_round1_s=first.seen - start - history[0].seconds if first.seen else None,
+        median_round_s=statistics.median(seconds),
+        round_seconds=seconds,
+        final_evaluations_s=sum(r.evaluation_seconds or 0.0 for r in history),
+        sampled_per_round=max(len(r.sampled) for r in history),
+        evaluated_per_phase=[r.evaluation_nodes for r in evaluations],
+        federated_accuracy_se=[r.federated_accuracy_se for r in evaluations],
+        bytes_total=summary.bytes_total,
+        serverapp_wall_s=summary.wall_seconds,
+    )
     return row
 
 
@@ -510,9 +612,69 @@ def deployment_report(part: dict) -> list[str]:
     return lines + ["", load_note(dep), *(["", *bullets] if bullets else []), "", *provenance_lines(dep)]
 
 
+def against(row: dict, base: dict | None, key: str, spec: str, scale: float = 1.0) -> str:
+    """`row[key]` formatted (divided by `scale`), with its ratio to `base[key]`; n/a where the run has none."""
+    if row.get(key) is None:
+        return "n/a"
+    cell = format(row[key] / scale, spec)
+    if base is not None and base.get(key):
+        cell += f" (x{row[key] / base[key]:.2f})"
+    return cell
+
+
+def scale_report(part: dict) -> list[str]:
+    """The cross-device tables, one per number of rounds: each figure with its ratio to the smallest federation's."""
+    args, runs = part["args"], part["runs"]
+    lines = [
+        f"Cross-device scale: synthetic task, 200 samples per client, {args['sampled']} nodes sampled per round "
+        f"and {args['sampled']} scoring each phase's final model, whatever the federation's size; a fresh "
+        "simulation SuperLink per run, 5 ClientApp workers, one run per size. fedkd identifies nodes "
+        + (
+            f"whole up to identify-all-max-nodes = {args['identify_all_max_nodes']}, else as they are sampled"
+            if args.get("identify_all_max_nodes") is not None
+            else "as the run config's default says (whole up to 1,000 nodes, else as they are sampled)"
+        )
+        + ". Stock: Flower's `FedAvg.start` over fedkd's ClientApp (benchmarks/stock_loop.py), its teacher "
+        "rounds as many as fedkd's two phases together, each a train and an evaluate exchange of the sampled "
+        "nodes; its median round is over rounds 2 on (round 1's time is not told apart from the start). "
+        "In brackets: the ratio to the smallest federation's run of the same loop and rounds. "
+        "Time to round 1: from `flwr run` to the start of round 1 (Ray's start, the ClientApps' first imports, "
+        "any identification). Peak RSS sampled every 0.2 s; the simulation process runs the ServerApp and "
+        "Flower's simulation engine together.",
+    ]
+    for rounds in sorted({r["rounds"] for r in runs}):
+        lines += [
+            "",
+            f"{rounds} + {rounds} rounds:",
+            "",
+            "| nodes | loop | status | time to round 1 (s) | median round (s) | whole run (s) "
+            "| simulation process, peak (MiB) | whole run, peak (MiB) | MB moved | evaluated per phase "
+            "| load before / after |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted((r for r in runs if r["rounds"] == rounds), key=lambda r: (r["loop"], r["clients"])):
+            peers = [p for p in runs if p["rounds"] == rounds and p["loop"] == r["loop"]]
+            base = min(peers, key=lambda p: p["clients"])
+            cells = [
+                f"{r['clients']:,}",
+                r["loop"],
+                r["status"],
+                against(r, base, "time_to_round1_s", ".1f"),
+                against(r, base, "median_round_s", ".2f"),
+                against(r, base, "wall_s", ".1f"),
+                against(r, base, "serverapp_mib", ".0f"),
+                against(r, base, "tree_mib", ".0f"),
+                against(r, base, "bytes_total", ".2f", 1e6),
+                ", ".join(map(str, r.get("evaluated_per_phase", []))) or "n/a",
+                load_cell(r),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", load_note(runs), "", *provenance_lines([part])]
+
+
 def report(results: dict) -> str:
     """The markdown of the parts in `results`."""
-    makers = {"simulation": simulation_report, "deployment": deployment_report}
+    makers = {"simulation": simulation_report, "deployment": deployment_report, "scale": scale_report}
     parts = [make(results[name]) for name, make in makers.items() if results.get(name, {}).get("runs")]
     return "\n\n".join("\n".join(part) for part in parts)
 
@@ -526,13 +688,15 @@ def code_state() -> dict:
     return {"commit": git("rev-parse", "HEAD").strip(), "uncommitted": git("status", "--porcelain").splitlines()}
 
 
-def write(args: argparse.Namespace, code: dict, info: dict, sim: list[dict], dep: list[dict]) -> str:
+def write(args: argparse.Namespace, code: dict, info: dict, sim: list[dict], dep: list[dict], scale: list[dict]) -> str:
     """Write load.json and load.md with this invocation's parts; a part it does not run keeps its last results."""
     path = args.results / "load.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     measured = {"args": {**vars(args), "results": str(args.results)}, "code": code, "provenance": info}
     if args.clients:
         results["simulation"] = {**measured, "runs": sim, "growth": growth(sim, "clients", SIM_GROWTH)}
+    if args.scale:
+        results["scale"] = {**measured, "runs": scale}
     if args.supernodes:
         # A size this invocation does not run keeps its last row, so sizes can be measured in separate sessions.
         kept = [
@@ -573,6 +737,16 @@ def main() -> None:
         choices=["file", ":flwr-in-memory:"],
         help="the deployed SuperLink's state: a SQLite file, or in memory",
     )
+    parser.add_argument(
+        "--scale", type=int, nargs="*", default=[], help="cross-device part: simulated nodes per run, smallest first"
+    )
+    parser.add_argument(
+        "--scale-rounds", type=int, nargs="+", default=[1, 5], help="cross-device part: teacher (= student) rounds"
+    )
+    parser.add_argument("--stock", action="store_true", help="cross-device part: also run Flower's stock loop")
+    parser.add_argument(
+        "--identify-all-max-nodes", type=int, help="cross-device part: fedkd's run config key (default: its default)"
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for load.{json,md}")
     quiet_arguments(parser)
@@ -582,6 +756,7 @@ def main() -> None:
     quiet: Quiet = partial(before_timing, args)
     sim: list[dict] = []
     dep: list[dict] = []
+    scale: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         # Alternating the order of sizes between repeats spreads the shared machine's load drift over all sizes.
         for repeat in range(args.repeats):
@@ -590,25 +765,37 @@ def main() -> None:
                     clients, args.sampled, args.rounds, args.timeout, Path(tmp) / f"repeat-{repeat}", quiet
                 )
                 sim.append({"repeat": repeat, **run})
-                write(args, code, info, sim, dep)
+                write(args, code, info, sim, dep, scale)
                 print(
                     f"{clients} clients: {sim[-1]['status']}, {fmt(sim[-1], 'median_round_s', '.3f')} s per round, "
                     f"{fmt(sim[-1], 'tree_mib', '.0f')} MiB peak{', busy' if run['busy'] else ''}",
                     flush=True,
                 )
+        stock = stock_app(Path(tmp)) if args.stock else None
+        for rounds in args.scale_rounds if args.scale else []:
+            for clients in args.scale:
+                for loop, app in [("fedkd", None), *([("stock", stock)] if stock else [])]:
+                    scale.append(scale_run(loop, clients, rounds, args, Path(tmp), quiet, app))
+                    write(args, code, info, sim, dep, scale)
+                    print(
+                        f"{loop}, {clients} nodes, {rounds} + {rounds} rounds: {scale[-1]['status']}, "
+                        f"{fmt(scale[-1], 'wall_s', '.1f')} s, {fmt(scale[-1], 'median_round_s', '.2f')} s per round, "
+                        f"{fmt(scale[-1], 'serverapp_mib', '.0f')} MiB simulation process",
+                        flush=True,
+                    )
         for supernodes in args.supernodes:
             dep.append(
                 deployed(
                     supernodes, args.rounds, args.round_timeout, args.timeout, Path(tmp), args.superlink_database, quiet
                 )
             )
-            write(args, code, info, sim, dep)
+            write(args, code, info, sim, dep, scale)
             print(
                 f"{supernodes} SuperNodes: {dep[-1]['median_round_s']:.2f} s per round"
                 f"{', busy' if dep[-1]['busy'] else ''}",
                 flush=True,
             )
-    print(write(args, code, info, sim, dep))
+    print(write(args, code, info, sim, dep, scale))
 
 
 if __name__ == "__main__":
