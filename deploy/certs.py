@@ -5,11 +5,19 @@
 Writes ca.crt, ca.key, superlink.crt, superlink.key, and supernode-<i>(.pub) key pairs
 (ECDSA P-384 in OpenSSH format, as `flwr supernode register` expects). Uses the
 `cryptography` package that Flower already depends on, so no openssl binary is needed.
+Private keys (and `--secret` files) are readable by their owner alone from the moment they exist,
+whatever the umask.
+
+    python -m deploy.certs --secret superexec.secret
+
+writes a random secret that a SuperNode and its SuperExec share (`--superexec-auth-secret-file`).
 """
 
 import argparse
 import datetime as dt
 import ipaddress
+import os
+import secrets
 from pathlib import Path
 
 from cryptography import x509
@@ -31,9 +39,32 @@ def _san(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path`, a file at mode 0600 before any byte of `data` is in it, whatever the umask.
+
+    Writing first and chmod-ing after would leave a key readable by everyone for a moment under the
+    usual umask of 022; an existing file (from an older run) is narrowed to 0600 before it is rewritten.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        # O_CREAT's mode applies to new files only, and the umask may have taken the owner's bits.
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, fmt: serialization.PrivateFormat) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()))
-    path.chmod(0o600)
+    write_private(path, key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()))
+
+
+def make_secret(path: Path) -> Path:
+    """A random shared secret for a runtime API (`--superexec-auth-secret-file`), at mode 0600."""
+    write_private(path, secrets.token_hex(32).encode())
+    return path
 
 
 def make_tls(out: Path, hosts: list[str]) -> None:
@@ -88,12 +119,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.certs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument(
-        "--host", action="append", required=True, help="a name or IP the SuperLink is reached by (repeat)"
-    )
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--host", action="append", help="a name or IP the SuperLink is reached by (repeat)")
     parser.add_argument("--supernodes", type=int, default=0, help="how many SuperNode key pairs to create")
+    parser.add_argument("--secret", type=Path, help="write only a shared secret for a runtime API to this file")
     args = parser.parse_args()
+    if args.secret is not None:
+        make_secret(args.secret)
+        print(f"wrote a secret to {args.secret} (mode 0600)")
+        return
+    if args.out is None or not args.host:
+        parser.error("--out and at least one --host are required (or --secret alone)")
     make_tls(args.out, args.host)
     for i in range(args.supernodes):
         make_supernode_key(args.out, f"supernode-{i}")
