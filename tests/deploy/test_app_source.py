@@ -26,4 +26,10 @@ def test_the_copy_packs_the_projects_app_files_unchanged():
         "docs",
         "tests",
         "docker-compose.yml",
+        # The project's own papers: licence, history, how to contribute, cite and report.
+        "LICENSE",
+        "CHANGELOG.md",
+        "CONTRIBUTING.md",
+        "CITATION.cff",
+        "SECURITY.md",
     }
