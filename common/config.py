@@ -215,6 +215,18 @@ class RunConfig(Settings):
         description="continue that run after its last complete round (see docs/outputs.md); empty: a new run",
         json_schema_extra={"allowed": "a run directory, or empty"},
     )
+    tracking: Literal["", "tensorboard", "mlflow"] = Field(
+        "",
+        description="also write every round's numbers to TensorBoard event files or an MLflow run, to compare runs "
+        "in those tools; needs fedkd's `tracking` extra where the ServerApp runs (see docs/outputs.md); empty: off",
+    )
+    tracking_uri: str = Field(
+        "",
+        description="where `tracking` writes: for TensorBoard a directory, each run in a subdirectory named as its "
+        "run directory; for MLflow a tracking URI (a tracking server's `http://host:port`, `sqlite:///<path>`); "
+        "empty: inside the run directory (`tensorboard/`, or an SQLite store `mlflow.db`)",
+        json_schema_extra={"allowed": "a directory (TensorBoard), an MLflow tracking URI, or empty"},
+    )
     clip_norm: float = Field(
         0.0,
         ge=0,
@@ -306,6 +318,16 @@ class RunConfig(Settings):
     def _natural_needs_a_column(self) -> "RunConfig":
         if self.partitioner == "natural" and not self.partition_column:
             raise ValueError("partitioner 'natural' needs run config 'partition-column' (e.g. \"writer_id\")")
+        return self
+
+    @model_validator(mode="after")
+    def _tracking_uri_needs_tracking(self) -> "RunConfig":
+        # A URI without a backend would be ignored silently: the user meant to track.
+        if self.tracking_uri and not self.tracking:
+            raise ValueError(
+                f"'tracking-uri' = {self.tracking_uri!r} needs run config 'tracking' (\"tensorboard\" or "
+                '"mlflow"), which is off'
+            )
         return self
 
     def check_nodes(self, num_nodes: int) -> None:

@@ -22,6 +22,7 @@ from server_app.sampling import NodeSampler
 from server_app.settings import check_models, config_dump, parse
 from server_app.strategies import STRATEGIES, Strategy
 from server_app.task import run_task
+from server_app.tracking import TRACKERS
 
 # Nodes of a simulation are all there at start; deployed ones get this long to connect.
 NODE_GRACE_SECONDS = 10.0
@@ -97,6 +98,9 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg, settings = parse(context.run_config)
         config = config_dump(cfg, settings)
+        tracker = TRACKERS.get(cfg.tracking)
+        if tracker is not None:
+            tracker.require()
         sampler = NodeSampler(cfg.seed, cfg.round_timeout, cfg.model, cfg.identify_all_max_nodes)
         connected = _connected_nodes(cfg, sampler, grid)
         test = load_server_testset(cfg)
@@ -117,6 +121,8 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "fedkd: resuming after %s round %d", resumed.phase, resumed.server_round)
     else:
         run_dir = RunDirectory(cfg.output_path(), f"{cfg.strategy}-{dataset_label(cfg.dataset)}")
+    if tracker is not None:
+        run_dir.track(tracker(run_dir.path, cfg.tracking_uri, config))
 
     log(INFO, "fedkd: %s on %s, %d nodes, outputs in %s", cfg.strategy, cfg.dataset, connected, run_dir.path)
     if not sampler.identifies_all(connected):

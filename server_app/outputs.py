@@ -22,6 +22,8 @@ from server_app.records import HISTORY, RoundRecord, Summary, read_summary
 if TYPE_CHECKING:
     from torch import nn
 
+    from server_app.tracking import Tracker
+
 # `<output-dir>/latest`: a relative link to the most recently started (or resumed) run.
 LATEST = "latest"
 
@@ -59,6 +61,7 @@ class RunDirectory:
         run = cls.__new__(cls)
         run.path = path
         run.history = history
+        run.tracker = None
         run._write_history()
         return run
 
@@ -74,21 +77,34 @@ class RunDirectory:
                 continue
         self.path = path
         self.history: list[RoundRecord] = []
+        self.tracker: Tracker | None = None
         point_latest(root, path)
 
     def _write_history(self) -> None:
         write_json(self.path / "history.json", HISTORY.dump_python(self.history))
 
+    def track(self, tracker: "Tracker") -> None:
+        """Copy every round's numbers to `tracker` (run config `tracking`) from now on, and those of the history so
+        far (a resumed run's) that it lacks."""
+        self.tracker = tracker
+        tracker.start(self.history)
+
     def append(self, record: RoundRecord) -> None:
         """Add a round's record and persist the history."""
         self.history.append(record)
         self._write_history()
+        if self.tracker is not None:
+            # The records before this one are final: the loop amends only the latest.
+            self.tracker.sync(self.history[:-1])
 
     def update(self, index: int, **fields: Any) -> None:
         """Amend an earlier round's record (e.g. its federated accuracy, known one round later)."""
+        before = self.history[index].model_copy()
         for name, value in fields.items():
             setattr(self.history[index], name, value)
         self._write_history()
+        if self.tracker is not None:
+            self.tracker.amend(index, before, self.history[index])
 
     def save_model(self, name: str, model: "nn.Module") -> None:
         """Save a state_dict that torch.load reads."""
@@ -99,6 +115,8 @@ class RunDirectory:
     def write_summary(self, summary: Summary) -> None:
         """Write summary.json."""
         write_json(self.path / "summary.json", summary.model_dump())
+        if self.tracker is not None:
+            self.tracker.finish(self.history, summary.status)
 
     def plot(self) -> None:
         """history.png: accuracy per round for each phase, and against cumulative bytes."""
