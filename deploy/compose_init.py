@@ -11,10 +11,13 @@ state volumes and the output folder to that user, leaving the files on the host 
 - `<volumes>/ca`: `ca.crt`, for every service that verifies the SuperLink;
 - `<volumes>/superlink-tls`: `ca.crt`, `superlink.crt`, `superlink.key`;
 - `<volumes>/<node>-key`: `supernode` and `supernode.pub`, the key pair `deploy.certs` wrote as `<node>`;
+- `<volumes>/*-secret`: `superexec.secret`, the secret a runtime API (the SuperLink's, a SuperNode's)
+  and its SuperExec share, made here once (random, 0600) and kept across restarts;
 - `<volumes>/*-state` and `<outputs>`: owned by uid 49999.
 
 Anything missing is an error that names the file and the command that makes it, before a
-service starts.
+service starts. Node data files stay where they are, bind-mounted read-only: each must be readable
+by uid 49999, which `chown 49999:49999` gives without making the file readable by anyone else.
 """
 
 import argparse
@@ -22,6 +25,8 @@ import os
 import shutil
 import stat
 from pathlib import Path
+
+from deploy.certs import make_secret
 
 FLOWER_UID = FLOWER_GID = 49999
 CERTS_HINT = "python -m deploy.certs --out certs --host superlink --host localhost --host 127.0.0.1 --supernodes 3"
@@ -83,9 +88,18 @@ def prepare(
             _own(volume, uid, gid)
             done.append(f"{name}: owned by {uid}")
             continue
+        elif name.endswith("-secret"):
+            # Made once: a SuperNode and its SuperExec restart separately and must go on agreeing.
+            secret = volume / "superexec.secret"
+            if not secret.exists():
+                make_secret(secret)
+            _own(volume, uid, gid)
+            done.append(f"{name}: superexec.secret")
+            continue
         else:
             raise SetupError(
-                f"volume {name} is mounted but not one this knows (ca, superlink-tls, <node>-key, <name>-state)"
+                f"volume {name} is mounted but not one this knows "
+                "(ca, superlink-tls, <node>-key, <name>-secret, <name>-state)"
             )
         for target, mode in files.items():
             _install(_require(certs / sources[target], CERTS_HINT), volume / target, mode, uid, gid)
@@ -96,7 +110,8 @@ def prepare(
         for part in files if len(files) > 1 else [*files, _require(data / "part-0.npz", DATA_HINT)]:
             if not _readable_by(part, uid, gid):
                 raise SetupError(
-                    f"{part} is not readable by uid {uid}, the user Flower's images run as: `chmod a+r` it"
+                    f"{part} is not readable by uid {uid}, the user Flower's images run as: hand it to that user "
+                    f"on the host, `chown {uid}:{gid} data/{part.name}` (no one else need read it)"
                 )
     if outputs is not None:
         os.chown(outputs, uid, gid)

@@ -6,10 +6,16 @@ SuperNode authentication on, each SuperNode with its own data file; `flwr run` s
 
 Everything it starts is stopped when it ends, whatever happens. The command lines it ran are
 written to <work>/commands.json (the compose file is checked against them).
+
+The SuperLink listens on loopback, where `flwr` (the operator) reaches it; the SuperNodes reach it
+through nginx (deploy/proxy.py), which forwards the Fleet API alone. Every runtime API (the
+SuperLink's, each SuperNode's) asks its SuperExec for a shared secret. nginx must be installed
+(`apt-get install nginx`).
 """
 
 import argparse
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -18,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.certs import make_supernode_key, make_tls
+from deploy.certs import make_secret, make_supernode_key, make_tls
 from deploy.network import LOOPBACK, Network
 from deploy.processes import (
     BIN,
@@ -33,6 +39,7 @@ from deploy.processes import (
     wait_listening,
     wait_log,
 )
+from deploy.proxy import Proxy, server_config, standalone_config
 
 CONNECTION = "deploy"
 
@@ -89,15 +96,19 @@ class Federation:
 
 @dataclass(kw_only=True)
 class Deployment(Federation):
-    """A running SuperLink and its SuperNodes, started here as processes."""
+    """A running SuperLink, its proxy and its SuperNodes, started here as processes."""
 
     work: Path
+    # The SuperLink's one port (Fleet, Control and Runtime APIs), on loopback: the operator's.
     port: int
+    # The proxy's port on `host`, where SuperNodes connect: the Fleet API only.
+    fleet_port: int
     tls: bool
     network: Network
     # The SuperLink's state: a SQLite file that outlives a restart, or ":flwr-in-memory:".
     database: str = "file"
     superlink: subprocess.Popen | None = None
+    proxy: subprocess.Popen | None = None
     supernodes: dict[int, subprocess.Popen] = field(default_factory=dict)
     superexecs: dict[str, subprocess.Popen] = field(default_factory=dict)
     commands: list[list[str]] = field(default_factory=list)
@@ -108,7 +119,15 @@ class Deployment(Federation):
 
     @property
     def host(self) -> str:
+        """Where SuperNodes reach the federation: the proxy's address (a bridge's, with network namespaces)."""
         return self.network.superlink_host
+
+    def _secret(self, owner: str) -> list[str]:
+        """The flag that gives `owner`'s runtime API, or its SuperExec, their shared secret (made on first use)."""
+        path = self.certs / f"{owner}.secret"
+        if not path.exists():
+            make_secret(path)
+        return ["--superexec-auth-secret-file", str(path)]
 
     def _record(self, command: list[str], prefix: list[str] | None = None) -> list[str]:
         """Keep Flower's command line (without the namespace prefix) in commands.json; return what to run."""
@@ -121,7 +140,7 @@ class Deployment(Federation):
         command = [
             str(BIN / "flower-superlink"),
             "--host",
-            self.host,
+            LOOPBACK,
             "--port",
             str(self.port),
             "--isolation",
@@ -129,6 +148,7 @@ class Deployment(Federation):
             "--disable-runtime-dependency-installation",
             "--database",
             str(self.work / "superlink-state.db") if self.database == "file" else self.database,
+            *self._secret("superlink"),
         ]
         if self.tls:
             command += [
@@ -145,13 +165,30 @@ class Deployment(Federation):
             command.append("--insecure")
         log = self.work / "superlink.log"
         self.superlink = start(self._record(command), self.env, log)
-        wait_listening(self.superlink, self.host, self.port, log)
+        wait_listening(self.superlink, LOOPBACK, self.port, log)
         tls = ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
-        self._start_superexec("superlink", f"{self.host}:{self.port}", tls, [])
+        self._start_superexec("superlink", f"{LOOPBACK}:{self.port}", tls, [])
+
+    def start_proxy(self) -> None:
+        """nginx on `host`:`fleet_port`, forwarding the Fleet API (alone) to the SuperLink on loopback."""
+        nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+        if nginx is None:
+            raise RuntimeError("deploy.local puts nginx in front of the SuperLink: install it (apt-get install nginx)")
+        folder = self.work / "proxy"
+        folder.mkdir(exist_ok=True)
+        proxy = Proxy(
+            f"{self.host}:{self.fleet_port}", f"{LOOPBACK}:{self.port}", str(self.certs) if self.tls else None
+        )
+        (folder / "fedkd.conf").write_text(server_config(proxy))
+        (folder / "nginx.conf").write_text(standalone_config(folder / "fedkd.conf", folder))
+        command = [nginx, "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(folder / "nginx.conf")]
+        log = folder / "nginx.log"
+        self.proxy = start([*command, "-g", "daemon off;"], self.env, log)
+        wait_listening(self.proxy, self.host, self.fleet_port, log)
 
     def _start_superexec(self, owner: str, address: str, tls: list[str], prefix: list[str]) -> None:
         """The SuperExec that runs `owner`'s apps in fresh processes (process isolation, as in docker-compose.yml)."""
-        command = [str(BIN / "flower-superexec"), "--runtime-api-address", address, *tls]
+        command = [str(BIN / "flower-superexec"), "--runtime-api-address", address, *tls, *self._secret(owner)]
         self.superexecs[owner] = start(self._record(command, prefix), self.env, self.work / f"superexec-{owner}.log")
 
     def register(self, index: int) -> Path:
@@ -168,7 +205,7 @@ class Deployment(Federation):
         command = [
             str(BIN / "flower-supernode"),
             "--superlink",
-            f"{self.host}:{self.port}",
+            f"{self.host}:{self.fleet_port}",
             "--host",
             LOOPBACK,
             "--port",
@@ -177,6 +214,7 @@ class Deployment(Federation):
             "process",
             "--node-config",
             config_args(config),
+            *self._secret(f"supernode-{index}"),
         ]
         command += ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
         if key is not None:
@@ -184,7 +222,8 @@ class Deployment(Federation):
         log = self.work / f"supernode-{index}.log"
         self.supernodes[index] = start(self._record(command, prefix), self.env, log)
         wait_log(self.supernodes[index], log, f"running on http://{LOOPBACK}:{port}")
-        # The node's Runtime API stays on its own host's loopback (in compose: a network of the node's own).
+        # The node's Runtime API stays on its own host's loopback (in compose: a network of the node's own), and
+        # asks for their shared secret besides.
         self._start_superexec(f"supernode-{index}", f"{LOOPBACK}:{port}", ["--insecure"], prefix)
 
     def kill_supernode(self, index: int) -> None:
@@ -207,6 +246,7 @@ def deployment(
         connection=CONNECTION,
         work=work,
         port=free_port(),
+        fleet_port=free_port(),
         tls=tls,
         network=network,
         database=database,
@@ -218,7 +258,7 @@ def deployment(
         connection = "insecure = true"
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "{dep.host}:{dep.port}"\n{connection}\n'
+        f'[superlink.{CONNECTION}]\naddress = "{LOOPBACK}:{dep.port}"\n{connection}\n'
     )
     with ExitStack() as cleanup:
         cleanup.enter_context(sigterm_unwinds())
@@ -226,7 +266,9 @@ def deployment(
         cleanup.callback(lambda: [stop(p) for p in dep.supernodes.values()])
         cleanup.callback(lambda: [stop(p) for p in dep.superexecs.values()])
         cleanup.callback(lambda: dep.superlink and stop(dep.superlink))
+        cleanup.callback(lambda: dep.proxy and stop(dep.proxy))
         dep.start_superlink(auth=tls and auth)
+        dep.start_proxy()
         for index, path in enumerate(data_files):
             key = dep.register(index) if tls and auth else None
             dep.start_supernode(index, Path(path).resolve(), key)
@@ -256,8 +298,9 @@ def main() -> None:
         dep = stack.enter_context(deployment(work.resolve(), files, tls=not args.insecure))
         hosts = "own network namespaces" if dep.network.isolated else "loopback"
         print(
-            f"SuperLink on {dep.host}:{dep.port} ({'insecure' if args.insecure else 'TLS, SuperNode authentication'}), "
-            f"{len(files)} SuperNodes online on {hosts}; logs in {work}",
+            f"SuperLink on {LOOPBACK}:{dep.port} ({'insecure' if args.insecure else 'TLS, SuperNode authentication'}), "
+            f"its Fleet API on {dep.host}:{dep.fleet_port} (nginx), {len(files)} SuperNodes online on {hosts}; "
+            f"logs in {work}",
             flush=True,
         )
         raise SystemExit(dep.run(args.run_config, capture=False).wait())

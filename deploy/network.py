@@ -31,6 +31,10 @@ class Network:
                 self.close()
         self.superlink_host = f"{self.subnet}.1" if self.isolated else LOOPBACK
 
+    def node_address(self, index: int) -> str:
+        """The address SuperNode `index` reaches the SuperLink's proxy from."""
+        return f"{self.subnet}.{10 + index}" if self.isolated else LOOPBACK
+
     def node_prefix(self, index: int) -> list[str]:
         """`ip netns exec <ns>` for SuperNode `index` (its namespace made on first use), or nothing on loopback."""
         if not self.isolated:
@@ -44,7 +48,7 @@ class Network:
             _ip("link", "set", inside, "netns", name)
             _ip("link", "set", outside, "master", self.bridge)
             _ip("link", "set", outside, "up")
-            _ip("netns", "exec", name, "ip", "addr", "add", f"{self.subnet}.{10 + index}/24", "dev", inside)
+            _ip("netns", "exec", name, "ip", "addr", "add", f"{self.node_address(index)}/24", "dev", inside)
             _ip("netns", "exec", name, "ip", "link", "set", inside, "up")
             _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
         return ["ip", "netns", "exec", name]

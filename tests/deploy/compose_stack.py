@@ -2,9 +2,10 @@
 
 Flower's images cannot be pulled where fedkd is tested. Where `flwr/superlink:1.42.0` and its
 siblings are absent, stand-ins with exactly those names are built from `flower_images/Dockerfile`
-on a local Debian base (debootstrap + `docker import`). Python packages come from a wheel
-directory filled by `pip download`; the base image, the stand-ins and the wheels are cached, so a
-second run on the same machine builds only what changed.
+on a local Debian base (debootstrap + `docker import`); so is the proxy's nginx image, from
+`nginx_image/Dockerfile` on a Debian base that debootstrap made with Debian's nginx. Python packages
+come from a wheel directory filled by `pip download`; the bases, the stand-ins and the wheels are
+cached, so a second run on the same machine builds only what changed.
 """
 
 import hashlib
@@ -20,12 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tomllib
+import yaml
 
+from deploy.compose_init import FLOWER_GID, FLOWER_UID
 from deploy.local import Federation
 from deploy.processes import APP_PARTS, PROJECT, flower_env, free_port
 
 FLOWER_IMAGES = Path(__file__).resolve().parent / "flower_images"
+NGINX_IMAGE = Path(__file__).resolve().parent / "nginx_image"
 BASE_IMAGE = "fedkd-test/debian:bookworm"
+NGINX_BASE_IMAGE = "fedkd-test/debian-nginx:bookworm"
 STAND_IN_LABEL = "org.fedkd.test.stand-in"
 CACHE = Path(os.environ.get("FEDKD_DOCKER_CACHE", Path.home() / ".cache" / "fedkd-docker"))
 CONNECTION = "fedkd-compose"
@@ -92,26 +97,43 @@ def wheels() -> Path:
     return folder
 
 
-def base_image() -> str:
-    """A local Debian bookworm image with Python 3.11 (debootstrap + docker import), made once."""
-    if image_label(BASE_IMAGE, STAND_IN_LABEL) is None:
+def base_image(name: str = BASE_IMAGE, packages: str = "python3,python3-venv,ca-certificates") -> str:
+    """A local Debian bookworm image `name` with `packages` (debootstrap + docker import), made once."""
+    if image_label(name, STAND_IN_LABEL) is None:
         with tempfile.TemporaryDirectory(prefix="fedkd-rootfs-") as tmp:
             rootfs = Path(tmp) / "rootfs"
             subprocess.run(
-                [
-                    "debootstrap",
-                    "--variant=minbase",
-                    "--include=python3,python3-venv,ca-certificates",
-                    "bookworm",
-                    str(rootfs),
-                ],
+                ["debootstrap", "--variant=minbase", f"--include={packages}", "bookworm", str(rootfs)],
                 check=True,
                 capture_output=True,
             )
             tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-            _docker("import", "-", BASE_IMAGE, stdin=tar.stdout)
+            _docker("import", "-", name, stdin=tar.stdout)
             tar.wait()
-    return BASE_IMAGE
+    return name
+
+
+def proxy_image() -> dict[str, str]:
+    """The compose file's nginx image: 'published' where present, else a stand-in built here from Debian's nginx."""
+    name = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"]["proxy"]["image"]
+    digest = hashlib.sha256((NGINX_IMAGE / "Dockerfile").read_bytes()).hexdigest()[:16]
+    label = image_label(name, STAND_IN_LABEL)
+    if label == "":
+        return {name: "published"}
+    if label != digest:
+        base = base_image(NGINX_BASE_IMAGE, "nginx")
+        _docker(
+            "build",
+            "-q",
+            "--build-arg",
+            f"BASE={base}",
+            "--label",
+            f"{STAND_IN_LABEL}={digest}",
+            "-t",
+            name,
+            str(NGINX_IMAGE),
+        )
+    return {name: "stand-in"}
 
 
 def flower_images() -> dict[str, str]:
@@ -170,11 +192,18 @@ class ComposeStack(Federation):
 
     work: Path
     project: str
+    # The host's loopback ports: the SuperLink's (the operator's `flwr`), and the proxy's (SuperNodes').
     port: int
+    fleet_port: int
 
     @property
     def compose_env(self) -> dict[str, str]:
-        return {**self.env, "FEDKD_SUPERLINK_PORT": str(self.port), "PIP_FIND_LINKS": "wheels"}
+        return {
+            **self.env,
+            "FEDKD_CONTROL_PORT": str(self.port),
+            "FEDKD_FLEET_PORT": str(self.fleet_port),
+            "PIP_FIND_LINKS": "wheels",
+        }
 
     def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
         """A compose command on this project; raises with its output when it fails."""
@@ -223,14 +252,17 @@ class ComposeStack(Federation):
         """Run directories under the host's ./outputs, oldest first."""
         return sorted(p for p in (self.work / "outputs").iterdir() if p.is_dir() and not p.is_symlink())
 
-    def build(self) -> None:
-        """Build the app image with the wheels cached here (no index), as `--build-arg PIP_FIND_LINKS=wheels`."""
+    def build(self) -> dict[str, str]:
+        """Build the app image with the wheels cached here (no index), as `--build-arg PIP_FIND_LINKS=wheels`,
+        and the proxy's stand-in where nginx's image is absent; returns which nginx image the proxy uses."""
+        proxy = proxy_image()
         source, link = wheels(), self.work / "wheels"
         shutil.copytree(source, link, copy_function=os.link if _same_device(source, self.work) else shutil.copy2)
         try:
             self.compose("build", timeout=1800)
         finally:
             shutil.rmtree(link)
+        return proxy
 
 
 def _same_device(a: Path, b: Path) -> bool:
@@ -240,7 +272,8 @@ def _same_device(a: Path, b: Path) -> bool:
 def compose_stack(work: Path) -> ComposeStack:
     """A copy of the project in `work` with node data, certificates and a `flwr` connection, ready for `up`.
 
-    Data and certificates are made by the README's own commands.
+    Data and certificates are made by the README's own commands; the data files are handed to the
+    containers' user by ownership, as the README says, and readable by no one else.
     """
     work.mkdir(parents=True, exist_ok=True)
     for part in (*PROJECT_FILES, ".gitignore"):
@@ -266,6 +299,10 @@ def compose_stack(work: Path) -> ComposeStack:
         ],
     ):
         subprocess.run([sys.executable, "-m", *command], cwd=work, check=True, capture_output=True)
+    # Only root may give files away; a user of the docker group keeps them as exported (readable by all).
+    for data in (work / "data").glob("*.npz") if os.geteuid() == 0 else ():
+        os.chown(data, FLOWER_UID, FLOWER_GID)
+        data.chmod(0o600)
     home = work / "flwr-home"
     home.mkdir()
     port = free_port()
@@ -278,5 +315,6 @@ def compose_stack(work: Path) -> ComposeStack:
         connection=CONNECTION,
         work=work,
         port=port,
+        fleet_port=free_port(),
         project=f"fedkdtest{os.getpid()}{time.monotonic_ns() % 10_000}",
     )

@@ -1,5 +1,6 @@
 """`docker compose up` for real: the repository's docker-compose.yml on a Docker engine, with Flower's
-images (stand-ins where they cannot be pulled), TLS and SuperNode authentication, 3 SuperNodes.
+images and nginx's (stand-ins where they cannot be pulled), TLS and SuperNode authentication, 3 SuperNodes
+behind the proxy; what a SuperNode's container can reach.
 
 Skips where no Docker engine runs, and fails there instead when CI is set (CI starts one).
 """
@@ -8,11 +9,12 @@ import json
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from deploy.certs import make_supernode_key
-from deploy.processes import sigterm_unwinds
+from deploy.processes import BIN, app_source, sigterm_unwinds
 from tests.deploy.compose_stack import compose_stack, docker_unavailable, flower_images
 
 pytestmark = pytest.mark.e2e
@@ -39,22 +41,26 @@ def stack(tmp_path_factory):
             pytest.fail(f"CI needs a Docker engine for the compose deployment: {reason}")
         pytest.skip(f"compose deployment not tested: {reason}")
     images = flower_images()
-    print(f"Flower images: {images}")
     stack = compose_stack(tmp_path_factory.mktemp("compose"))
     with sigterm_unwinds():
         try:
-            stack.build()
+            images.update(stack.build())
+            print(f"images: {images}")
             stack.compose("up", "-d")
             yield stack
         finally:
             stack.down()
 
 
-def submit(stack, config: dict) -> tuple[dict, list[dict], str]:
-    """Run fedkd to the end on the compose deployment; its summary, history and output."""
+def submit(stack, config: dict, during=None) -> tuple[dict, list[dict], str]:
+    """Run fedkd to the end on the compose deployment, calling `during()` meanwhile; its summary, history and
+    output."""
     before = set(stack.run_dirs())
     run = stack.run({**QUICK, **config}, app=stack.work)
-    output, _ = run.communicate(timeout=900)
+    with ThreadPoolExecutor(1) as pool:
+        meanwhile = pool.submit(during or (lambda: None))
+        output, _ = run.communicate(timeout=900)
+        meanwhile.result()
     assert run.returncode == 0, output[-4000:]
     (run_dir,) = set(stack.run_dirs()) - before
     return (
@@ -76,9 +82,40 @@ def test_nodes_started_before_their_keys_are_registered_come_back(stack):
     stack.wait_online(3, timeout=120)
 
 
-def test_both_phases_complete_on_three_nodes_with_outputs_on_the_host(stack):
+def operator_commands_from_the_node_side(stack) -> None:
+    """`flwr run` and `flwr supernode register` at the address SuperNodes use, from outside (the proxy's published
+    port) and from inside a SuperNode's container with its own key: the proxy refuses each with 403."""
+    home = stack.work / "node-side-flwr"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink.fleet]\naddress = "127.0.0.1:{stack.fleet_port}"\n'
+        f'root-certificates = "{stack.work / "certs" / "ca.crt"}"\n'
+    )
+    env = {**stack.env, "FLWR_HOME": str(home)}
+    attempts = [
+        subprocess.run([str(BIN / "flwr"), *args], env=env, cwd=stack.work, capture_output=True, text=True, timeout=180)
+        for args in (["run", str(app_source()), "fleet"], ["supernode", "register", "certs/supernode-0.pub", "fleet"])
+    ]
+    attempts.append(
+        subprocess.run(
+            [
+                *("docker", "exec", "-i", "-e", "FLWR_HOME=/tmp/flwr", stack.container("supernode-0"), "sh", "-c"),
+                "mkdir -p /tmp/flwr && cat > /tmp/flwr/config.toml && flwr supernode register /key/supernode.pub fleet",
+            ],
+            input='[superlink.fleet]\naddress = "superlink:9092"\nroot-certificates = "/ca/ca.crt"\n',
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    )
+    for attempt, path in zip(attempts, ("start-run", "register-node", "register-node")):
+        said = attempt.stdout + attempt.stderr
+        assert attempt.returncode != 0 and "403 Forbidden" in said and f"/v1/control/{path}" in said, said[-2000:]
+
+
+def test_both_phases_complete_on_three_nodes_while_the_node_side_is_refused_the_control_api(stack):
     config = {"two-stage.num-teacher-rounds": 2, "fraction-evaluate": 1.0, "local-epochs": 3}
-    summary, history, output = submit(stack, config)
+    summary, history, output = submit(stack, config, during=lambda: operator_commands_from_the_node_side(stack))
     assert [(r["phase"], r["round"]) for r in history] == [("teacher", 1), ("teacher", 2), ("student", 1)]
     assert all(r["replies"] == 3 and r["failures"] == 0 for r in history)
     assert all(sorted(r["sampled"]) == list(NODES) for r in history)
@@ -208,3 +245,96 @@ def test_an_unregistered_supernode_is_refused_and_the_others_stay(stack, tmp_pat
     assert code != "0"
     assert stack.online() == 3
     assert all(stack.state(n)["Running"] for n in NODES)
+
+
+# Run inside a container: try a TCP connection to each HOST:PORT argument; print each target and what happened.
+TCP_PROBE = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), 3).close()
+        print(target, "open")
+    except OSError as error:
+        print(target, type(error).__name__)
+"""
+# Run inside a SuperExec's container: ask the runtime API at argv[1] for a task as a SuperExec does, with the
+# secret in argv[2] if given; print "accepted" or "refused <HTTP status>".
+RUNTIME_PROBE = """
+import sys
+import httpx
+from flwr.proto.runtime_pb2 import AcquireTaskRequest
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
+from flwr.supercore.runtime import RuntimeHttpClient
+interceptors = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+if len(sys.argv) > 2:
+    secret, methods = open(sys.argv[2], "rb").read(), {"/flwr.proto.Runtime/AcquireTask"}
+    interceptors.append(SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods=methods))
+client = RuntimeHttpClient.from_server_address(sys.argv[1], True, None, interceptors)
+try:
+    client.AcquireTask(AcquireTaskRequest(supported_task_types=["flwr-clientapp"]))
+    print("accepted")
+except httpx.HTTPStatusError as error:
+    print("refused", error.response.status_code)
+"""
+
+
+def addresses(stack, service: str) -> dict[str, str]:
+    """`service`'s address on each of its networks, by the network's name in the compose file."""
+    inspected = subprocess.run(["docker", "inspect", stack.container(service)], capture_output=True, text=True)
+    networks = json.loads(inspected.stdout)[0]["NetworkSettings"]["Networks"]
+    return {name.removeprefix(f"{stack.project}_"): network["IPAddress"] for name, network in networks.items()}
+
+
+def in_container(stack, service: str, code: str, *args: str) -> str:
+    done = subprocess.run(
+        ["docker", "exec", stack.container(service), "python", "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def reach(stack, service: str, *targets: str) -> dict[str, str]:
+    """What became of a TCP connection from `service`'s container to each target."""
+    return dict(line.rsplit(" ", 1) for line in in_container(stack, service, TCP_PROBE, *targets).splitlines())
+
+
+def test_a_nodes_containers_reach_no_other_runtime_api_nor_the_superlink(stack):
+    node_0, superlink = addresses(stack, "supernode-0"), addresses(stack, "superlink")
+    assert set(node_0) == {"federation", "node-0"} and set(superlink) == {"operator"}
+    # Another SuperNode: the proxy, and nothing else of the federation's.
+    seen = reach(
+        stack,
+        "supernode-1",
+        "superlink:9092",
+        f"{node_0['federation']}:9094",
+        f"{node_0['node-0']}:9094",
+        "supernode-0-runtime:9094",
+        f"{superlink['operator']}:9093",
+        "superlink-backend:9093",
+    )
+    assert seen.pop("superlink:9092") == "open"
+    # On the network they share nothing listens at 9094: the runtime API is bound to node-0's address alone.
+    assert seen.pop(f"{node_0['federation']}:9094") == "ConnectionRefusedError"
+    assert "open" not in seen.values(), seen
+    # The ClientApps' container of another node: its own SuperNode's runtime API, nothing else.
+    seen = reach(
+        stack,
+        "superexec-supernode-1",
+        "supernode-1-runtime:9094",
+        f"{node_0['federation']}:9094",
+        f"{node_0['node-0']}:9094",
+        "superlink:9092",
+        f"{superlink['operator']}:9093",
+    )
+    assert seen.pop("supernode-1-runtime:9094") == "open"
+    assert "open" not in seen.values(), seen
+    # And even there, its runtime API hands out tasks only to a caller with their shared secret.
+    address = "supernode-1-runtime:9094"
+    assert in_container(stack, "superexec-supernode-1", RUNTIME_PROBE, address).split() == ["refused", "401"]
+    assert in_container(stack, "superexec-supernode-1", RUNTIME_PROBE, address, "/secret/superexec.secret") == (
+        "accepted\n"
+    )

@@ -24,7 +24,15 @@ def layout(tmp_path):
     data.mkdir()
     for name in ("part-0.npz", "server-test.npz"):
         np.savez(data / name, x=np.zeros((2, 64), np.float32), y=np.zeros(2, np.int64))
-    for volume in ("ca", "superlink-tls", "superlink-state", "supernode-0-key", "supernode-0-state"):
+    for volume in (
+        "ca",
+        "superlink-tls",
+        "superlink-state",
+        "superlink-secret",
+        "supernode-0-key",
+        "supernode-0-state",
+        "supernode-0-secret",
+    ):
         (volumes / volume).mkdir(parents=True)
     (volumes / "superlink-state" / "old.db").write_text("state")
     outputs.mkdir()
@@ -47,10 +55,23 @@ def test_each_volume_gets_only_its_files_with_private_keys_0600(layout):
         and mode(volumes / "superlink-tls" / "superlink.key") == 0o600
     )
     assert mode(volumes / "ca" / "ca.crt") == 0o644
+    # A secret per runtime API, made here, readable by its owner alone.
+    secrets = [volumes / v / "superexec.secret" for v in ("superlink-secret", "supernode-0-secret")]
+    assert all(mode(s) == 0o600 and len(s.read_text()) == 64 for s in secrets)
+    assert secrets[0].read_text() != secrets[1].read_text()
     assert (volumes / "superlink-state" / "old.db").read_text() == "state"
     assert "supernode-0-key: supernode, supernode.pub" in done and f"{outputs}: owned by {UID}" in done
     # The host's files are left as they were.
     assert mode(certs / "supernode-0") == 0o600
+
+
+def test_a_secret_outlives_the_next_init(layout):
+    # A SuperNode and its SuperExec restart on their own; the one left running must still match.
+    certs, data, volumes, outputs = layout
+    prepare(certs, data, volumes, outputs, UID, GID)
+    secret = (volumes / "supernode-0-secret" / "superexec.secret").read_text()
+    prepare(certs, data, volumes, outputs, UID, GID)
+    assert (volumes / "supernode-0-secret" / "superexec.secret").read_text() == secret
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another uid needs root")
@@ -76,8 +97,14 @@ def test_missing_or_unreadable_data_is_refused_before_anything_starts(layout):
     np.savez(data / "server-test.npz", x=np.zeros((2, 64)), y=np.zeros(2))
     (data / "part-0.npz").chmod(0o600)
     if os.geteuid() == 0:  # a file of root's, 0600: the container's user could not open it
-        with pytest.raises(SetupError, match=r"part-0.npz is not readable by uid 49999.*chmod a\+r"):
+        # The advice hands the file to that user; it never makes it readable by everyone.
+        with pytest.raises(SetupError, match=r"part-0.npz is not readable by uid 49999.*chown 49999:49999") as e:
             prepare(certs, data, volumes, outputs)
+        assert "chmod" not in str(e.value) and "a+r" not in str(e.value)
+        # Done as advised: owned by 49999, still readable by its owner alone, accepted.
+        os.chown(data / "part-0.npz", 49999, 49999)
+        prepare(certs, data, volumes, outputs)
+        assert mode(data / "part-0.npz") == 0o600
 
 
 def test_an_unknown_volume_is_an_error(layout):

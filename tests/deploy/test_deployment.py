@@ -1,9 +1,13 @@
 """A real deployment on this machine: SuperLink + 3 SuperNodes as processes, TLS, SuperNode authentication,
-node-local .npz files; one SuperNode is killed mid-run."""
+node-local .npz files, nginx in front of the SuperLink; one SuperNode is killed mid-run, and a SuperNode's host
+is refused the operator's commands while the others train."""
 
 import json
 import re
 import shlex
+import stat
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +23,7 @@ from common.data import export_partitions
 from deploy.certs import make_supernode_key
 from deploy.local import deployment
 from deploy.network import namespaces_work
+from deploy.processes import BIN, PROJECT, app_source
 from deploy.simulation import run_directory
 
 pytestmark = pytest.mark.e2e
@@ -70,6 +75,30 @@ def test_more_clients_than_nodes_stops_the_run(deployed, tmp_path):
     assert f"'min-train-nodes' = {online + 1} is more than the {online} connected nodes" in output, output[-3000:]
 
 
+def operator_commands_from_a_node_host(dep, index: int, tmp_path: Path) -> dict[str, subprocess.CompletedProcess]:
+    """From SuperNode `index`'s host (its network namespace), `flwr run` and `flwr supernode register` against the
+    address SuperNodes use, and a plain connection to the SuperLink's own port on that host's way in."""
+    home = tmp_path / "node-side-flwr"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink.fleet]\naddress = "{dep.host}:{dep.fleet_port}"\nroot-certificates = "{dep.certs / "ca.crt"}"\n'
+    )
+    _, intruder = make_supernode_key(tmp_path, "intruder")
+    prefix, env = dep.network.node_prefix(index), {**dep.env, "FLWR_HOME": str(home)}
+    commands = {
+        "run": [str(BIN / "flwr"), "run", str(app_source()), "fleet"],
+        "register": [str(BIN / "flwr"), "supernode", "register", str(intruder), "fleet"],
+        "superlink": [sys.executable, "-c", f"import socket; socket.create_connection(('{dep.host}', {dep.port}), 3)"],
+    }
+    # All at once, so that they finish while the nodes still train.
+    with ThreadPoolExecutor(len(commands)) as pool:
+        done = pool.map(
+            lambda c: subprocess.run([*prefix, *c], env=env, capture_output=True, text=True, timeout=180, cwd=PROJECT),
+            commands.values(),
+        )
+        return dict(zip(commands, done))
+
+
 def test_run_survives_a_killed_supernode(deployed, tmp_path):
     dep, data = deployed
     out = tmp_path / "out"
@@ -116,6 +145,59 @@ def test_run_survives_a_killed_supernode(deployed, tmp_path):
     assert f"fedkd: run directory: {run_dir}" in output
 
 
+def test_a_node_host_is_refused_the_operators_commands_while_the_nodes_train(deployed, tmp_path):
+    dep, data = deployed
+    nodes = json.loads(dep.flwr(["supernode", "list", dep.connection, "--format", "json"]).stdout)["nodes"]
+    out = tmp_path / "out"
+    run = dep.run(
+        {
+            "strategy": "fedavg",
+            "num-student-rounds": 3,
+            "fraction-train": 1.0,
+            "fraction-evaluate": 0.0,
+            "local-epochs": 1,
+            # Nothing is lost here: a generous deadline absorbs ClientApps slowed by the commands beside them.
+            "round-timeout": 120,
+            "output-dir": str(out),
+            "server-test": str(data / "server-test.npz"),
+        }
+    )
+    # While the nodes train, SuperNode 0's host tries the operator's commands through the proxy.
+    try:
+        wait_for_rounds(out, 1, run)
+        refused = operator_commands_from_a_node_host(dep, 0, tmp_path)
+        output, _ = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, output[-4000:]
+    for name, path in (("run", "/v1/control/start-run"), ("register", "/v1/control/register-node")):
+        said = refused[name].stdout + refused[name].stderr
+        assert refused[name].returncode != 0 and "403 Forbidden" in said and path in said, said[-2000:]
+    # The SuperLink listens on loopback alone: a node's host finds nothing at its port (with namespaces; on
+    # loopback alone every process shares the SuperLink's address).
+    if dep.network.isolated:
+        assert "ConnectionRefusedError" in refused["superlink"].stderr, refused["superlink"].stderr[-2000:]
+    after = json.loads(dep.flwr(["supernode", "list", dep.connection, "--format", "json"]).stdout)["nodes"]
+    assert len(after) == len(nodes)
+    # The run went on: every round with the replies of the nodes that train here.
+    history = json.loads((run_directory(out) / "history.json").read_text())
+    assert [r["round"] for r in history] == [1, 2, 3]
+    for r in history:
+        assert {"supernode-0", "supernode-1"} <= set(r["sampled"]) - {f["node"] for f in r["failed"]}, r
+    # The proxy's log: that host was refused both, and its SuperNode's replies went through before and after.
+    node = dep.network.node_address(0) + " "
+    lines = [line for line in (dep.work / "proxy" / "access.log").read_text().splitlines() if line.startswith(node)]
+    refusals = [i for i, line in enumerate(lines) if '"POST /v1/control/' in line]
+    assert {lines[i].split('"')[1] for i in refusals} == {
+        "POST /v1/control/start-run HTTP/1.1",
+        "POST /v1/control/register-node HTTP/1.1",
+    }
+    assert all('" 403 ' in lines[i] for i in refusals), lines[-50:]
+    replies = [i for i, line in enumerate(lines) if '"POST /v1/fleet/push-messages HTTP/1.1" 200 ' in line]
+    assert replies[0] < refusals[0] and replies[-1] > refusals[-1], lines[-50:]
+
+
 def test_an_unregistered_supernode_key_is_refused(deployed, tmp_path):
     dep, data = deployed
     key, _ = make_supernode_key(tmp_path, "stranger")
@@ -143,9 +225,16 @@ def test_every_connection_used_tls_and_authentication(deployed):
     commands = json.loads((dep.work / "commands.json").read_text())
     superlink = next(c for c in commands if c[0].endswith("flower-superlink"))
     assert "--enable-supernode-auth" in superlink and "--ssl-certfile" in superlink and "--insecure" not in superlink
+    # The SuperLink on loopback (the operator's); SuperNodes dial the proxy's port.
+    assert superlink[superlink.index("--host") + 1] == "127.0.0.1"
     supernodes = [c for c in commands if c[0].endswith("flower-supernode")]
     assert len(supernodes) >= 3
     assert all("--root-certificates" in c and "--auth-supernode-private-key" in c for c in supernodes)
+    assert {c[c.index("--superlink") + 1] for c in supernodes} == {f"{dep.host}:{dep.fleet_port}"}
+    # Every runtime API and every SuperExec holds a secret, readable by its owner alone.
+    for command in [c for c in commands if Path(c[0]).name != "flwr"]:
+        secret = Path(command[command.index("--superexec-auth-secret-file") + 1])
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600, command
 
 
 def _flags(command: list[str]) -> set[str]:
@@ -172,6 +261,8 @@ def test_compose_file_is_valid_and_runs_only_tested_command_lines(deployed):
         image, tag = service["image"].split(":")
         if service.get("entrypoint") == ["python", "-m", "deploy.compose_init"]:
             continue  # not Flower: it prepares the volumes (tests/deploy/test_compose.py runs it)
+        if image == "nginx":
+            continue  # the proxy: its configuration is deploy/proxy.py's (tests/deploy/test_proxy.py)
         binary = service.get("entrypoint") or binaries[image]
         if image.startswith("flwr/"):
             assert tag == flwr_pin, f"{name} uses {service['image']}, pyproject pins flwr {flwr_pin}"
