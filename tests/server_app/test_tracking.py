@@ -3,16 +3,18 @@ event files and an MLflow run, which are read back here and compared, number by 
 
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
 from common.config import ConfigError
+from server_app import app
 from server_app.outputs import RunDirectory
 from server_app.records import RoundRecord, read_history
 from server_app.tracking import STATE, TRACKERS, MLflow, TensorBoard, scalars
-from tests.server_app.test_round_loop_outputs import StubLoop, StubStrategy, sampler
+from tests.server_app.test_round_loop_outputs import CFG, StubLoop, StubStrategy, sampler
 
 CONFIG = {"strategy": "two-stage", "seed": 42, "standardise": True, "tracking": "mlflow"}
 
@@ -29,9 +31,9 @@ def run_phases(run: RunDirectory, *names: str) -> StubStrategy:
     return strategy
 
 
-def finish(run: RunDirectory, status: str = "complete") -> None:
-    """What the ServerApp does last: write summary.json (here a stand-in whose status alone matters)."""
-    run.tracker.finish(run.history, status)
+def finish(run: RunDirectory, strategy: StubStrategy, reason: str | None = None) -> None:
+    """What the ServerApp does last: write summary.json, of a run aborted for `reason` if one is given."""
+    run.write_summary(app._summary(CFG, {}, strategy, run, 100.0, {}, reason=reason))
 
 
 def expected(run: RunDirectory) -> dict[tuple[str, int], float]:
@@ -99,8 +101,7 @@ def test_a_records_numbers_are_named_by_phase_field_model_and_metric():
 def test_tensorboard_holds_each_number_of_history_json_once_at_its_round(tmp_path, task_identity):
     run = RunDirectory(tmp_path, "two-stage-digits")
     run.track(TensorBoard(run.path, "", CONFIG))
-    run_phases(run, "teacher", "student")
-    finish(run)
+    finish(run, run_phases(run, "teacher", "student"))
     want = expected(run)
     # The fused evaluation and the final evaluations amend records after they are appended: the test is that each
     # number lands once, with its final value (TensorBoard keeps 32-bit floats).
@@ -115,15 +116,13 @@ def test_a_resumed_run_writes_the_rest_once_and_amended_numbers_again(tmp_path, 
     logs = tmp_path / "tensorboard-runs"
     run = RunDirectory(tmp_path / "runs", "two-stage-digits")
     run.track(TensorBoard(run.path, str(logs), CONFIG))
-    run_phases(run, "teacher")
     # Aborted after the teacher phase: every record is written, the last one included.
-    finish(run, "aborted")
+    finish(run, run_phases(run, "teacher"), reason="student round 1: too few replies")
     resumed = RunDirectory.reopen(run.path, read_history(run.path / "history.json"))
     resumed.track(TensorBoard(resumed.path, str(logs), CONFIG))
     # The resumed run's first round completes the aborted run's last record, as fused evaluation does.
     resumed.update(len(resumed.history) - 1, federated_accuracy=0.7)
-    run_phases(resumed, "student")
-    finish(resumed)
+    finish(resumed, run_phases(resumed, "student"))
     read, want = tensorboard_events(logs / run.path.name), expected(resumed)
     assert {key: values[-1] for key, values in read.items()} == {key: float(np.float32(v)) for key, v in want.items()}
     assert read[("teacher/federated_accuracy", 2)] == [float(np.float32(0.65)), float(np.float32(0.7))]
@@ -139,11 +138,13 @@ def test_an_mlflow_run_holds_each_number_of_history_json_and_the_run_config(tmp_
     # The ServerApp killed after phase 1 (no summary), then resumed: the same MLflow run goes on.
     resumed = RunDirectory.reopen(run.path, read_history(run.path / "history.json"))
     resumed.track(MLflow(resumed.path, "", CONFIG))
-    run_phases(resumed, "student")
-    finish(resumed)
+    finish(resumed, run_phases(resumed, "student"))
 
     client = MlflowClient(f"sqlite:///{run.path / 'mlflow.db'}")
-    (found,) = client.search_runs([client.get_experiment_by_name("fedkd").experiment_id])
+    experiment = client.get_experiment_by_name("fedkd")
+    # Nothing of the run outside its directory, not even an artifact location in the working directory.
+    assert experiment.artifact_location == (run.path / "mlflow-artifacts").as_uri()
+    (found,) = client.search_runs([experiment.experiment_id])
     assert found.info.run_id == json.loads((run.path / STATE).read_text())["run_id"]
     assert (found.info.run_name, found.info.status) == (run.path.name, "FINISHED")
     assert found.data.params == {"strategy": "two-stage", "seed": "42", "standardise": "true", "tracking": "mlflow"}
@@ -155,7 +156,6 @@ def test_an_mlflow_run_holds_each_number_of_history_json_and_the_run_config(tmp_
     }
     assert read == want
     assert sum(len(client.get_metric_history(found.info.run_id, key)) for key in found.data.metrics) == len(want)
-    assert not (tmp_path / "mlruns").exists()
 
 
 def test_a_tracker_that_fails_stops_with_a_warning_and_the_run_goes_on(tmp_path, task_identity, caplog):
@@ -163,8 +163,7 @@ def test_a_tracker_that_fails_stops_with_a_warning_and_the_run_goes_on(tmp_path,
     in_the_way.write_text("not a directory")
     run = RunDirectory(tmp_path / "runs", "two-stage-digits")
     run.track(TensorBoard(run.path, str(in_the_way), CONFIG))
-    run_phases(run, "teacher", "student")
-    finish(run)
+    finish(run, run_phases(run, "teacher", "student"))
     assert run.tracker.stopped and len(read_history(run.path / "history.json")) == 4
     assert "fedkd: tensorboard tracking stopped opening" in caplog.text
 
@@ -175,3 +174,13 @@ def test_a_missing_package_is_a_config_error_naming_the_extra(name, monkeypatch)
     monkeypatch.setitem(sys.modules, tracker.package, None)
     with pytest.raises(ConfigError, match=rf"run config 'tracking' = '{name}' needs {tracker.package}.*\[tracking\]"):
         tracker.require()
+
+
+def test_the_serverapp_refuses_a_run_whose_tracker_is_missing_before_it_asks_the_grid(monkeypatch):
+    class Untouched:
+        def __getattr__(self, name):
+            raise AssertionError(f"the ServerApp used grid.{name} before refusing the run")
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ConfigError, match=r"needs mlflow.*pip install -e '\.\[tracking\]'"):
+        app.main(Untouched(), SimpleNamespace(run_config={"tracking": "mlflow"}))
