@@ -69,6 +69,9 @@ class NodeSampler:
         self.identify_all_max_nodes = identify_all_max_nodes
         # Only nodes that were asked have entries: in a large federation, those drawn so far.
         self.names: dict[int, str] = {}
+        # Name -> node, so that a reply's name is checked against the others' in constant time, not a pass over
+        # every node identified (quadratic when a federation of thousands is identified whole).
+        self.owners: dict[str, int] = {}
         self.models: dict[int, str] = {}
         self.asked: dict[int, int] = {}
         # What each node said its data holds: (one example's shape, its largest label + 1), or why it is unreadable.
@@ -94,13 +97,13 @@ class NodeSampler:
             node = reply.metadata.src_node_id
             record = reply.content.config_records.get(NODE, ConfigRecord())
             name, model = record.get(NAME), record.get(MODEL)
-            taken = {other for n, other in self.names.items() if n != node}
             if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
                 self.problems[node] = f"its identify reply names it {name!r}; allowed: 1 to {MAX_NAME} characters"
-            elif name in taken:
+            elif self.owners.get(name, node) != node:
                 self.problems[node] = f"its name {name!r} is another node's"
             else:
                 self.names[node] = name
+                self.owners[name] = node
             if (reason := _model_problem(model)) is not None:
                 self.problems.setdefault(node, reason)
             else:
