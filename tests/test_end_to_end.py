@@ -11,6 +11,7 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
+from common.data import builtin_task
 from common.models import initial_model, to_record
 from common.protocol import ARRAYS, CONFIG, EVALUATE_INCOMING, MODEL, SERVER_ROUND, TRAIN_SUPERVISED
 from deploy.processes import PROJECT
@@ -210,7 +211,9 @@ def test_bad_replies_are_rejected_with_their_reason_and_the_run_goes_on(flower, 
         RecordDict(
             {
                 ARRAYS: to_record(initial_model("mlp-32", "digits", 42)),
-                CONFIG: ConfigRecord({SERVER_ROUND: 1, EVALUATE_INCOMING: False, MODEL: "mlp-32"}),
+                CONFIG: ConfigRecord(
+                    {SERVER_ROUND: 1, EVALUATE_INCOMING: False, MODEL: "mlp-32", **builtin_task("digits").to_config()}
+                ),
             }
         ),
         dst_node_id=1,
