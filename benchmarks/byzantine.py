@@ -75,6 +75,8 @@ SETTINGS = {
 # The settings whose aggregate weighs replies by their counts. The others (Flower's median, trimmed mean, Krum and
 # Bulyan) ignore counts, so honest weights claiming many examples give them exactly the honest run: not rerun.
 COUNT_WEIGHTED = ["plain FedAvg", "fedkd defaults", "multi-krum"]
+# What every attack meets first: no defence, the defaults, and the median.
+CORE = ["plain FedAvg", "fedkd defaults", "median"]
 FEDMD = "FedMD"  # the setting column of the logit attack's rows
 # FedMD's node-side epochs, cut from 5 and 10 so that its runs cost about what FedAvg's do.
 FEDMD_SETTINGS = {"fedmd.transfer-epochs": 1, "fedmd.digest-epochs": 2}
@@ -96,17 +98,25 @@ def run_config(dataset: str, setting: str, seed: int, rounds: int, local_epochs:
 
 
 def conditions() -> list[tuple[str, int, str]]:
-    """Every (attack, attackers, setting) measured, the honest runs (attack HONEST, 0 attackers) first."""
-    settings = [*SETTINGS, FEDMD]
-    honest = [(HONEST, 0, s) for s in settings]
-    weights = [
+    """Every (attack, attackers, setting) measured, most telling first, so that a benchmark cut short by the machine's
+    time holds a whole part of the matrix: the honest runs (attack HONEST, 0 attackers) of every setting; 2 then 1
+    attackers of each kind against CORE; extreme logits against FedMD; then the other aggregators, 2 attackers
+    first. Honest weights claiming many examples meet only COUNT_WEIGHTED settings."""
+
+    def meets(attack: str, setting: str) -> bool:
+        return attack != "lying_counts" or setting in COUNT_WEIGHTED
+
+    honest = [(HONEST, 0, s) for s in SETTINGS]
+    core = [(a, k, s) for k in sorted(ATTACKERS, reverse=True) for a in WEIGHT_ATTACKS for s in CORE if meets(a, s)]
+    logits = [(HONEST, 0, FEDMD), *((LOGIT_ATTACK, k, FEDMD) for k in sorted(ATTACKERS, reverse=True))]
+    rest = [
         (a, k, s)
+        for k in sorted(ATTACKERS, reverse=True)
         for a in WEIGHT_ATTACKS
-        for k in ATTACKERS
         for s in SETTINGS
-        if a != "lying_counts" or s in COUNT_WEIGHTED
+        if s not in CORE and meets(a, s)
     ]
-    return [*honest, *weights, *((LOGIT_ATTACK, k, FEDMD) for k in ATTACKERS)]
+    return [*honest, *core, *logits, *rest]
 
 
 def client_of(attack: str, attackers: int) -> Callable[[Message, Context], Message]:
@@ -223,8 +233,8 @@ def measure(args: argparse.Namespace, path: Path) -> None:
     done = {(*_key(r), r["seed"]) for r in _load(path)}
     logging.getLogger("flwr").setLevel(logging.WARNING)
     for dataset in args.datasets:
-        for seed in args.seeds:
-            for attack, attackers, setting in conditions():
+        for attack, attackers, setting in conditions():
+            for seed in args.seeds:
                 key = {
                     "dataset": dataset,
                     "rounds": args.rounds,
@@ -270,15 +280,16 @@ def check(args: argparse.Namespace) -> None:
             print(f"{attack} x{attackers}: the same {len(records[0])} rounds in process and under flwr run", flush=True)
 
 
-def _cell(rows: list[dict]) -> str:
-    """Mean (std) of the final accuracies; a mark for runs that aborted (a) or ended with a non-finite model (n)."""
+def _cell(rows: list[dict], seeds: int) -> str:
+    """Mean (std) of the final accuracies; a mark for runs that aborted (a) or ended with a non-finite model (n),
+    and the count of runs where fewer than `seeds`."""
     if not rows:
         return "-"
     aborted = sum(r["status"] != "complete" for r in rows)
     infinite = sum(r["finite_model"] is False for r in rows)
     marks = (f" a{aborted}" if aborted else "") + (f" n{infinite}" if infinite else "")
     scored = [r["accuracy"] for r in rows if r["status"] == "complete" and r["accuracy"] is not None]
-    return (_ms(scored) if scored else "aborted") + marks
+    return (_ms(scored) if scored else "aborted") + marks + (f" [{len(rows)}]" if len(rows) < seeds else "")
 
 
 def _pick(rows: list[dict], attack: str, attackers: int, setting: str) -> list[dict]:
@@ -302,7 +313,9 @@ def report(path: Path) -> str:
         "fedkd defaults = `aggregator = mean`, `max-weight-share = 0.5`, `clip-median-multiple = 3`; the robust "
         "aggregators keep the default clipping. Krum and MultiKrum assume 2 attackers, Bulyan 1 (the most 10 "
         "replies allow it). `= honest`: the setting ignores counts, so honest weights claiming many examples "
-        "give it the honest run exactly (not rerun).",
+        "give it the honest run exactly (not rerun). `-`: not measured in the time the machine gave (the benchmark "
+        "runs the most telling cells first: see `conditions`); `[n]`: the seeds of a cell, where fewer than the "
+        "table's.",
         "",
     ]
     recorded = [r["provenance"] for r in rows if "provenance" in r]
@@ -326,9 +339,9 @@ def report(path: Path) -> str:
         lines.append("|---|---|" + "---|" * len(SETTINGS))
         for attack, attackers in [(HONEST, 0), *((a, k) for a in WEIGHT_ATTACKS for k in ATTACKERS)]:
             found = [
-                "= honest"
-                if attack == "lying_counts" and s not in COUNT_WEIGHTED
-                else _cell(_pick(picked, attack, attackers, s))
+                _cell(_pick(picked, attack, attackers, s), len(seeds))
+                if attack != "lying_counts" or s in COUNT_WEIGHTED
+                else "= honest"
                 for s in SETTINGS
             ]
             lines.append(f"| {attack} | {attackers} | " + " | ".join(found) + " |")
@@ -349,7 +362,7 @@ def report(path: Path) -> str:
             scored = [r["accuracy"] for r in honest if r["status"] == "complete"]
             points = f"{100 * (statistics.fmean(scored) - statistics.fmean(plain)):+.1f}" if scored and plain else "-"
             lines.append(
-                f"| {setting} | {_cell(honest)} | {points} | {_seconds(honest, 'median_round_seconds')} | "
+                f"| {setting} | {_cell(honest, len(seeds))} | {points} | {_seconds(honest, 'median_round_seconds')} | "
                 f"{_seconds(honest, 'median_server_seconds')} |"
             )
         lines += [
@@ -361,8 +374,8 @@ def report(path: Path) -> str:
             "",
             "| attackers | accuracy |",
             "|---|---|",
-            f"| none | {_cell(_pick(picked, HONEST, 0, FEDMD))} |",
-            *(f"| {k} | {_cell(_pick(picked, LOGIT_ATTACK, k, FEDMD))} |" for k in ATTACKERS),
+            f"| none | {_cell(_pick(picked, HONEST, 0, FEDMD), len(seeds))} |",
+            *(f"| {k} | {_cell(_pick(picked, LOGIT_ATTACK, k, FEDMD), len(seeds))} |" for k in ATTACKERS),
             "",
         ]
     return "\n".join(lines)
