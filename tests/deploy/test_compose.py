@@ -52,22 +52,35 @@ def stack(tmp_path_factory):
             stack.down()
 
 
+def first_round_recorded(stack, before: set, run) -> None:
+    """Wait until the run `run` submitted has a round in its history (or has ended, or 5 minutes passed)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        new = set(stack.run_dirs()) - before
+        if new and (history := next(iter(new)) / "history.json").exists() and json.loads(history.read_text()):
+            return
+        time.sleep(0.5)
+
+
 def submit(stack, config: dict, during=None) -> tuple[dict, list[dict], str]:
-    """Run fedkd to the end on the compose deployment, calling `during()` meanwhile; its summary, history and
-    output."""
+    """Run fedkd to the end on the compose deployment, calling `during()` once its first round is recorded; its
+    summary, history and output."""
     before = set(stack.run_dirs())
     run = stack.run({**QUICK, **config}, app=stack.work)
-    with ThreadPoolExecutor(1) as pool:
-        meanwhile = pool.submit(during or (lambda: None))
+    try:
+        if during is not None:
+            first_round_recorded(stack, before, run)
+            during()
         output, _ = run.communicate(timeout=900)
-        meanwhile.result()
+    finally:
+        if run.poll() is None:
+            run.kill()
     assert run.returncode == 0, output[-4000:]
     (run_dir,) = set(stack.run_dirs()) - before
-    return (
-        json.loads((run_dir / "summary.json").read_text()),
-        json.loads((run_dir / "history.json").read_text()),
-        output,
-    )
+    # `flwr run` exits 0 when the ServerApp fails: an aborted run (no history) shows its reason.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (run_dir / "history.json").exists(), output[-4000:]
+    return summary, json.loads((run_dir / "history.json").read_text()), output
 
 
 def test_nodes_started_before_their_keys_are_registered_come_back(stack):
@@ -91,23 +104,21 @@ def operator_commands_from_the_node_side(stack) -> None:
         f'[superlink.fleet]\naddress = "127.0.0.1:{stack.fleet_port}"\n'
         f'root-certificates = "{stack.work / "certs" / "ca.crt"}"\n'
     )
-    env = {**stack.env, "FLWR_HOME": str(home)}
-    attempts = [
-        subprocess.run([str(BIN / "flwr"), *args], env=env, cwd=stack.work, capture_output=True, text=True, timeout=180)
-        for args in (["run", str(app_source()), "fleet"], ["supernode", "register", "certs/supernode-0.pub", "fleet"])
+    flwr = {"env": {**stack.env, "FLWR_HOME": str(home)}, "cwd": stack.work}
+    inside = [
+        *("docker", "exec", "-i", "-e", "FLWR_HOME=/tmp/flwr", stack.container("supernode-0"), "sh", "-c"),
+        "mkdir -p /tmp/flwr && cat > /tmp/flwr/config.toml && flwr supernode register /key/supernode.pub fleet",
     ]
-    attempts.append(
-        subprocess.run(
-            [
-                *("docker", "exec", "-i", "-e", "FLWR_HOME=/tmp/flwr", stack.container("supernode-0"), "sh", "-c"),
-                "mkdir -p /tmp/flwr && cat > /tmp/flwr/config.toml && flwr supernode register /key/supernode.pub fleet",
-            ],
-            input='[superlink.fleet]\naddress = "superlink:9092"\nroot-certificates = "/ca/ca.crt"\n',
-            capture_output=True,
-            text=True,
-            timeout=180,
+    commands = [
+        ([str(BIN / "flwr"), "run", str(app_source()), "fleet"], flwr),
+        ([str(BIN / "flwr"), "supernode", "register", "certs/supernode-0.pub", "fleet"], flwr),
+        (inside, {"input": '[superlink.fleet]\naddress = "superlink:9092"\nroot-certificates = "/ca/ca.crt"\n'}),
+    ]
+    # All at once, so that they finish while the nodes still train.
+    with ThreadPoolExecutor(len(commands)) as pool:
+        attempts = list(
+            pool.map(lambda c: subprocess.run(c[0], capture_output=True, text=True, timeout=180, **c[1]), commands)
         )
-    )
     for attempt, path in zip(attempts, ("start-run", "register-node", "register-node")):
         said = attempt.stdout + attempt.stderr
         assert attempt.returncode != 0 and "403 Forbidden" in said and f"/v1/control/{path}" in said, said[-2000:]
@@ -116,6 +127,13 @@ def operator_commands_from_the_node_side(stack) -> None:
 def test_both_phases_complete_on_three_nodes_while_the_node_side_is_refused_the_control_api(stack):
     config = {"two-stage.num-teacher-rounds": 2, "fraction-evaluate": 1.0, "local-epochs": 3}
     summary, history, output = submit(stack, config, during=lambda: operator_commands_from_the_node_side(stack))
+    # The proxy's log: SuperNode 0's container was refused, and its replies went through before and after.
+    node = addresses(stack, "supernode-0")["federation"] + " "
+    lines = [line.split("| ", 1)[-1] for line in stack.logs("proxy").splitlines()]
+    lines = [line for line in lines if line.startswith(node)]
+    refusals = [i for i, line in enumerate(lines) if '"POST /v1/control/register-node HTTP/1.1" 403 ' in line]
+    replies = [i for i, line in enumerate(lines) if '"POST /v1/fleet/push-messages HTTP/1.1" 200 ' in line]
+    assert len(refusals) == 1 and replies[0] < refusals[0] < replies[-1], lines[-50:]
     assert [(r["phase"], r["round"]) for r in history] == [("teacher", 1), ("teacher", 2), ("student", 1)]
     assert all(r["replies"] == 3 and r["failures"] == 0 for r in history)
     assert all(sorted(r["sampled"]) == list(NODES) for r in history)
@@ -170,12 +188,7 @@ def test_supernode_killed_mid_run_is_recorded_and_the_run_completes(stack):
         app=stack.work,
     )
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and run.poll() is None:
-            new = set(stack.run_dirs()) - before
-            if new and (history := next(iter(new)) / "history.json").exists() and json.loads(history.read_text()):
-                break
-            time.sleep(0.5)
+        first_round_recorded(stack, before, run)
         # An operator's kill: the container stays down (a crash would be restarted).
         stack.compose("kill", "supernode-2")
         output, _ = run.communicate(timeout=900)

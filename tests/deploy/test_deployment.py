@@ -99,8 +99,9 @@ def operator_commands_from_a_node_host(dep, index: int, tmp_path: Path) -> dict[
         return dict(zip(commands, done))
 
 
-def test_run_survives_a_killed_supernode(deployed, tmp_path):
+def test_run_survives_a_killed_supernode_and_a_node_host_is_refused_the_operators_commands(deployed, tmp_path):
     dep, data = deployed
+    nodes = json.loads(dep.flwr(["supernode", "list", dep.connection, "--format", "json"]).stdout)["nodes"]
     out = tmp_path / "out"
     run = dep.run(
         {
@@ -119,11 +120,33 @@ def test_run_survives_a_killed_supernode(deployed, tmp_path):
     try:
         wait_for_rounds(out, 1, run)
         dep.kill_supernode(2)
+        # While the other nodes train on, SuperNode 0's host tries the operator's commands through the proxy.
+        refused = operator_commands_from_a_node_host(dep, 0, tmp_path)
         output, _ = run.communicate(timeout=600)
     finally:
         if run.poll() is None:
             run.kill()
     assert run.returncode == 0, output[-4000:]
+    for name, path in (("run", "/v1/control/start-run"), ("register", "/v1/control/register-node")):
+        said = refused[name].stdout + refused[name].stderr
+        assert refused[name].returncode != 0 and "403 Forbidden" in said and path in said, said[-2000:]
+    # The SuperLink listens on loopback alone: a node's host finds nothing at its port (with namespaces; on
+    # loopback alone every process shares the SuperLink's address).
+    if dep.network.isolated:
+        assert "ConnectionRefusedError" in refused["superlink"].stderr, refused["superlink"].stderr[-2000:]
+    after = json.loads(dep.flwr(["supernode", "list", dep.connection, "--format", "json"]).stdout)["nodes"]
+    assert len(after) == len(nodes)
+    # The proxy's log: that host was refused both, and its SuperNode's replies went through before and after.
+    node = dep.network.node_address(0) + " "
+    lines = [line for line in (dep.work / "proxy" / "access.log").read_text().splitlines() if line.startswith(node)]
+    refusals = [i for i, line in enumerate(lines) if '"POST /v1/control/' in line]
+    assert {lines[i].split('"')[1] for i in refusals} == {
+        "POST /v1/control/start-run HTTP/1.1",
+        "POST /v1/control/register-node HTTP/1.1",
+    }
+    assert all('" 403 ' in lines[i] for i in refusals), lines[-50:]
+    replies = [i for i, line in enumerate(lines) if '"POST /v1/fleet/push-messages HTTP/1.1" 200 ' in line]
+    assert replies[0] < refusals[0] and replies[-1] > refusals[-1], lines[-50:]
     run_dir = run_directory(out)
     history = json.loads((run_dir / "history.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -143,59 +166,6 @@ def test_run_survives_a_killed_supernode(deployed, tmp_path):
     assert summary["teacher_accuracy"] > 0.6 and summary["student_accuracy"] > 0.4
     assert history[0]["federated_accuracy"] is not None
     assert f"fedkd: run directory: {run_dir}" in output
-
-
-def test_a_node_host_is_refused_the_operators_commands_while_the_nodes_train(deployed, tmp_path):
-    dep, data = deployed
-    nodes = json.loads(dep.flwr(["supernode", "list", dep.connection, "--format", "json"]).stdout)["nodes"]
-    out = tmp_path / "out"
-    run = dep.run(
-        {
-            "strategy": "fedavg",
-            "num-student-rounds": 3,
-            "fraction-train": 1.0,
-            "fraction-evaluate": 0.0,
-            "local-epochs": 1,
-            # Nothing is lost here: a generous deadline absorbs ClientApps slowed by the commands beside them.
-            "round-timeout": 120,
-            "output-dir": str(out),
-            "server-test": str(data / "server-test.npz"),
-        }
-    )
-    # While the nodes train, SuperNode 0's host tries the operator's commands through the proxy.
-    try:
-        wait_for_rounds(out, 1, run)
-        refused = operator_commands_from_a_node_host(dep, 0, tmp_path)
-        output, _ = run.communicate(timeout=600)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode == 0, output[-4000:]
-    for name, path in (("run", "/v1/control/start-run"), ("register", "/v1/control/register-node")):
-        said = refused[name].stdout + refused[name].stderr
-        assert refused[name].returncode != 0 and "403 Forbidden" in said and path in said, said[-2000:]
-    # The SuperLink listens on loopback alone: a node's host finds nothing at its port (with namespaces; on
-    # loopback alone every process shares the SuperLink's address).
-    if dep.network.isolated:
-        assert "ConnectionRefusedError" in refused["superlink"].stderr, refused["superlink"].stderr[-2000:]
-    after = json.loads(dep.flwr(["supernode", "list", dep.connection, "--format", "json"]).stdout)["nodes"]
-    assert len(after) == len(nodes)
-    # The run went on: every round with the replies of the nodes that train here.
-    history = json.loads((run_directory(out) / "history.json").read_text())
-    assert [r["round"] for r in history] == [1, 2, 3]
-    for r in history:
-        assert {"supernode-0", "supernode-1"} <= set(r["sampled"]) - {f["node"] for f in r["failed"]}, r
-    # The proxy's log: that host was refused both, and its SuperNode's replies went through before and after.
-    node = dep.network.node_address(0) + " "
-    lines = [line for line in (dep.work / "proxy" / "access.log").read_text().splitlines() if line.startswith(node)]
-    refusals = [i for i, line in enumerate(lines) if '"POST /v1/control/' in line]
-    assert {lines[i].split('"')[1] for i in refusals} == {
-        "POST /v1/control/start-run HTTP/1.1",
-        "POST /v1/control/register-node HTTP/1.1",
-    }
-    assert all('" 403 ' in lines[i] for i in refusals), lines[-50:]
-    replies = [i for i, line in enumerate(lines) if '"POST /v1/fleet/push-messages HTTP/1.1" 200 ' in line]
-    assert replies[0] < refusals[0] and replies[-1] > refusals[-1], lines[-50:]
 
 
 def test_an_unregistered_supernode_key_is_refused(deployed, tmp_path):
