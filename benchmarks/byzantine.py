@@ -21,7 +21,8 @@ too much for hundreds of runs. So fedkd's ServerApp (`server_app.app.main`) and 
 attacker) run in one process, over `LocalGrid`: each message reaches its node as Flower's wire carries it
 (serialised to Flower's protobuf and back, both ways), each node keeps one Context across messages, and a
 ClientApp's exception becomes an error reply, as under Flower. Only the transport differs from a simulation:
-`--check` runs one honest and one attacked config both ways and stops unless the histories are equal.
+`--check` runs one honest and one attacked config both ways, stops unless the histories are equal, and writes
+what it compared to check.json.
 
 Rows are appended to --results (default benchmarks/results/byzantine) byzantine.json as runs finish and a rerun
 skips what is there; byzantine.md holds the tables.
@@ -258,9 +259,11 @@ def measure(args: argparse.Namespace, path: Path) -> None:
                 )
 
 
-def check(args: argparse.Namespace) -> None:
+def check(args: argparse.Namespace, path: Path) -> None:
     """Run an honest and an attacked digits config in process and under `flwr run`; stop unless every round's
-    record (sampled nodes, accuracy, loss, replies, failures, clipped updates) is the same both ways."""
+    record (sampled nodes, accuracy, loss, replies, failures, clipped updates) is the same both ways, and write
+    what was compared to `path`."""
+    compared = []
     fields = ("phase", "round", "sampled", "accuracy", "loss", "replies", "failures", "clipped", "failed")
     config = run_config("digits", "fedkd defaults", args.seeds[0], args.rounds, args.local_epochs)
     with tempfile.TemporaryDirectory() as tmp, simulation_superlink(Path(tmp) / "flwr-home") as env:
@@ -278,6 +281,8 @@ def check(args: argparse.Namespace) -> None:
             if records[0] != records[1]:
                 raise SystemExit(f"{attack}: in process and under flwr run differ:\n{records[0]}\n{records[1]}")
             print(f"{attack} x{attackers}: the same {len(records[0])} rounds in process and under flwr run", flush=True)
+            compared.append({"attack": attack, "attackers": attackers, "rounds": records[0]})
+    path.write_text(json.dumps({"config": config, "fields": fields, "equal": compared, "provenance": provenance()}))
 
 
 def _cell(rows: list[dict], seeds: int) -> str:
@@ -392,10 +397,10 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="only compare in-process runs with flwr run's")
     parser.add_argument("--results", type=Path, default=RESULTS / "byzantine", help="where byzantine.{json,md} go")
     args = parser.parse_args()
-    if args.check:
-        check(args)
-        return
     args.results.mkdir(parents=True, exist_ok=True)
+    if args.check:
+        check(args, args.results / "check.json")
+        return
     path = args.results / "byzantine.json"
     if not args.report:
         measure(args, path)
