@@ -21,8 +21,8 @@ too much for hundreds of runs. So fedkd's ServerApp (`server_app.app.main`) and 
 attacker) run in one process, over `LocalGrid`: each message reaches its node as Flower's wire carries it
 (serialised to Flower's protobuf and back, both ways), each node keeps one Context across messages, and a
 ClientApp's exception becomes an error reply, as under Flower. Only the transport differs from a simulation:
-`--check` runs one honest and one attacked config both ways, stops unless the histories are equal, and writes
-what it compared to check.json.
+`--check` runs one honest and one attacked config both ways, stops unless the models and histories are the same, and
+writes what it compared to check.json.
 
 Rows are appended to --results (default benchmarks/results/byzantine) byzantine.json as runs finish and a rerun
 skips what is there; byzantine.md holds the tables.
@@ -31,6 +31,7 @@ skips what is there; byzantine.md holds the tables.
 import argparse
 import json
 import logging
+import math
 import statistics
 import tempfile
 import time
@@ -259,12 +260,26 @@ def measure(args: argparse.Namespace, path: Path) -> None:
                 )
 
 
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two run directories saved the same delivered models, bit for bit."""
+    saved = sorted(p.name for p in a.glob("student*.pt"))
+    if saved != sorted(p.name for p in b.glob("student*.pt")):
+        return False
+    for name in saved:
+        x, y = (torch.load(d / name, weights_only=True) for d in (a, b))
+        if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
+            return False
+    return True
+
+
 def check(args: argparse.Namespace, path: Path) -> None:
-    """Run an honest and an attacked digits config in process and under `flwr run`; stop unless every round's
-    record (sampled nodes, accuracy, loss, replies, failures, clipped updates) is the same both ways, and write
-    what was compared to `path`."""
+    """Run an honest and an attacked digits config in process and under `flwr run`; stop unless the delivered models
+    are the same bit for bit and every round's record (sampled nodes, accuracy, replies, failures, clipped updates)
+    is the same, the test loss to 1e-6 (under `flwr run` the ServerApp's process scores with torch's default
+    threads, here with the ClientApps' one, so the loss's sum may differ in its last bit); write what was compared
+    to `path`."""
     compared = []
-    fields = ("phase", "round", "sampled", "accuracy", "loss", "replies", "failures", "clipped", "failed")
+    fields = ("phase", "round", "sampled", "accuracy", "replies", "failures", "clipped", "failed")
     config = run_config("digits", "fedkd defaults", args.seeds[0], args.rounds, args.local_epochs)
     with tempfile.TemporaryDirectory() as tmp, simulation_superlink(Path(tmp) / "flwr-home") as env:
         for attack, attackers in ((HONEST, 0), ("label_flip", 2)):
@@ -274,14 +289,16 @@ def check(args: argparse.Namespace, path: Path) -> None:
             done = flwr_run(env, {**config, "output-dir": str(out)}, NODES, app=app, actors=2)
             if done.returncode != 0:
                 raise SystemExit(f"flwr run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-            records = [
-                [{k: r[k] for k in fields} for r in json.loads((d / "history.json").read_text())]
-                for d in (local, run_directory(out))
-            ]
-            if records[0] != records[1]:
-                raise SystemExit(f"{attack}: in process and under flwr run differ:\n{records[0]}\n{records[1]}")
-            print(f"{attack} x{attackers}: the same {len(records[0])} rounds in process and under flwr run", flush=True)
-            compared.append({"attack": attack, "attackers": attackers, "rounds": records[0]})
+            histories = [json.loads((d / "history.json").read_text()) for d in (local, run_directory(out))]
+            records = [[{k: r[k] for k in fields} for r in h] for h in histories]
+            losses = [[r["loss"] for r in h] for h in histories]
+            close = len(losses[0]) == len(losses[1]) and all(
+                math.isclose(x, y, rel_tol=1e-6) for x, y in zip(*losses, strict=True)
+            )
+            if records[0] != records[1] or not close or not _same_weights(local, run_directory(out)):
+                raise SystemExit(f"{attack}: in process and under flwr run differ:\n{histories[0]}\n{histories[1]}")
+            print(f"{attack} x{attackers}: the same model and {len(records[0])} rounds both ways", flush=True)
+            compared.append({"attack": attack, "attackers": attackers, "rounds": records[0], "losses": losses})
     path.write_text(json.dumps({"config": config, "fields": fields, "equal": compared, "provenance": provenance()}))
 
 
