@@ -3,6 +3,7 @@ plain FedAvg, against the all-honest run; and what the robust settings cost when
 
     python -m benchmarks.byzantine                                  # the whole matrix
     python -m benchmarks.byzantine --datasets digits --seeds 42     # a part of it
+    python -m benchmarks.byzantine --settings FedMD                 # only FedMD against extreme logits
     python -m benchmarks.byzantine --report                         # tables from what is recorded
 
 The attacks are tests/byzantine_app's: the first k partitions send scaled (x100) or sign-flipped updates, weights
@@ -13,8 +14,8 @@ which is Flower's FedAvg aggregate (fedkd averages with Flower's `aggregate_arra
 two agree). The logit attack meets FedMD's consensus, which is robust whatever the settings.
 
 10 nodes, every node every round (`fraction-train = 1`: k of every round's 10 replies attack), Dirichlet 0.5,
-mlp-32 on both datasets, `--rounds` rounds of `--local-epochs` epochs, seeds 42, 43, 44, no final evaluation
-exchange (the server's test accuracy is the figure).
+mlp-32 on both datasets, 3 rounds of 2 local epochs (`--rounds`, `--local-epochs`), seeds 42, 43, 44, no final
+evaluation exchange (the server's test accuracy is the figure).
 
 How it runs: `flwr run` costs 20 s of start-up per run on a quiet 2-core machine and 90-150 s on a loaded one,
 too much for hundreds of runs. So fedkd's ServerApp (`server_app.app.main`) and the ClientApp (fedkd's, or an
@@ -235,7 +236,7 @@ def measure(args: argparse.Namespace, path: Path) -> None:
     done = {(*_key(r), r["seed"]) for r in _load(path)}
     logging.getLogger("flwr").setLevel(logging.WARNING)
     for dataset in args.datasets:
-        for attack, attackers, setting in conditions():
+        for attack, attackers, setting in (c for c in conditions() if c[2] in args.settings):
             for seed in args.seeds:
                 key = {
                     "dataset": dataset,
@@ -408,8 +409,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument(
+        "--settings", nargs="+", default=[*SETTINGS, FEDMD], choices=[*SETTINGS, FEDMD], help="only these columns"
+    )
     parser.add_argument("--report", action="store_true", help="only write the tables")
     parser.add_argument("--check", action="store_true", help="only compare in-process runs with flwr run's")
     parser.add_argument("--results", type=Path, default=RESULTS / "byzantine", help="where byzantine.{json,md} go")
