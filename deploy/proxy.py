@@ -53,7 +53,8 @@ SHIPPED = {
 
 
 def server_config(proxy: Proxy) -> str:
-    """The `server` block (http context): what goes into /etc/nginx/conf.d/."""
+    """The blocks of nginx's http context (the SuperLink's upstream, the server): what goes into
+    /etc/nginx/conf.d/."""
     tls = proxy.certs is not None
     scheme = "https" if tls else "http"
     lines = [
