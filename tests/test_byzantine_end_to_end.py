@@ -1,12 +1,12 @@
 """Byzantine nodes under `flwr run`: 1 or 2 of 10 nodes attack (tests/byzantine_app), and with the robust settings
-the run completes, its models are finite and the model the attack strikes stays within MARGIN of its accuracy in the
-all-honest run measured here.
+the run completes, its models are finite and the model the attack strikes stays within its MARGIN of its accuracy in
+the all-honest run measured here.
 
 Every run is two-stage with the ensemble teacher, so that one honest run is the reference for every attack: phase
 1 averages the teacher's weights (where the weight attacks strike: the teacher is judged), phase 2 distills the
 student on the server from the nodes' logits (where the logit attack strikes: the student is judged, and the teacher,
 which that attack leaves alone, must be the honest one). The student is not judged under weight attacks: distilled
-in 300 steps on the public slice, it swings with small changes of the teacher (0.35 to 0.55 for teachers of 0.68 to
+in 300 steps on the public slice, it swings with small changes of the teacher (0.35 to 0.57 for teachers of 0.68 to
 0.74 in these runs). Every node is sampled every round, so the attackers are k of every round's 10 replies.
 benchmarks/byzantine.py measures every attack against every setting.
 """
@@ -37,10 +37,11 @@ CONFIG = {
     "fraction-train": 1.0,
     "fraction-evaluate": 0.0,
 }
-# The accuracy the struck model may lose against the honest run (the defaults). It holds the median's own cost on
-# this short non-IID run too: under the median, 2 nodes' 1e30 weights left the teacher at 0.678 against the honest
-# 0.736 here, 2 nodes' flipped labels at 0.703.
-MARGIN = 0.10
+# The accuracy the struck model may lose against the honest run (the defaults). The teacher's holds the median's own
+# cost on this short non-IID run: under the median, 2 nodes' 1e30 weights left it at 0.678 against the honest 0.736
+# here, 2 nodes' flipped labels at 0.703. The student's is wider because it swings (above): one extreme node left it
+# at 0.481 against the honest 0.572 here.
+MARGIN = {"teacher": 0.10, "student": 0.15}
 # Each attack with the settings that stop it: the defaults, or the median where they bound the attackers without
 # stopping them. Two nodes sending weights of 1e30 are clipped to 3x an honest step each, and pull the defaults' mean
 # that far every round (the teacher ended at 0.28 against the honest 0.74 here); two nodes claiming max-num-examples
@@ -97,4 +98,4 @@ def test_an_attacked_run_completes_with_finite_models_near_the_honest_accuracy(f
         assert summary["teacher_accuracy"] == honest["teacher_accuracy"]
     struck = "student" if kind == "extreme_logits" else "teacher"
     got, want = summary[f"{struck}_accuracy"], honest[f"{struck}_accuracy"]
-    assert got >= want - MARGIN, f"{struck}: {got:.3f} against the honest {want:.3f}"
+    assert got >= want - MARGIN[struck], f"{struck}: {got:.3f} against the honest {want:.3f}"
