@@ -38,9 +38,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import tomllib
 import torch
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.common.config import flatten_dict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
@@ -49,11 +50,16 @@ from benchmarks.provenance import load_average, provenance, provenance_line
 from benchmarks.strategies import RESULTS, _append, _load, _ms
 from client_app.app import app as fedkd_app
 from client_app.threads import NUM_THREADS
+from common.config import parse_run_config
+from common.models import count_params, initial_model, to_record
+from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
 from deploy.processes import PROJECT, app_source
 from deploy.simulation import flwr_run, run_directory, simulation_superlink
 from server_app import app as server_app
 from server_app.loop import RunAborted
 from server_app.records import read_history, read_summary
+from server_app.round import Reply
+from server_app.strategies.kit.averaging import Robustness, grouped_average
 from tests.byzantine_app import app as byzantine_app
 from tests.byzantine_app import byzantine
 
@@ -181,12 +187,16 @@ class LocalGrid:
         return replies
 
 
+def _in_task() -> None:
+    """Flower builds messages only inside a task; this process is the ServerApp's and every node's."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+
+
 def run_local(client: Callable[[Message, Context], Message], overrides: dict) -> Path:
     """fedkd's ServerApp on `LocalGrid(client)` under `fused_config(overrides)`; its run directory, complete or
     aborted (RunAborted is how the ServerApp says so, after writing the summary)."""
     run_config = fused_config(overrides)
-    # Flower builds messages only inside a task; this process is the ServerApp's and every node's.
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    _in_task()
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
     try:
         server_app.main(LocalGrid(client, run_config), context)
@@ -227,6 +237,57 @@ def row_of(run_dir: Path, key: dict, wall: float, cpu: float) -> dict:
         "load_average": load_average(),
         "provenance": provenance(),
     }
+
+
+def aggregation_cpu_seconds(dataset: str, setting: str, repeats: int = 5) -> float:
+    """The server's CPU seconds to clip and combine one round's NODES replies of mlp-32 on `dataset` under `setting`
+    (the median of `repeats`): all a setting changes in a round. The replies are the initial model plus noise: their
+    values do not change the work, their shapes and number do. CPU time, so that other work on the machine does not
+    count."""
+    cfg = parse_run_config(fused_config(run_config(dataset, setting, 42, 3, 2)))
+    base = to_record(initial_model("mlp-32", dataset, 42))
+    rng = np.random.default_rng(42)
+    _in_task()
+    times = []
+    for _ in range(repeats):
+        replies = [
+            Reply(
+                n,
+                n,
+                RecordDict(
+                    {
+                        ARRAYS: ArrayRecord(
+                            {
+                                k: Array(v.numpy() + rng.normal(0, 0.01, v.shape).astype(np.float32))
+                                for k, v in base.items()
+                            }
+                        ),
+                        METRICS: MetricRecord({NUM_EXAMPLES: 100 + n}),
+                    }
+                ),
+            )
+            for n in range(NODES)
+        ]
+        start = time.process_time()
+        grouped_average({"mlp-32": base}, replies, lambda node: "mlp-32", Robustness.of(cfg))
+        times.append(time.process_time() - start)
+    return statistics.median(times)
+
+
+def costs(datasets: list[str], path: Path) -> None:
+    """aggregation.json: each FedAvg setting's aggregation CPU seconds per round on each dataset's mlp-32."""
+    rows = [
+        {
+            "dataset": dataset,
+            "setting": setting,
+            "params": count_params(initial_model("mlp-32", dataset, 42)),
+            "cpu_seconds": aggregation_cpu_seconds(dataset, setting),
+            "provenance": provenance(),
+        }
+        for dataset in datasets
+        for setting in SETTINGS
+    ]
+    path.write_text(json.dumps(rows, indent=1))
 
 
 def _key(row: dict) -> tuple:
@@ -317,15 +378,11 @@ def _pick(rows: list[dict], attack: str, attackers: int, setting: str) -> list[d
     return [r for r in rows if (r["attack"], r["attackers"], r["setting"]) == (attack, attackers, setting)]
 
 
-def _seconds(rows: list[dict], field: str) -> str:
-    values = [r[field] for r in rows if r[field] is not None]
-    return f"{statistics.median(values):.3f}" if values else "-"
-
-
 def report(path: Path) -> str:
     """byzantine.md: per dataset and length, accuracy by attack and setting; the settings' cost with no attacker;
     FedMD against extreme logits."""
     rows = _load(path)
+    aggregation = _load(path.with_name("aggregation.json"))
     lines = [
         "Final accuracy on the server's test set, mean (std) over seeds, 10 nodes all sampled every round "
         "(Dirichlet 0.5, mlp-32), k attackers among them (tests/byzantine_app). `a<n>`: n runs aborted (too few "
@@ -370,22 +427,21 @@ def report(path: Path) -> str:
             "",
             f"### {title}: what each setting costs with no attacker",
             "",
-            "Points: accuracy against plain FedAvg's honest run. Seconds: median over runs of each run's median "
-            "round, and of the server's part of it (aggregation, scoring on the test set, the history write: "
-            "`seconds - exchange_seconds`); the nodes trained in the same process, one after another.",
+            "Points: accuracy against plain FedAvg's honest run. Aggregation: the server's CPU milliseconds to clip "
+            "and combine one round's 10 replies of this dataset's mlp-32 (aggregation.json), the median of 5; all a "
+            "setting changes in a round's time, the nodes' training being the same.",
             "",
-            "| setting | accuracy | points | round s | server s |",
-            "|---|---|---|---|---|",
+            "| setting | accuracy | points | aggregation ms |",
+            "|---|---|---|---|",
         ]
         plain = [r["accuracy"] for r in _pick(picked, HONEST, 0, "plain FedAvg") if r["status"] == "complete"]
+        cpu = {r["setting"]: r["cpu_seconds"] for r in aggregation if r["dataset"] == dataset}
         for setting in SETTINGS:
             honest = _pick(picked, HONEST, 0, setting)
             scored = [r["accuracy"] for r in honest if r["status"] == "complete"]
             points = f"{100 * (statistics.fmean(scored) - statistics.fmean(plain)):+.1f}" if scored and plain else "-"
-            lines.append(
-                f"| {setting} | {_cell(honest, len(seeds))} | {points} | {_seconds(honest, 'median_round_seconds')} | "
-                f"{_seconds(honest, 'median_server_seconds')} |"
-            )
+            ms = f"{1000 * cpu[setting]:.1f}" if setting in cpu else "-"
+            lines.append(f"| {setting} | {_cell(honest, len(seeds))} | {points} | {ms} |")
         lines += [
             "",
             f"### {title}: FedMD against extreme logits",
@@ -412,6 +468,7 @@ def main() -> None:
     parser.add_argument(
         "--settings", nargs="+", default=[*SETTINGS, FEDMD], choices=[*SETTINGS, FEDMD], help="only these columns"
     )
+    parser.add_argument("--costs", action="store_true", help="only time each setting's aggregation")
     parser.add_argument("--report", action="store_true", help="only write the tables")
     parser.add_argument("--check", action="store_true", help="only compare in-process runs with flwr run's")
     parser.add_argument("--results", type=Path, default=RESULTS / "byzantine", help="where byzantine.{json,md} go")
@@ -420,8 +477,10 @@ def main() -> None:
     if args.check:
         check(args, args.results / "check.json")
         return
+    if args.costs:
+        costs(args.datasets, args.results / "aggregation.json")
     path = args.results / "byzantine.json"
-    if not args.report:
+    if not args.report and not args.costs:
         measure(args, path)
     table = report(path)
     (args.results / "byzantine.md").write_text(table)

@@ -217,8 +217,8 @@ def test_report_marks_aborted_runs_count_blind_cells_missing_seeds_and_points_ag
     rows = [
         _row(HONEST, 0, "plain FedAvg", 42, 0.80),
         _row(HONEST, 0, "plain FedAvg", 43, 0.90),
-        _row(HONEST, 0, "median", 42, 0.70, median_server_seconds=0.3),
-        _row(HONEST, 0, "median", 43, 0.60, median_server_seconds=0.5),
+        _row(HONEST, 0, "median", 42, 0.70),
+        _row(HONEST, 0, "median", 43, 0.60),
         _row("huge", 2, "plain FedAvg", 42, 0.1, status="aborted", finite_model=None),
         _row("huge", 2, "plain FedAvg", 43, 0.1, status="aborted", finite_model=None),
         _row("huge", 2, "fedkd defaults", 42, 0.85),
@@ -228,6 +228,9 @@ def test_report_marks_aborted_runs_count_blind_cells_missing_seeds_and_points_ag
     ]
     path = tmp_path / "byzantine.json"
     path.write_text(json.dumps(rows))
+    (tmp_path / "aggregation.json").write_text(
+        json.dumps([{"dataset": "digits", "setting": "median", "params": 2410, "cpu_seconds": 0.0231}])
+    )
     lines = report(path).splitlines()
     table = lines[lines.index("### digits, 3 rounds of 2 local epochs, seeds 42, 43: accuracy under attack") + 2 :]
     # Mean (std) over seeds; a run that aborted has no accuracy; a cell short of the table's seeds counts them.
@@ -235,7 +238,7 @@ def test_report_marks_aborted_runs_count_blind_cells_missing_seeds_and_points_ag
     assert table[5] == "| sign_flip | 1 | - | - | 0.500 (0.000) n1 [1] | - | - | - | - |"
     assert table[8] == "| huge | 2 | aborted a2 | 0.850 (0.000) [1] | - | - | - | - | - |"
     assert "| lying_counts | 1 | - | - | = honest | = honest | = honest | - | = honest |" in lines
-    # With no attacker: points against plain FedAvg's honest mean, median round and server seconds.
-    assert "| median | 0.650 (0.071) | -20.0 | 1.000 | 0.400 |" in lines
-    assert "| plain FedAvg | 0.850 (0.071) | +0.0 | 1.000 | 0.100 |" in lines
+    # With no attacker: points against plain FedAvg's honest mean, and the aggregation's CPU milliseconds.
+    assert "| median | 0.650 (0.071) | -20.0 | 23.1 |" in lines
+    assert "| plain FedAvg | 0.850 (0.071) | +0.0 | - |" in lines
     assert "| none | 0.400 (0.000) [1] |" in lines and "| 2 | 0.300 (0.000) [1] |" in lines
