@@ -403,7 +403,8 @@ def report(path: Path) -> str:
         lines += [
             provenance_line(recorded[-1]) + (f" Rows from commits {', '.join(commits)}." if len(commits) > 1 else ""),
             f"1-minute load average after each run {min(loads):.1f}-{max(loads):.1f} (mean "
-            f"{statistics.fmean(loads):.1f}) on {recorded[-1]['cores']} cores: times are of a loaded machine.",
+            f"{statistics.fmean(loads):.1f}) on {recorded[-1]['cores']} cores: other work shared the machine. The "
+            "accuracies do not depend on it; the aggregation times are CPU time, which depends on it little.",
             "",
         ]
     cells = sorted(
