@@ -7,7 +7,7 @@ Every run is two-stage with the ensemble teacher, so that one honest run is the 
 student on the server from the nodes' logits (where the logit attack strikes: the student is judged, and the teacher,
 which that attack leaves alone, must be the honest one). The student is not judged under weight attacks: distilled
 in 300 steps on the public slice, it swings with small changes of the teacher (0.35 to 0.57 for teachers of 0.68 to
-0.74 in these runs). Every node is sampled every round, so the attackers are k of every round's 10 replies.
+0.74 in runs of this config). Every node is sampled every round, so the attackers are k of every round's 10 replies.
 benchmarks/byzantine.py measures every attack against every setting.
 """
 
@@ -38,18 +38,17 @@ CONFIG = {
     "fraction-evaluate": 0.0,
 }
 # The accuracy the struck model may lose against the honest run (the defaults). The teacher's holds the median's own
-# cost on this short non-IID run: under the median, 2 nodes' 1e30 weights left it at 0.678 against the honest 0.736
-# here, 2 nodes' flipped labels at 0.703. The student's is wider because it swings (above): one extreme node left it
-# at 0.481 against the honest 0.572 here.
+# cost on this short non-IID run: under the median, 2 nodes' flipped labels left it at 0.703 against the honest 0.736
+# here. The student's is wider because it swings (above): one extreme node left it at 0.481 against 0.572 here.
 MARGIN = {"teacher": 0.10, "student": 0.15}
-# Each attack with the settings that stop it: the defaults, or the median where they bound the attackers without
-# stopping them. Two nodes sending weights of 1e30 are clipped to 3x an honest step each, and pull the defaults' mean
-# that far every round (the teacher ended at 0.28 against the honest 0.74 here); two nodes claiming max-num-examples
-# each hold just under max-weight-share (0.5) of the mean, so together they decide it. The logit consensus is
-# robust to one extreme node (common/distill.py); two of ten left the student at 0.372 against the honest 0.572 here.
+# Each attack with the settings that stop it. The defaults clip one node's x100 update. Two nodes claiming
+# max-num-examples each hold just under max-weight-share (0.5) of the defaults' mean, so together they decide it: the
+# median ignores counts. The logit consensus is robust to one extreme node (common/distill.py); two of ten left the
+# student at 0.372 against 0.572 here. Weights of 1e30 (clipped, but still pulling the defaults' mean: the teacher
+# ended at 0.28 against 0.74 here) and the other attacks and settings are benchmarks/byzantine.py's, which runs the
+# same ServerApp and ClientApps in one process, without a simulation's start-up for every run.
 ATTACKS = {
     "scaled x100, 1 node": ("scaled", 1, {}),
-    "weights of 1e30, 2 nodes, median": ("huge", 2, {"aggregator": "median"}),
     "flipped labels claiming max-num-examples, 2 nodes, median": ("label_flip", 2, {"aggregator": "median"}),
     "float32-max logits on one class, 1 node": ("extreme_logits", 1, {}),
 }
@@ -90,8 +89,8 @@ def test_an_attacked_run_completes_with_finite_models_near_the_honest_accuracy(f
         assert all(torch.isfinite(t).all() for t in torch.load(run_dir / saved, weights_only=True).values()), saved
     # Every attacker's reply passed screening: the defences, not a rejection, kept the model.
     assert all(r["replies"] == NODES and r["failures"] == 0 for r in history)
-    if kind in ("scaled", "huge"):
-        # Each attacker's update was clipped to 3x the round's median norm, every teacher round.
+    if kind == "scaled":
+        # The attacker's update was clipped to 3x the round's median norm, every teacher round.
         assert all(r["clipped"] >= attackers for r in history if r["phase"] == "teacher")
     if kind == "extreme_logits":
         # Phase 1 was honest: its teacher scores exactly as the honest run's.
