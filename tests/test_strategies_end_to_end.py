@@ -86,14 +86,31 @@ def test_heterogeneous_runs_report_every_architecture(runs, name):
         assert sum(t.numel() for t in torch.load(run_dir / "student-cnn.pt", weights_only=True).values()) == 6_090
 
 
-def test_fedmd_sends_logits_not_weights_and_float16_halves_them(runs):
+def as_sent(message):
+    """`message` with the task the loop adds to every message it sends."""
+    from common.data import builtin_task
+    from common.protocol import CONFIG
+
+    message.content[CONFIG].update(builtin_task("digits").to_config())
+    return message
+
+
+def test_fedmd_sends_logits_not_weights_and_float16_halves_them(runs, task_identity):
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from common.protocol import CONFIG
+    from server_app.transport import record_bytes
+
+    bare = Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=0, message_type="train")
+    task_bytes = record_bytes(as_sent(bare).content) - record_bytes(RecordDict({CONFIG: ConfigRecord()}))
     _, history = runs["fedmd"]
     for r in history:
         # Up: 3 nodes x (float16 logits on 100 public samples + on the 360 server-test inputs), 2 bytes each.
         payload = 3 * (100 + 360) * 10 * 2
         assert payload < r["bytes_up"] < payload * 1.1
-        # Down: the float16 consensus to 3 nodes, and the queries.
-        assert 3 * 100 * 10 * 2 < r["bytes_down"] < 3 * 100 * 10 * 2 * 1.5
+        # Down: the float16 consensus to 3 nodes with its query, each message carrying the task.
+        down = r["bytes_down"] - 3 * task_bytes
+        assert 3 * 100 * 10 * 2 < down < 3 * 100 * 10 * 2 * 1.5
 
 
 def test_server_side_distillation_runs_to_its_strategy_budget(runs):
@@ -146,7 +163,7 @@ def test_feddf_datafree_checks_each_server_step_with_the_nodes_that_did_not_trai
     (held_out,) = set(arch) - set(student[0]["sampled"])
     judges = [n for n in arch if n == held_out or (arch[n] != arch[held_out] and n in student[0]["sampled"])]
     check = sum(
-        2 * record_bytes(evaluate_message(0, arch[n], to_record(build_model(arch[n], "digits"))).content)
+        2 * record_bytes(as_sent(evaluate_message(0, arch[n], to_record(build_model(arch[n], "digits")))).content)
         for n in judges
     )
     assert student[0]["bytes_down"] - feddf[0]["bytes_down"] == check
