@@ -2,6 +2,10 @@
 
     python -m benchmarks.seed_comparison                      # seeds 42-46, 20,000 common test samples
     python -m benchmarks.seed_comparison --seeds 42 --test-samples 2000 --results /tmp/seed-check
+    python -m benchmarks.seed_comparison --seed-script /path/to/tutorial_055.py
+
+The seed script is not part of this repository: by default it is read from
+../shared/seed/tutorial_055.py (next to the project's directory); --seed-script points at it elsewhere.
 
 Seed config: synthetic task, 10 clients, 5 per round, 25 teacher + 25 student rounds,
 3 local epochs, batch 32, Adam 0.01, T=3, alpha=0.5. Both systems' teachers and students are
@@ -70,12 +74,12 @@ def accuracy(model, test) -> float:
         return (model(test[0]).argmax(dim=1) == test[1]).sum().item() / len(test[1])
 
 
-def run_seed_script(seed: int, test) -> dict:
-    """The seed's own classes, run as its main() does but with `seed`, timing each round."""
+def run_seed_script(seed: int, test, script: Path = SEED_SCRIPT) -> dict:
+    """The seed's own classes (from `script`), run as its main() does but with `seed`, timing each round."""
     import numpy as np
     import torch
 
-    spec = importlib.util.spec_from_file_location("tutorial_055", SEED_SCRIPT)
+    spec = importlib.util.spec_from_file_location("tutorial_055", script)
     seed_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seed_module)
     start = time.perf_counter()
@@ -180,13 +184,21 @@ def report(seed_runs: list[dict], app_runs: list[dict], seeds: list[int], test_s
 
 
 def command_line() -> argparse.Namespace:
-    """--seeds, --test-samples and --results."""
+    """--seeds, --test-samples, --seed-script and --results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     parser.add_argument("--test-samples", type=int, default=TEST_SAMPLES, help="size of the common test set")
+    parser.add_argument(
+        "--seed-script",
+        type=Path,
+        default=SEED_SCRIPT,
+        help="the seed script, which this repository does not hold (default: ../shared/seed/tutorial_055.py)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for seed_comparison.{json,md}")
     quiet_arguments(parser)
     args = parser.parse_args()
+    if not args.seed_script.is_file():
+        parser.error(f"--seed-script {args.seed_script}: no such file; the seed script is not in this repository")
     if args.test_samples < 1:
         parser.error(f"--test-samples = {args.test_samples}; allowed: 1 or more")
     return args
@@ -202,7 +214,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, simulation_superlink(Path(tmp) / "flwr-home") as env:
         for seed in args.seeds:
             before = before_timing(args)
-            seed_runs.append({**run_seed_script(seed, test), "before_run": before})
+            seed_runs.append({**run_seed_script(seed, test, args.seed_script), "before_run": before})
             before = before_timing(args)
             app_runs.append({**run_app(env, seed, Path(tmp) / f"out-{seed}", test), "before_run": before})
             print(f"seed {seed}: seed script {seed_runs[-1]}\n         fedkd {app_runs[-1]}", flush=True)

@@ -1,11 +1,19 @@
 """Every strategy on the digits and mnist5k federations, against centralised and local-only training.
 
-    python -m benchmarks.strategies                      # the whole matrix (hours on 2 cores)
+    python -m benchmarks.strategies                      # the 15-round matrix (hours on 2 cores)
+    python -m benchmarks.strategies --rounds 40 --splits dirichlet-0.5 --models homogeneous \
+        --strategies fedavg feddf                        # the matrix's 40-round rows (with the next line)
+    python -m benchmarks.strategies --rounds 40 --datasets mnist5k --splits dirichlet-0.1 \
+        --models homogeneous --strategies fedavg feddf
     python -m benchmarks.strategies --datasets digits --splits dirichlet-0.5 --seeds 42
     python -m benchmarks.strategies --report             # table and plot from what is recorded
 
+By default the strategies of results/strategies.json: two-stage, fedavg, fedmd, feddf, feddf-datafree
+and fedgen. FedProx (each `fedprox mu=...` label), FedAvgM and FedAdam run when --strategies names them;
+their results are kept apart (--results benchmarks/results/fedprox, .../server_optimisers).
+
 10 clients, half of them per round. Runs are appended to benchmarks/results/strategies.json as they
-finish, and a rerun skips what is there, so the matrix can be filled over several sessions.
+finish, and a rerun skips what is there, so the matrix can be filled over several invocations.
 Writes strategies.md (accuracy mean and std, bytes, wall time) and strategies.png (accuracy
 against cumulative bytes).
 """
@@ -34,6 +42,8 @@ VARIANTS = {"fedprox": {f"fedprox mu={mu}": {"fedprox.proximal-mu": mu} for mu i
 # Every registered strategy, the run config's default first; a strategy with variants by each label.
 NAMES = sorted(REGISTERED, key=lambda name: name != RunConfig.model_fields["strategy"].default)
 STRATEGIES = [label for name in NAMES for label in VARIANTS.get(name, {name: {}})]
+# The matrix of results/strategies.json, and what a plain run measures.
+MATRIX = ["two-stage", "fedavg", "fedmd", "feddf", "feddf-datafree", "fedgen"]
 SPLITS = {
     "dirichlet-0.1": {"partitioner": "dirichlet", "dirichlet-alpha": 0.1},
     "dirichlet-0.5": {"partitioner": "dirichlet", "dirichlet-alpha": 0.5},
@@ -433,7 +443,9 @@ def main() -> None:
     parser.add_argument(
         "--models", nargs="+", default=["homogeneous", "heterogeneous"], choices=["homogeneous", "heterogeneous"]
     )
-    parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
+    parser.add_argument(
+        "--strategies", nargs="+", default=MATRIX, choices=STRATEGIES, help=f"default: {' '.join(MATRIX)}"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--rounds", type=int, default=15, help="rounds per phase")
     parser.add_argument("--report", action="store_true", help="only write the table and plot")
