@@ -35,11 +35,11 @@ import logging
 import statistics
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import tomllib
 import torch
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.common.config import flatten_dict

@@ -69,7 +69,7 @@ def make_secret(path: Path) -> Path:
 
 def make_tls(out: Path, hosts: list[str]) -> None:
     """ca.crt/ca.key and superlink.crt/superlink.key, the latter valid for every name in `hosts`."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca = (
         x509.CertificateBuilder()

@@ -2,10 +2,10 @@
 links in the root Markdown files that lead somewhere."""
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

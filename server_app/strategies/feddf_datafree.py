@@ -51,9 +51,10 @@ class FedDFDataFree(FedDF):
     """Each round a conditional generator is fitted so that the ensemble of received client models (mean of
     probabilities) labels its samples as asked, with a diversity term; each group's FedAvg model then distills
     from the ensemble on its samples. No server-side signal tells a helpful server step from a harmful one
-    (docs/notes/feddf-datafree-generator.md), so nodes of each group that did not train this round score both
-    models on their local test splits, and the group keeps the distilled model only if they count at least as
-    many right with it."""
+    (docs/notes/feddf-datafree-generator.md), so the group's judges score both models on their local test splits:
+    its connected nodes that were not sampled for this round's training, or, where all of them were, those whose
+    training replies were accepted. The group keeps the distilled model only if the judges that scored both count
+    at least as many right with it; with none, it keeps FedAvg's."""
 
     Settings = FedDFDataFreeSettings
 

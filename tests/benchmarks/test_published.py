@@ -2,10 +2,10 @@
 the ServerApp's validation on top of pyproject.toml's defaults and holds the values that define its setup, and the
 README there gives its command. A renamed or misspelt key fails here, as it would fail the run."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from flwr.common.config import flatten_dict, parse_config_args
 
 from server_app.settings import parse

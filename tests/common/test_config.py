@@ -1,7 +1,7 @@
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from common.config import MODEL_FAMILIES, ConfigError, RunConfig, parse_run_config, split_tables
 

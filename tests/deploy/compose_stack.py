@@ -17,10 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
 import yaml
 
 from deploy.compose_init import FLOWER_GID, FLOWER_UID

@@ -1,9 +1,9 @@
 """docs/configuration.md is generated from RunConfig and the strategies' settings; they and pyproject.toml agree."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from common.config import RunConfig, toml_value
 from server_app.config_docs import COMMAND, DOC_PATH, allowed_values, render

@@ -1,9 +1,9 @@
 """server_app.settings: the run config's common keys and its strategy's table, every misplaced key refused by name."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from common.config import ConfigError, RunConfig
 from server_app.settings import config_dump, parse
