@@ -4,6 +4,7 @@ files; their partitions among clients, the public data and the server's test set
 Features travel flat, (samples, features); a Split's `shape` says how one row reads ((C, H, W) for images).
 """
 
+import argparse
 import importlib.util
 import math
 import re
@@ -636,21 +637,27 @@ def export_partitions(cfg: RunConfig, num_partitions: int, out: Path) -> list[Pa
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m common.data export ...`: write a dataset's partitions as node data files."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m common.data", description=main.__doc__)
+def parser() -> argparse.ArgumentParser:
+    """The command line of `python -m common.data`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m common.data", description="Write a dataset's partitions as node data files."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="write part-<i>.npz per partition and server-test.npz")
     export.add_argument("--dataset", default="digits", help="any run config `dataset` (built-in, hub id, path)")
-    export.add_argument("--partitioner", default="dirichlet")
-    export.add_argument("--dirichlet-alpha", type=float, default=0.5)
-    export.add_argument("--classes-per-partition", type=int, default=2)
-    export.add_argument("--num-partitions", type=int, required=True)
-    export.add_argument("--seed", type=int, default=42)
-    export.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+    export.add_argument("--partitioner", default="dirichlet", help="run config `partitioner`")
+    export.add_argument("--dirichlet-alpha", type=float, default=0.5, help="run config `dirichlet-alpha`")
+    export.add_argument("--classes-per-partition", type=int, default=2, help="run config `classes-per-partition`")
+    export.add_argument("--num-partitions", type=int, required=True, help="how many node files to write")
+    export.add_argument("--seed", type=int, default=42, help="run config `seed`")
+    export.add_argument("--out", type=Path, required=True, help="the folder to write them to")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m common.data export ...`: write a dataset's partitions as node data files."""
+    cli = parser()
+    args = cli.parse_args(argv)
     from common.config import ConfigError, parse_run_config
 
     try:
@@ -664,13 +671,13 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
     except ConfigError as exc:
-        parser.error(str(exc))
+        cli.error(str(exc))
     if args.num_partitions < 1:
-        parser.error(f"--num-partitions = {args.num_partitions}; allowed: 1 or more")
+        cli.error(f"--num-partitions = {args.num_partitions}; allowed: 1 or more")
     try:
         paths = export_partitions(cfg, args.num_partitions, args.out)
     except (DataError, SourceError) as exc:
-        parser.error(str(exc))
+        cli.error(str(exc))
     for path in paths:
         print(path)
     print(args.out / "server-test.npz")

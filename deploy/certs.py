@@ -114,8 +114,8 @@ def make_supernode_key(out: Path, name: str) -> tuple[Path, Path]:
     return private, public
 
 
-def main() -> None:
-    """Command line: certificates for the given hosts, and key pairs for N SuperNodes."""
+def parser() -> argparse.ArgumentParser:
+    """The command line of `python -m deploy.certs`."""
     parser = argparse.ArgumentParser(
         prog="python -m deploy.certs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -123,13 +123,19 @@ def main() -> None:
     parser.add_argument("--host", action="append", help="a name or IP the SuperLink is reached by (repeat)")
     parser.add_argument("--supernodes", type=int, default=0, help="how many SuperNode key pairs to create")
     parser.add_argument("--secret", type=Path, help="write only a shared secret for a runtime API to this file")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: certificates for the given hosts, and key pairs for N SuperNodes."""
+    cli = parser()
+    args = cli.parse_args(argv)
     if args.secret is not None:
         make_secret(args.secret)
         print(f"wrote a secret to {args.secret} (mode 0600)")
         return
     if args.out is None or not args.host:
-        parser.error("--out and at least one --host are required (or --secret alone)")
+        cli.error("--out and at least one --host are required (or --secret alone)")
     make_tls(args.out, args.host)
     for i in range(args.supernodes):
         make_supernode_key(args.out, f"supernode-{i}")

@@ -119,8 +119,8 @@ def prepare(
     return done
 
 
-def main() -> None:
-    """Command line: prepare the volumes, or exit with a message that says what is missing."""
+def parser() -> argparse.ArgumentParser:
+    """The command line of `python -m deploy.compose_init`."""
     parser = argparse.ArgumentParser(
         prog="python -m deploy.compose_init", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -128,7 +128,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="the node data files, checked readable by the container user")
     parser.add_argument("--volumes", type=Path, required=True, help="folder under which the volumes are mounted")
     parser.add_argument("--outputs", type=Path, help="the run output folder, handed to the container user")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: prepare the volumes, or exit with a message that says what is missing."""
+    args = parser().parse_args(argv)
     try:
         for line in prepare(args.certs, args.data, args.volumes, args.outputs):
             print(line, flush=True)

@@ -276,8 +276,8 @@ def deployment(
         yield dep
 
 
-def main() -> None:
-    """Command line: deploy one SuperNode per part-*.npz in --data, submit a run, stream it, tear down."""
+def parser() -> argparse.ArgumentParser:
+    """The command line of `python -m deploy.local`."""
     parser = argparse.ArgumentParser(
         prog="python -m deploy.local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -289,10 +289,16 @@ def main() -> None:
     parser.add_argument(
         "--insecure", action="store_true", help="development only: no TLS and no SuperNode authentication"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: deploy one SuperNode per part-*.npz in --data, submit a run, stream it, tear down."""
+    cli = parser()
+    args = cli.parse_args(argv)
     files = sorted(args.data.glob("part-*.npz"))
     if not files:
-        parser.error(f"no part-*.npz files in {args.data}; write some with `python -m common.data export`")
+        cli.error(f"no part-*.npz files in {args.data}; write some with `python -m common.data export`")
     with ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedkd-deploy-")))
         dep = stack.enter_context(deployment(work.resolve(), files, tls=not args.insecure))

@@ -133,8 +133,8 @@ def standalone_config(server: Path, prefix: Path) -> str:
     )
 
 
-def main() -> None:
-    """Command line: print the server block for the given addresses, or rewrite the shipped files."""
+def parser() -> argparse.ArgumentParser:
+    """The command line of `python -m deploy.proxy`."""
     parser = argparse.ArgumentParser(
         prog="python -m deploy.proxy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -144,7 +144,12 @@ def main() -> None:
     parser.add_argument("--superlink-name", default="localhost", help="a name in the SuperLink's certificate")
     parser.add_argument("--resolver", help="DNS server to resolve --superlink with on every request")
     parser.add_argument("--write", action="store_true", help=f"rewrite {', '.join(SHIPPED)} in deploy/nginx/")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: print the server block for the given addresses, or rewrite the shipped files."""
+    args = parser().parse_args(argv)
     if args.write:
         for name, proxy in SHIPPED.items():
             (FILES / name).write_text(server_config(proxy))

@@ -1,5 +1,6 @@
 """Generate docs/configuration.md from RunConfig and every strategy's settings: `python -m server_app.config_docs`."""
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -27,7 +28,8 @@ its table's name, `fedprox.proximal-mu=0.1`; in `pyproject.toml` it sits under `
 Set keys with `--run-config`, strings in quotes (the values are TOML), e.g.
 
 ```bash
-flwr run . --stream --federation-config "num-supernodes=10" \\
+flwr run . --stream \\
+  --federation-config "num-supernodes=10 client-resources-num-cpus=1 init-args-num-cpus=5" \\
   --run-config "strategy='feddf' num-student-rounds=10 feddf.temperature=2.0"
 ```
 
@@ -101,11 +103,18 @@ def render() -> str:
     return "".join(parts)
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line of `python -m server_app.config_docs`."""
+    parser = argparse.ArgumentParser(prog=COMMAND, description=f"Write {DOC_PATH.name} from the run config's models.")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the committed page is stale")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the page (or, with --check, exit 1 if it is stale)."""
-    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
     text = render()
-    if "--check" in argv:
+    if args.check:
         fresh = DOC_PATH.exists() and DOC_PATH.read_text(encoding="utf-8") == text
         print(f"{DOC_PATH} is {'up to date' if fresh else f'stale; run `{COMMAND}`'}")
         return 0 if fresh else 1

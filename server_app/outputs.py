@@ -177,8 +177,8 @@ def run_status(run_dir: Path) -> tuple[int, str]:
     return 1, f"{summary.status}: {summary.strategy} run {path}; reason: {summary.reason}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print a run's status line; the exit code says whether it completed."""
+def parser() -> argparse.ArgumentParser:
+    """The command line of `python -m server_app.outputs`."""
     from common.config import RunConfig
 
     parser = argparse.ArgumentParser(
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Whether a fedkd run completed (exit 0), aborted (1), "
         "or has no summary.json yet or no directory (2).",
     )
-    default = RunConfig().output_path() / LATEST
+    # Unexpanded, so that the help reads the same for every user; main expands it.
+    default = Path(RunConfig().output_dir) / LATEST
     parser.add_argument(
         "run_dir",
         nargs="?",
@@ -195,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RUN_DIR",
         help=f"a run directory (default: {default}, the most recently started run)",
     )
-    code, line = run_status(parser.parse_args(argv).run_dir.expanduser())
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print a run's status line; the exit code says whether it completed."""
+    code, line = run_status(parser().parse_args(argv).run_dir.expanduser())
     print(line)
     return code
 
