@@ -119,7 +119,7 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.certs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="the folder to write the CA, certificates and keys to")
     parser.add_argument("--host", action="append", help="a name or IP the SuperLink is reached by (repeat)")
     parser.add_argument("--supernodes", type=int, default=0, help="how many SuperNode key pairs to create")
     parser.add_argument("--secret", type=Path, help="write only a shared secret for a runtime API to this file")

@@ -76,7 +76,8 @@ def allowed_values(field: FieldInfo) -> str:
     return ", ".join(p for p in (base, extra) if p) or "any string"
 
 
-def _cell(text: str) -> str:
+def cell(text: str) -> str:
+    """`text` for a Markdown table cell."""
     # Outside code spans a "<" before a word would start an HTML tag (e.g. mlp-<width>); "|" would end the cell.
     parts = text.split("`")
     for i in range(0, len(parts), 2):
@@ -90,7 +91,7 @@ def table(model: type[Settings], prefix: str = "") -> str:
     for name, field in model.model_fields.items():
         key, default = f"`{prefix}{field.alias or name}`", f"`{toml_value(field.default)}`"
         cells = (key, default, allowed_values(field), field.description or "")
-        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        rows.append("| " + " | ".join(cell(c) for c in cells) + " |")
     return "\n".join(rows) + "\n"
 
 
