@@ -1,6 +1,6 @@
 """ResNet-8 against the CNN on mnist5k read through the generic data path: a parquet file of PNG images.
 
-    python -m benchmarks.generic_path                                    # the figure (40-80 minutes on 2 cores)
+    python -m benchmarks.generic_path                                    # the figure (83 minutes, shared 2-core host)
     python -m benchmarks.generic_path --alphas 0.5 --seeds 42 --rounds 1  # smoke run
     python -m benchmarks.generic_path --report                           # the table from what is recorded
 
@@ -10,7 +10,7 @@ clients' partitions all come through `datasets` and flwr-datasets, not the built
 seed and strategy (fedavg, feddf, two-stage) the same run config is run with `model` resnet-8 and with cnn, one
 after the other (which goes first alternates), through `flwr run` on one private simulation SuperLink; each pair's
 ratios (accuracy, median time per round) come from those two runs. Before each run the CPU share in use and the
-1-minute load average are recorded, not waited on: other sessions may share the machine, and both runs of a pair
+1-minute load average are recorded, not waited on: other work may share the machine, and both runs of a pair
 see about the same load. Writes benchmarks/results/generic_path/generic_path.{json,md} after every run.
 """
 
