@@ -39,7 +39,7 @@ def node_config_page() -> str:
         + "A SuperNode's own settings, as opposed to the run config every node of a run shares. A deployed SuperNode "
         "sets them with `--node-config`, values in TOML, strings in double quotes:\n\n"
         "```bash\n"
-        "flower-supernode ... --node-config 'name=\"hospital-a\" data-path=\"/data/part-0.npz\" "
+        'flower-supernode ... --node-config \'name="hospital-a" data-path="/data/part-0.npz" '
         'state-dir="/var/lib/fedkd" num-threads=4\'\n'
         "```\n\n"
         "In simulation Flower sets `partition-id` and `num-partitions` for every node, and run config `models` "
