@@ -142,8 +142,8 @@ def kill_when_recorded(env: dict, config: dict, rounds: int) -> None:
 
 
 def test_a_run_killed_in_phase_two_resumes_to_the_uninterrupted_result(flower, runs, tmp_path):
-    """The resumed run skips phase 1 and takes the final teacher from the checkpoint (tests/deploy resumes
-    after phase 1): its rounds are those of the uninterrupted run."""
+    """The resumed run skips phase 1 and takes the final teacher from the checkpoint: its rounds are those of the
+    uninterrupted run."""
     killed = tmp_path / "killed"
     kill_when_recorded(flower, {**SMALL, "output-dir": str(killed)}, SMALL["two-stage.num-teacher-rounds"] + 1)
     stopped = run_directory(killed)

@@ -20,17 +20,16 @@ TINY = {
     "output-dir": None,
 }
 # Every registered strategy runs here, with the settings it is tested under, except those whose runs lie in
-# tests/test_end_to_end.py: two-stage (its main run) and fedavg (the misbehaving clients' run).
-ELSEWHERE = {"two-stage", "fedavg"}
+# tests/test_end_to_end.py, two-stage (its main run) and fedavg (the misbehaving clients' run), and FedAvgM and
+# FedAdam: FedAvg's exchange with Flower's server optimiser applied to the average, which
+# tests/server_app/strategies tests per architecture, through a checkpoint and against torch's optimisers.
+ELSEWHERE = {"two-stage", "fedavg", "fedavgm", "fedadam"}
 SETTINGS = {
     "fedmd": {"models": "mlp-32,cnn", "fedmd.logits-dtype": "float16", "fedmd.public-samples-per-round": 100},
     "feddf": {"models": "mlp-32,cnn", "feddf.distill-steps": 40},
     "fedprox": {"models": "mlp-32,cnn", "fedprox.proximal-mu": 0.1},
     "fedgen": {"models": "mlp-32,cnn"},
     "feddf-datafree": {"models": "mlp-32,cnn", "feddf-datafree.distill-steps": 30},
-    # One architecture: their optimiser state per architecture is unit-tested (tests/server_app/strategies).
-    "fedavgm": {},
-    "fedadam": {},
 }
 CASES = {
     **{name: {"strategy": name, **SETTINGS.get(name, {})} for name in STRATEGIES if name not in ELSEWHERE},
