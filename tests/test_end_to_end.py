@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,13 +34,28 @@ def flower(tmp_path_factory):
         yield env
 
 
+MISBEHAVING = {
+    "num-student-rounds": 1,
+    "fraction-train": 1.0,
+    "min-replies": 0.05,
+    "local-epochs": 1,
+    "fraction-evaluate": 0.0,
+}
+
+
 @pytest.fixture(scope="module")
 def runs(flower, tmp_path_factory):
-    """The small digits config, run once."""
-    out = tmp_path_factory.mktemp("out")
-    done = flwr_run(flower, {**SMALL, "output-dir": str(out)}, NODES, actors=ACTORS)
+    """The small digits config, run once, beside the misbehaving clients' run: a run's CPU is idle for about half
+    of it while Ray starts its workers."""
+    out, bad = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("misbehaving")
+    with ThreadPoolExecutor(2) as pool:
+        main = pool.submit(flwr_run, flower, {**SMALL, "output-dir": str(out)}, NODES, actors=ACTORS)
+        app = PROJECT / "tests" / "misbehaving_app"
+        misbehaving = pool.submit(flwr_run, flower, {**MISBEHAVING, "output-dir": str(bad)}, 10, app=app, actors=ACTORS)
+        done, bad_done = main.result(), misbehaving.result()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return [(run_directory(out), done.stdout)]
+    assert bad_done.returncode == 0, bad_done.stdout[-3000:] + bad_done.stderr[-3000:]
+    return [(run_directory(out), done.stdout), (run_directory(bad), bad_done.stdout)]
 
 
 def test_every_round_is_recorded_with_accuracy_above_chance(runs):
@@ -160,22 +176,11 @@ def test_a_run_killed_in_phase_two_resumes_to_the_uninterrupted_result(flower, r
     assert json.loads((stopped / "summary.json").read_text())["status"] == "complete"
 
 
-def test_bad_replies_are_rejected_with_their_reason_and_the_run_goes_on(flower, tmp_path, task_identity):
+def test_bad_replies_are_rejected_with_their_reason_and_the_run_goes_on(runs, task_identity):
     """Nine of ten clients misbehave (tests/misbehaving_app): each is recorded with its reason, none averaged in.
     (A missed deadline is covered by the deployment test's killed SuperNode.)"""
-    from deploy.processes import PROJECT
-
-    config = {
-        "num-student-rounds": 1,
-        "fraction-train": 1.0,
-        "min-replies": 0.05,
-        "local-epochs": 1,
-        "fraction-evaluate": 0.0,
-        "output-dir": str(tmp_path),
-    }
-    done = flwr_run(flower, config, 10, app=PROJECT / "tests" / "misbehaving_app", actors=ACTORS)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (record,) = json.loads((run_directory(tmp_path) / "history.json").read_text())
+    run_dir, _ = runs[1]
+    (record,) = json.loads((run_dir / "history.json").read_text())
     reasons = {f["node"]: f["reason"] for f in record["failed"]}
     assert (
         record["replies"] == 1 and record["failures"] == 9 and set(reasons) == {f"partition-{i}" for i in range(1, 10)}
@@ -198,7 +203,6 @@ def test_bad_replies_are_rejected_with_their_reason_and_the_run_goes_on(flower, 
 
     from client_app.app import app
 
-    run_dir = run_directory(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     context = Context(
         run_id=1,

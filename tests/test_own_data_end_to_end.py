@@ -3,6 +3,8 @@ zoo's CIFAR ResNet beside a user's own model, a directory of node files with one
 distilling on public data from a source of its own."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,12 +20,6 @@ SMALL = {"num-student-rounds": 2, "fraction-train": 1.0, "local-epochs": 1, "bat
 CHANCE = 1 / disk.IMAGE_CLASSES
 
 
-@pytest.fixture(scope="module")
-def flower(tmp_path_factory):
-    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
-        yield env
-
-
 def run(flower, out, **config):
     done = flwr_run(flower, {**SMALL, **config, "output-dir": str(out)}, NODES, actors=ACTORS)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -32,15 +28,44 @@ def run(flower, out, **config):
     return summary, json.loads((run_dir / "history.json").read_text()), done.stdout
 
 
-def test_an_image_parquet_with_resnet_8_a_cnn_and_a_users_model_side_by_side(flower, tmp_path):
-    data = disk.image_parquet(tmp_path / "images.parquet", n=240)
-    summary, history, _ = run(
-        flower,
-        tmp_path / "out",
-        strategy="fedavg",
-        dataset=str(data),
-        models="resnet-8,cnn,tests.common.model_factories:net",
-    )
+def image_parquet_run(tmp: Path) -> dict:
+    """An image parquet, with the zoo's resnet-8, a cnn and a user's model side by side."""
+    data = disk.image_parquet(tmp / "images.parquet", n=240)
+    return {"strategy": "fedavg", "dataset": str(data), "models": "resnet-8,cnn,tests.common.model_factories:net"}
+
+
+def node_files_run(tmp: Path) -> dict:
+    """A directory of node files, the last node's grey 5x5 images misfits, and FedDF's public data of its own."""
+    federation = tmp / "federation"
+    federation.mkdir()
+    for i in range(NODES - 1):
+        disk.image_parquet(federation / f"part-{i}.parquet", n=60, seed=i)
+    np.savez(federation / f"part-{NODES - 1}.npz", x=np.zeros((30, 5, 5), np.uint8), y=np.arange(30) % 4)
+    disk.image_parquet(federation / "server-test.parquet", n=80, seed=10)
+    public = disk.image_parquet(tmp / "public.parquet", n=100, seed=20)
+    return {
+        "strategy": "feddf",
+        "dataset": str(federation),
+        "model": "cnn",
+        "min-train-nodes": 2,
+        "public-dataset": str(public),
+        "feddf.distill-steps": 20,
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Both runs, at once on one SuperLink: a run's CPU is idle for about half of it while Ray starts its workers."""
+    jobs = {}
+    for make in (image_parquet_run, node_files_run):
+        tmp = tmp_path_factory.mktemp(make.__name__)
+        jobs[make.__name__] = tmp / "out", make(tmp)
+    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env, ThreadPoolExecutor(2) as pool:
+        return dict(zip(jobs, pool.map(lambda name: run(env, jobs[name][0], **jobs[name][1]), jobs)))
+
+
+def test_an_image_parquet_with_resnet_8_a_cnn_and_a_users_model_side_by_side(runs):
+    summary, history, _ = runs["image_parquet_run"]
     assert summary["status"] == "complete"
     assert (summary["input_shape"], summary["num_classes"]) == ([3, 12, 10], 4)
     by_model = summary["student_accuracy_by_model"]
@@ -51,23 +76,8 @@ def test_an_image_parquet_with_resnet_8_a_cnn_and_a_users_model_side_by_side(flo
     assert history[-1]["replies"] == NODES and summary["params_by_model"]["resnet-8"] > 70_000
 
 
-def test_node_files_with_a_misfit_node_and_feddf_on_public_data_of_its_own(flower, tmp_path):
-    federation = tmp_path / "federation"
-    federation.mkdir()
-    for i in range(NODES - 1):
-        disk.image_parquet(federation / f"part-{i}.parquet", n=60, seed=i)
-    # The fourth data owner's images are grey and 5x5.
-    np.savez(federation / f"part-{NODES - 1}.npz", x=np.zeros((30, 5, 5), np.uint8), y=np.arange(30) % 4)
-    disk.image_parquet(federation / "server-test.parquet", n=80, seed=10)
-    public = disk.image_parquet(tmp_path / "public.parquet", n=100, seed=20)
-    summary, history, stdout = run(
-        flower,
-        tmp_path / "out",
-        strategy="feddf",
-        dataset=str(federation),
-        model="cnn",
-        **{"min-train-nodes": 2, "public-dataset": str(public), "feddf.distill-steps": 20},
-    )
+def test_node_files_with_a_misfit_node_and_feddf_on_public_data_of_its_own(runs):
+    summary, history, stdout = runs["node_files_run"]
     refused = "its data holds examples of shape (1, 5, 5); the run's task has (3, 12, 10)"
     assert summary["refused_nodes"] == {f"partition-{NODES - 1}": refused}
     assert f"node partition-{NODES - 1} refused: {refused}" in stdout
