@@ -32,4 +32,7 @@ def test_the_copy_packs_the_projects_app_files_unchanged():
         "CONTRIBUTING.md",
         "CITATION.cff",
         "SECURITY.md",
+        # The documentation site's configuration.
+        "mkdocs.yml",
+        "mkdocs_hooks.py",
     }
