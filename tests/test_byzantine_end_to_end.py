@@ -22,7 +22,7 @@ from deploy.processes import app_source
 from deploy.simulation import flwr_run, run_directory, simulation_superlink
 from tests.byzantine_app import app as byzantine_app
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("byzantine-end-to-end")]
+pytestmark = pytest.mark.e2e
 
 NODES = 10
 ACTORS = 2

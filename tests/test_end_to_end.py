@@ -20,7 +20,7 @@ from deploy.simulation import flower_pids, flwr_run, flwr_run_command, run_direc
 from server_app.records import read_history
 from server_app.transport import record_bytes
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("end-to-end")]
+pytestmark = pytest.mark.e2e
 
 SMALL = {"two-stage.num-teacher-rounds": 3, "num-student-rounds": 3, "fraction-train": 0.6, "local-epochs": 2}
 NODES = 5

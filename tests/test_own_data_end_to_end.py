@@ -12,7 +12,7 @@ import pytest
 from deploy.simulation import flwr_run, run_directory, simulation_superlink
 from tests import datasets_on_disk as disk
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("own-data-end-to-end")]
+pytestmark = pytest.mark.e2e
 
 NODES = 4
 ACTORS = 2  # two single-threaded ClientApp workers: on 2 cores more only add start-up time

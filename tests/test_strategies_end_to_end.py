@@ -10,7 +10,7 @@ import torch
 from deploy.simulation import flwr_run, run_directory, simulation_superlink
 from server_app.strategies import STRATEGIES
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("strategies-end-to-end")]
+pytestmark = pytest.mark.e2e
 
 NODES = 4
 TINY = {

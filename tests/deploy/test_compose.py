@@ -17,7 +17,7 @@ from deploy.certs import make_supernode_key
 from deploy.processes import BIN, app_source, sigterm_unwinds
 from tests.deploy.compose_stack import compose_stack, docker_unavailable, flower_images
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("deployments")]
+pytestmark = pytest.mark.e2e
 
 NODES = ("supernode-0", "supernode-1", "supernode-2")
 QUICK = {
