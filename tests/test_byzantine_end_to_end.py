@@ -12,7 +12,7 @@ benchmarks/byzantine.py measures every attack against every setting.
 """
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,11 @@ import torch
 from deploy.processes import app_source
 from deploy.simulation import flwr_run, run_directory, simulation_superlink
 from tests.byzantine_app import app as byzantine_app
+from tests.runs import ACTORS, run_all
 
 pytestmark = pytest.mark.e2e
 
 NODES = 10
-ACTORS = 2
 CONFIG = {
     "strategy": "two-stage",
     "two-stage.num-teacher-rounds": 3,
@@ -69,14 +69,13 @@ def run(env: dict, app: Path, out: Path, extra: dict) -> tuple[dict, list[dict],
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The honest run and each attack's, two at a time on one SuperLink: a run's CPU is idle for about half of it
-    while Ray starts its workers."""
+    """The honest run and each attack's, several at once on one SuperLink (tests/runs.py)."""
     work = {name: tmp_path_factory.mktemp("run") for name in ("honest", *ATTACKS)}
     jobs = {"honest": (app_source(), {})}
     for name, (kind, attackers, settings) in ATTACKS.items():
         jobs[name] = (byzantine_app(work[name] / "app", kind, attackers), settings)
-    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env, ThreadPoolExecutor(2) as pool:
-        return dict(zip(jobs, pool.map(lambda name: run(env, jobs[name][0], work[name] / "out", jobs[name][1]), jobs)))
+    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
+        return run_all({name: partial(run, env, app, work[name] / "out", extra) for name, (app, extra) in jobs.items()})
 
 
 @pytest.mark.parametrize("attack", ATTACKS)

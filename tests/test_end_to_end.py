@@ -5,7 +5,7 @@ import os
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,13 +19,12 @@ from deploy.processes import PROJECT
 from deploy.simulation import flower_pids, flwr_run, flwr_run_command, run_directory, simulation_superlink
 from server_app.records import read_history
 from server_app.transport import record_bytes
+from tests.runs import ACTORS, run_all
 
 pytestmark = pytest.mark.e2e
 
 SMALL = {"two-stage.num-teacher-rounds": 3, "num-student-rounds": 3, "fraction-train": 0.6, "local-epochs": 2}
 NODES = 5
-# Two single-threaded ClientApp workers: on 2 cores more only add start-up time to a test's small rounds.
-ACTORS = 2
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +44,29 @@ MISBEHAVING = {
 
 @pytest.fixture(scope="module")
 def runs(flower, tmp_path_factory):
-    """The small digits config, run once, beside the misbehaving clients' run: a run's CPU is idle for about half
-    of it while Ray starts its workers."""
-    out, bad = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("misbehaving")
-    with ThreadPoolExecutor(2) as pool:
-        main = pool.submit(flwr_run, flower, {**SMALL, "output-dir": str(out)}, NODES, actors=ACTORS)
-        app = PROJECT / "tests" / "misbehaving_app"
-        misbehaving = pool.submit(flwr_run, flower, {**MISBEHAVING, "output-dir": str(bad)}, 10, app=app, actors=ACTORS)
-        done, bad_done = main.result(), misbehaving.result()
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert bad_done.returncode == 0, bad_done.stdout[-3000:] + bad_done.stderr[-3000:]
-    return [(run_directory(out), done.stdout), (run_directory(bad), bad_done.stdout)]
+    """The small digits config run once, the misbehaving clients' run, and the small config killed in phase 2, all at
+    once (tests/runs.py); the killed run on a SuperLink of its own, whose simulation alone it kills."""
+    out, bad, killed = (tmp_path_factory.mktemp(name) for name in ("out", "misbehaving", "killed"))
+    app = PROJECT / "tests" / "misbehaving_app"
+    with simulation_superlink(tmp_path_factory.mktemp("flwr-home-killed")) as alone:
+        done = run_all(
+            {
+                "main": partial(flwr_run, flower, {**SMALL, "output-dir": str(out)}, NODES, actors=ACTORS),
+                "misbehaving": partial(
+                    flwr_run, flower, {**MISBEHAVING, "output-dir": str(bad)}, 10, app=app, actors=ACTORS
+                ),
+                # Killed once the first student round is recorded.
+                "killed": partial(
+                    kill_when_recorded,
+                    alone,
+                    {**SMALL, "output-dir": str(killed)},
+                    SMALL["two-stage.num-teacher-rounds"] + 1,
+                ),
+            }
+        )
+    for name in ("main", "misbehaving"):
+        assert done[name].returncode == 0, done[name].stdout[-3000:] + done[name].stderr[-3000:]
+    return [(run_directory(out), done["main"].stdout), (run_directory(bad), done["misbehaving"].stdout), killed]
 
 
 def test_every_round_is_recorded_with_accuracy_above_chance(runs):
@@ -157,11 +168,10 @@ def kill_when_recorded(env: dict, config: dict, rounds: int) -> None:
         run.communicate()
 
 
-def test_a_run_killed_in_phase_two_resumes_to_the_uninterrupted_result(flower, runs, tmp_path):
+def test_a_run_killed_in_phase_two_resumes_to_the_uninterrupted_result(flower, runs):
     """The resumed run skips phase 1 and takes the final teacher from the checkpoint: its rounds are those of the
     uninterrupted run."""
-    killed = tmp_path / "killed"
-    kill_when_recorded(flower, {**SMALL, "output-dir": str(killed)}, SMALL["two-stage.num-teacher-rounds"] + 1)
+    killed = runs[2]
     stopped = run_directory(killed)
     recorded = json.loads((stopped / "history.json").read_text())
     assert not (stopped / "summary.json").exists()

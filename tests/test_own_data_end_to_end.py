@@ -3,7 +3,7 @@ zoo's CIFAR ResNet beside a user's own model, a directory of node files with one
 distilling on public data from a source of its own."""
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +11,11 @@ import pytest
 
 from deploy.simulation import flwr_run, run_directory, simulation_superlink
 from tests import datasets_on_disk as disk
+from tests.runs import ACTORS, run_all
 
 pytestmark = pytest.mark.e2e
 
 NODES = 4
-ACTORS = 2  # two single-threaded ClientApp workers: on 2 cores more only add start-up time
 SMALL = {"num-student-rounds": 2, "fraction-train": 1.0, "local-epochs": 1, "batch-size": 16, "partitioner": "iid"}
 CHANCE = 1 / disk.IMAGE_CLASSES
 
@@ -55,13 +55,13 @@ def node_files_run(tmp: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Both runs, at once on one SuperLink: a run's CPU is idle for about half of it while Ray starts its workers."""
+    """Both runs, at once on one SuperLink (tests/runs.py)."""
     jobs = {}
     for make in (image_parquet_run, node_files_run):
         tmp = tmp_path_factory.mktemp(make.__name__)
         jobs[make.__name__] = tmp / "out", make(tmp)
-    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env, ThreadPoolExecutor(2) as pool:
-        return dict(zip(jobs, pool.map(lambda name: run(env, jobs[name][0], **jobs[name][1]), jobs)))
+    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
+        return run_all({name: partial(run, env, out, **config) for name, (out, config) in jobs.items()})
 
 
 def test_an_image_parquet_with_resnet_8_a_cnn_and_a_users_model_side_by_side(runs):

@@ -2,13 +2,14 @@
 
 import json
 import math
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import pytest
 import torch
 
 from deploy.simulation import flwr_run, run_directory, simulation_superlink
 from server_app.strategies import STRATEGIES
+from tests.runs import ACTORS, run_all
 
 pytestmark = pytest.mark.e2e
 
@@ -46,15 +47,17 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Run directory and history of every case, all on one simulation SuperLink, two at a time: a run's CPU is idle
-    for about half of it while Ray starts its workers, and runs share nothing but the SuperLink."""
+    """Run directory and history of every case, all on one simulation SuperLink, several at once (tests/runs.py)."""
     directories = {name: tmp_path_factory.mktemp(name) for name in CASES}
-
-    def run(name: str):
-        return flwr_run(env, {**TINY, **CASES[name], "output-dir": str(directories[name])}, NODES, actors=2)
-
-    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env, ThreadPoolExecutor(2) as pool:
-        finished = dict(zip(CASES, pool.map(run, CASES)))
+    with simulation_superlink(tmp_path_factory.mktemp("flwr-home")) as env:
+        finished = run_all(
+            {
+                name: partial(
+                    flwr_run, env, {**TINY, **case, "output-dir": str(directories[name])}, NODES, actors=ACTORS
+                )
+                for name, case in CASES.items()
+            }
+        )
     out = {}
     for name, done in finished.items():
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
