@@ -3,6 +3,7 @@
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -111,18 +112,25 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def write_pages(pages: dict[Path, Callable[[], str]], command: str, check: bool) -> int:
+    """Write each generated page (or, with `check`, write nothing and say which is stale); 1 if one was stale."""
+    stale = []
+    for path, render_page in pages.items():
+        text = render_page()
+        if check:
+            fresh = path.exists() and path.read_text(encoding="utf-8") == text
+            print(f"{path} is {'up to date' if fresh else f'stale; run `{command}`'}")
+            stale += [] if fresh else [path]
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    return 1 if stale else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the page (or, with --check, exit 1 if it is stale)."""
-    args = parser().parse_args(argv)
-    text = render()
-    if args.check:
-        fresh = DOC_PATH.exists() and DOC_PATH.read_text(encoding="utf-8") == text
-        print(f"{DOC_PATH} is {'up to date' if fresh else f'stale; run `{COMMAND}`'}")
-        return 0 if fresh else 1
-    DOC_PATH.parent.mkdir(parents=True, exist_ok=True)
-    DOC_PATH.write_text(text, encoding="utf-8")
-    print(f"wrote {DOC_PATH}")
-    return 0
+    return write_pages({DOC_PATH: render}, COMMAND, parser().parse_args(argv).check)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from common.node_config import KEYS
-from server_app.config_docs import cell
+from server_app.config_docs import cell, write_pages
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 COMMAND = "python -m server_app.reference_docs"
@@ -120,20 +120,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the pages (or, with --check, exit 1 if one is stale)."""
-    args = parser().parse_args(argv)
-    stale = []
-    for path, render in PAGES.items():
-        text = render()
-        if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                stale.append(path)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path}")
-    for path in stale:
-        print(f"{path} is stale; run `{COMMAND}`")
-    return 1 if stale else 0
+    return write_pages(PAGES, COMMAND, parser().parse_args(argv).check)
 
 
 if __name__ == "__main__":
